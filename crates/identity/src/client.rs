@@ -1,0 +1,226 @@
+//! OAuth clients registered with Ponte (the POS backend, first-party apps).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::clock::{from_unix, to_unix};
+use crate::db::{Database, is_unique_violation};
+use crate::secret::{constant_time_eq, digest, random_token};
+use crate::{Error, Result};
+
+/// An OAuth 2.0 grant a client may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    /// Machine-to-machine (the POS backend).
+    ClientCredentials,
+    /// Browser login through Ponte.
+    AuthorizationCode,
+    /// Refresh of user tokens.
+    RefreshToken,
+}
+
+impl GrantType {
+    /// The RFC 6749 spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+        }
+    }
+
+    /// Parses the RFC 6749 spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client_credentials" => Some(Self::ClientCredentials),
+            "authorization_code" => Some(Self::AuthorizationCode),
+            "refresh_token" => Some(Self::RefreshToken),
+            _ => None,
+        }
+    }
+}
+
+/// A registered client. The secret is only ever stored as a digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Public identifier.
+    pub id: String,
+    /// Human name, for consent pages and audit.
+    pub name: String,
+    /// Grants it may use.
+    pub grants: Vec<GrantType>,
+    /// Scopes it may be given.
+    pub scopes: Vec<String>,
+    /// Exact redirect URIs (browser flows).
+    pub redirect_uris: Vec<String>,
+    /// Registration time.
+    pub created_at: OffsetDateTime,
+    secret_digest: Option<String>,
+}
+
+impl Client {
+    /// Whether this client may use `grant`.
+    pub fn allows_grant(&self, grant: GrantType) -> bool {
+        self.grants.contains(&grant)
+    }
+
+    /// Whether the client has a secret (confidential) or not (public).
+    pub fn is_confidential(&self) -> bool {
+        self.secret_digest.is_some()
+    }
+
+    /// Checks a presented secret in constant time.
+    pub fn secret_matches(&self, presented: &str) -> bool {
+        match &self.secret_digest {
+            Some(stored) => constant_time_eq(stored.as_bytes(), digest(presented).as_bytes()),
+            None => false,
+        }
+    }
+}
+
+/// What `ponte client create` asks for.
+#[derive(Debug, Clone)]
+pub struct NewClient {
+    /// Human name.
+    pub name: String,
+    /// Grants it may use (at least one).
+    pub grants: Vec<GrantType>,
+    /// Scopes it may be given.
+    pub scopes: Vec<String>,
+    /// Exact redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// A public client has no secret.
+    pub public: bool,
+}
+
+/// Checks a scope token against RFC 6749 §3.3.
+pub fn is_valid_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// Where clients are kept.
+#[async_trait]
+pub trait ClientRepo: Send + Sync + std::fmt::Debug {
+    /// Registers a client; returns it and, for a confidential client, the secret (shown once).
+    async fn create(&self, new: NewClient, now: OffsetDateTime) -> Result<(Client, Option<String>)>;
+    /// A client by id.
+    async fn find(&self, id: &str) -> Result<Option<Client>>;
+}
+
+/// Clients in the relational store.
+#[derive(Debug, Clone)]
+pub struct SqlClients {
+    db: Database,
+}
+
+impl SqlClients {
+    /// Clients kept in `db`.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl ClientRepo for SqlClients {
+    async fn create(&self, new: NewClient, now: OffsetDateTime) -> Result<(Client, Option<String>)> {
+        let name = new.name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(Error::Invalid("client name must have 1 to 100 characters".into()));
+        }
+        if new.grants.is_empty() {
+            return Err(Error::Invalid("a client needs at least one grant".into()));
+        }
+        if let Some(bad) = new.scopes.iter().find(|s| !is_valid_scope_token(s)) {
+            return Err(Error::Invalid(format!("invalid scope {bad:?}")));
+        }
+        if new.public && new.grants.contains(&GrantType::ClientCredentials) {
+            return Err(Error::Invalid("a public client cannot use client_credentials".into()));
+        }
+        let secret = (!new.public).then(random_token);
+        let client = Client {
+            id: format!("cl_{}", &random_token()[..22]),
+            name: name.to_owned(),
+            grants: new.grants,
+            scopes: new.scopes,
+            redirect_uris: new.redirect_uris,
+            created_at: now,
+            secret_digest: secret.as_deref().map(digest),
+        };
+        let grants: Vec<&str> = client.grants.iter().map(|g| g.as_str()).collect();
+        let result = sqlx::query(
+            "INSERT INTO oauth_clients (id, name, secret_digest, grants, scopes, redirect_uris, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&client.id)
+        .bind(&client.name)
+        .bind(client.secret_digest.clone())
+        .bind(grants.join(" "))
+        .bind(client.scopes.join(" "))
+        .bind(serde_json::to_string(&client.redirect_uris).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .bind(to_unix(now))
+        .execute(self.db.pool())
+        .await;
+        match result {
+            Ok(_) => Ok((client, secret)),
+            Err(e) if is_unique_violation(&e) => Err(Error::Invalid("client id collision, try again".into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn find(&self, id: &str) -> Result<Option<Client>> {
+        let row: Option<(String, String, Option<String>, String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, name, secret_digest, grants, scopes, redirect_uris, created_at FROM oauth_clients WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.map(|(id, name, secret_digest, grants, scopes, redirect_uris, created_at)| {
+            Ok(Client {
+                id,
+                name,
+                grants: grants.split_whitespace().filter_map(GrantType::parse).collect(),
+                scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                redirect_uris: serde_json::from_str(&redirect_uris)
+                    .map_err(|e| Error::Corrupt(format!("redirect_uris: {e}")))?,
+                created_at: from_unix(created_at),
+                secret_digest,
+            })
+        })
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_tokens_follow_rfc6749() {
+        assert!(is_valid_scope_token("ponte.admin"));
+        assert!(is_valid_scope_token("openid"));
+        assert!(!is_valid_scope_token(""));
+        assert!(!is_valid_scope_token("a b"));
+        assert!(!is_valid_scope_token("quote\"d"));
+        assert!(!is_valid_scope_token("back\\slash"));
+    }
+
+    #[test]
+    fn secret_matches_only_the_right_secret() {
+        let client = Client {
+            id: "c".into(),
+            name: "n".into(),
+            grants: vec![GrantType::ClientCredentials],
+            scopes: vec![],
+            redirect_uris: vec![],
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            secret_digest: Some(digest("s3cret")),
+        };
+        assert!(client.secret_matches("s3cret"));
+        assert!(!client.secret_matches("s3cre"));
+        assert!(!client.secret_matches(""));
+    }
+}

@@ -1,0 +1,18 @@
+//! Who you are: passwords, browser sessions, OAuth clients, signing keys and tokens.
+//!
+//! This crate knows nothing about HTTP. Time is always a parameter (see [`clock`]), so
+//! expiry and rotation are tested without sleeping.
+
+pub mod client;
+pub mod clock;
+pub mod db;
+pub mod error;
+pub mod keys;
+pub mod password;
+pub mod ratelimit;
+pub mod seal;
+pub mod secret;
+pub mod session;
+pub mod token;
+
+pub use error::{Error, Result};

@@ -1,0 +1,33 @@
+//! The storage seam for sessions and other short-lived state.
+
+use async_trait::async_trait;
+
+use crate::Result;
+
+/// Short-lived state: sessions (with a per-user index), one-time values and counters.
+/// Implemented in process ([`super::MemoryStore`]) and on Redis ([`super::RedisStore`]).
+/// TTLs here only collect garbage; callers decide expiry with their own clock.
+#[async_trait]
+pub trait SessionStore: Send + Sync + std::fmt::Debug {
+    /// Stores a session under `id` and adds it to `user_id`'s index. The index lives at
+    /// least `index_ttl` seconds.
+    async fn insert(&self, id: &str, user_id: &str, value: &str, ttl: u64, index_ttl: u64) -> Result<()>;
+    /// The stored session, if any.
+    async fn get(&self, id: &str) -> Result<Option<String>>;
+    /// Overwrites a session only if it still exists; `false` if it was gone.
+    async fn replace(&self, id: &str, value: &str, ttl: u64) -> Result<bool>;
+    /// Deletes a session and drops it from the user's index.
+    async fn remove(&self, id: &str, user_id: &str) -> Result<()>;
+    /// The ids in a user's index (some may have expired already).
+    async fn ids_for_user(&self, user_id: &str) -> Result<Vec<String>>;
+
+    /// Stores a one-time value (flow state, codes) for `ttl` seconds.
+    async fn put_once(&self, key: &str, value: &str, ttl: u64) -> Result<()>;
+    /// Reads and deletes a one-time value atomically: only one caller ever gets it.
+    async fn take_once(&self, key: &str) -> Result<Option<String>>;
+    /// Adds one to a counter that disappears after `ttl` seconds; returns the new count.
+    async fn incr(&self, key: &str, ttl: u64) -> Result<u64>;
+
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,188 @@
+//! JWT access tokens (RFC 9068), signed with the key ring.
+
+use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header, encode};
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+use crate::keys::KeyRing;
+use crate::secret::random_token;
+use crate::{Error, Result};
+
+/// The audience of tokens for Ponte's own REST API.
+pub const API_AUDIENCE: &str = "ponte-api";
+
+/// The JOSE `typ` of an access token (RFC 9068 §2.1).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+/// Claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    /// Issuer: Ponte's public URL.
+    pub iss: String,
+    /// Subject: the user, or the client itself for `client_credentials`.
+    pub sub: String,
+    /// Audience: the resource the token is for.
+    pub aud: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// Space-separated granted scopes.
+    pub scope: String,
+    /// Issued at (Unix seconds).
+    pub iat: i64,
+    /// Expires at (Unix seconds).
+    pub exp: i64,
+    /// Unique token id.
+    pub jti: String,
+    /// The user's account, for user tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// The user's role, for user tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+impl AccessTokenClaims {
+    /// Claims for a `client_credentials` token: the client is the subject.
+    pub fn for_client(issuer: &str, client_id: &str, scope: &str, now: OffsetDateTime, ttl: Duration) -> Self {
+        Self {
+            iss: issuer.to_owned(),
+            sub: client_id.to_owned(),
+            aud: API_AUDIENCE.to_owned(),
+            client_id: client_id.to_owned(),
+            scope: scope.to_owned(),
+            iat: now.unix_timestamp(),
+            exp: (now + ttl).unix_timestamp(),
+            jti: random_token()[..22].to_owned(),
+            account_id: None,
+            role: None,
+        }
+    }
+
+    /// Whether `scope` was granted.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.split(' ').any(|s| s == scope)
+    }
+}
+
+/// Why a presented token was refused. Callers answer all of them the same way.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenRejection {
+    /// Not a JWT, wrong `typ`, unknown `kid` or algorithm, or a bad signature.
+    #[error("malformed or unverifiable token")]
+    Invalid,
+    /// Issued by someone else or for another audience.
+    #[error("token not meant for us")]
+    WrongAudienceOrIssuer,
+    /// Past its expiry, or issued in the future.
+    #[error("token expired or not yet valid")]
+    Expired,
+}
+
+/// Tolerated clock skew between replicas, in seconds.
+const LEEWAY: i64 = 30;
+
+impl KeyRing {
+    /// Signs access token claims with the current key.
+    pub fn sign_access_token(&self, claims: &AccessTokenClaims) -> Result<String> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+        header.kid = Some(self.signing_kid().to_owned());
+        encode(&header, claims, self.signing_key()).map_err(|e| Error::Crypto(e.to_string()))
+    }
+
+    /// Verifies an access token: `typ`, `kid`, ES256 signature, `iss`, `aud`, and expiry
+    /// against the injected `now`.
+    pub fn verify_access_token(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+        now: OffsetDateTime,
+    ) -> Result<AccessTokenClaims, TokenRejection> {
+        let header = decode_header(token).map_err(|_| TokenRejection::Invalid)?;
+        if header.alg != Algorithm::ES256 || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(TokenRejection::Invalid);
+        }
+        let key = header.kid.as_deref().and_then(|kid| self.verifying_key(kid)).ok_or(TokenRejection::Invalid)?;
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        let data = decode::<AccessTokenClaims>(token, key, &validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer | jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                TokenRejection::WrongAudienceOrIssuer
+            }
+            _ => TokenRejection::Invalid,
+        })?;
+        let now = now.unix_timestamp();
+        if data.claims.exp + LEEWAY <= now || data.claims.iat - LEEWAY > now {
+            return Err(TokenRejection::Expired);
+        }
+        Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{KeyStatus, generate};
+    use crate::seal::MasterKey;
+    use time::macros::datetime;
+
+    fn ring() -> KeyRing {
+        let master = MasterKey::generate();
+        let key = generate(&master, KeyStatus::Current, datetime!(2026-01-01 00:00 UTC)).unwrap();
+        KeyRing::from_stored(&[key], &master).unwrap()
+    }
+
+    const ISS: &str = "https://ponte.example";
+
+    #[test]
+    fn signed_token_verifies_until_it_expires() {
+        let ring = ring();
+        let now = datetime!(2026-01-01 10:00 UTC);
+        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        let token = ring.sign_access_token(&claims).unwrap();
+        let header = decode_header(&token).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(header.kid.as_deref(), Some(ring.signing_kid()));
+
+        assert_eq!(ring.verify_access_token(&token, ISS, API_AUDIENCE, now).unwrap(), claims);
+        let later = now + Duration::minutes(11);
+        assert_eq!(ring.verify_access_token(&token, ISS, API_AUDIENCE, later), Err(TokenRejection::Expired));
+    }
+
+    #[test]
+    fn wrong_issuer_audience_key_or_tampering_is_refused() {
+        let ring = ring();
+        let now = datetime!(2026-01-01 10:00 UTC);
+        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        let token = ring.sign_access_token(&claims).unwrap();
+        assert_eq!(
+            ring.verify_access_token(&token, "https://evil.example", API_AUDIENCE, now),
+            Err(TokenRejection::WrongAudienceOrIssuer)
+        );
+        assert_eq!(ring.verify_access_token(&token, ISS, "other", now), Err(TokenRejection::WrongAudienceOrIssuer));
+        let other = ring_other_token(now);
+        assert_eq!(ring.verify_access_token(&other, ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
+        let mut tampered = token.clone();
+        tampered.insert(tampered.len() / 2, 'A');
+        assert_eq!(ring.verify_access_token(&tampered, ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
+        assert_eq!(ring.verify_access_token("not.a.jwt", ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
+    }
+
+    fn ring_other_token(now: OffsetDateTime) -> String {
+        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        ring().sign_access_token(&claims).unwrap()
+    }
+
+    #[test]
+    fn scopes_match_whole_words() {
+        let now = datetime!(2026-01-01 10:00 UTC);
+        let claims = AccessTokenClaims::for_client(ISS, "c", "ponte.admin openid", now, Duration::minutes(1));
+        assert!(claims.has_scope("ponte.admin"));
+        assert!(claims.has_scope("openid"));
+        assert!(!claims.has_scope("ponte"));
+    }
+}

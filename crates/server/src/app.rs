@@ -1,0 +1,185 @@
+//! Building the service from its configuration, and running it.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{ErrorHandlers, from_fn};
+use actix_web::{App, HttpServer, web};
+use ponte_identity::client::SqlClients;
+use ponte_identity::clock::{Clock, SystemClock};
+use ponte_identity::db::{Backend, Database};
+use ponte_identity::keys::{KeyRing, SqlKeys};
+use ponte_identity::seal::MasterKey;
+use ponte_identity::session::{MemoryStore, RedisStore, SessionPolicy, SessionStore, Sessions};
+use ponte_linking::store::SqlDirectory;
+use time::Duration;
+use tracing_actix_web::TracingLogger;
+
+use crate::config::Config;
+use crate::state::AppState;
+use crate::{extract, routes, telemetry};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data folder or the master key file could not be prepared.
+    #[error("{0}")]
+    Setup(String),
+    /// The database, session store or keys could not be prepared.
+    #[error(transparent)]
+    Identity(#[from] ponte_identity::Error),
+    /// Migrations failed.
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The listener could not be bound.
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the configured database (SQLite under the data folder by default).
+pub fn open_database(config: &Config) -> Result<Database, StartError> {
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::Setup(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
+    }
+    Ok(Database::connect_lazy(&config.effective_database_url())?)
+}
+
+/// Applies pending migrations for the database's engine.
+pub async fn migrate(db: &Database) -> Result<(), StartError> {
+    match db.backend() {
+        Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(db.pool()).await?,
+        Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(db.pool()).await?,
+    }
+    Ok(())
+}
+
+/// The configured master key, or one generated into (and later read from) the data folder.
+pub fn master_key(config: &Config) -> Result<MasterKey, StartError> {
+    if let Some(key) = &config.master_key {
+        return Ok(MasterKey::parse(key.expose())?);
+    }
+    let path = config.data_dir.join("master.key");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| StartError::Setup(format!("cannot read {}: {e}", path.display())))?;
+        return Ok(MasterKey::parse(&text)?);
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartError::Setup(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
+    let key = MasterKey::generate();
+    write_private(&path, &key.encode())?;
+    tracing::warn!(
+        path = %path.display(),
+        "NO MASTER KEY CONFIGURED: generated one into the data folder. Anyone who can read that file can read \
+         every secret Ponte stores. In production set PONTE_MASTER_KEY (or PONTE_MASTER_KEY_FILE) from a secret store."
+    );
+    Ok(key)
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), StartError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))?;
+    file.write_all(contents.as_bytes()).map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The configured session store: Redis when `redis_url` is set, else in-process.
+pub fn session_store(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
+    Ok(match &config.redis_url {
+        Some(url) if !url.expose().is_empty() => Arc::new(RedisStore::new(url.expose(), &config.redis_key_prefix)?),
+        _ => Arc::new(MemoryStore::new()),
+    })
+}
+
+/// Builds the shared state: database (migrated unless disabled), session store, keys.
+pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+    let db = open_database(&config)?;
+    if config.migrate_on_start {
+        migrate(&db).await?;
+    }
+    let master = master_key(&config)?;
+    let keys = KeyRing::load_or_create(&SqlKeys::new(db.clone()), &master, clock.now()).await?;
+    let policy = SessionPolicy {
+        idle: Duration::seconds(config.session_idle_secs as i64),
+        absolute: Duration::seconds(config.session_absolute_secs as i64),
+    };
+    Ok(AppState {
+        issuer: config.issuer(),
+        sessions: Sessions::new(session_store(&config)?, policy),
+        directory: Arc::new(SqlDirectory::new(db.clone())),
+        clients: Arc::new(SqlClients::new(db.clone())),
+        keys: Arc::new(keys),
+        db,
+        clock,
+        config: Arc::new(config),
+    })
+}
+
+/// A bound, not yet running, Ponte.
+pub struct Application {
+    port: u16,
+    state: AppState,
+    server: Server,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Builds on the wall clock.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Builds with an injected clock (tests), binding `config.bind` (port 0 picks one).
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(&config.bind)?;
+        let port = listener.local_addr()?.port();
+        let workers = config.workers;
+        let state = build_state(config, clock).await?;
+        let data = web::Data::new(state.clone());
+        let max_body = state.config.max_body_bytes;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(extract::json_config(max_body))
+                .app_data(extract::form_config(max_body))
+                .app_data(extract::path_config())
+                .app_data(extract::query_config())
+                .app_data(web::PayloadConfig::new(max_body))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+                .wrap(ErrorHandlers::new().default_handler(extract::problem_for_bare_errors))
+                .wrap(from_fn(telemetry::observe))
+                .wrap(TracingLogger::default())
+        })
+        .listen(listener)?;
+        if let Some(n) = workers {
+            server = server.workers(n.max(1));
+        }
+        Ok(Self { port, state, server: server.run() })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state (tests reach the stores through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until the process is told to stop (SIGINT/SIGTERM drain gracefully).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,251 @@
+//! One typed configuration: defaults, then an optional `ponte.toml`, then `PONTE_*`
+//! variables (`PONTE_<KEY>_FILE` reads a secret from a file). Unknown keys are errors.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A value that must not appear in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `ponte` can be told. See the README's configuration reference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub bind: String,
+    /// Public base URL: the OIDC issuer and the base of every link Ponte sends.
+    pub public_url: String,
+    /// Folder for the embedded database, the generated master key and the mail outbox.
+    pub data_dir: PathBuf,
+    /// `postgres://…` or `sqlite://…`; empty means SQLite under `data_dir`.
+    pub database_url: Option<Secret>,
+    /// `redis://…`; empty means the in-process session store.
+    pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key Ponte writes.
+    pub redis_key_prefix: String,
+    /// Base64 of 32 random bytes; seals secrets at rest. Empty: generated into `data_dir`.
+    pub master_key: Option<Secret>,
+    /// Apply pending migrations at start-up.
+    pub migrate_on_start: bool,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Default log filter when `RUST_LOG` is not set.
+    pub log_level: String,
+    /// HTTP worker threads; empty means one per core.
+    pub workers: Option<usize>,
+    /// Seconds a browser session may sit unused.
+    pub session_idle_secs: u64,
+    /// Seconds a browser session lasts at most.
+    pub session_absolute_secs: u64,
+    /// Seconds an access token is valid.
+    pub access_token_ttl_secs: u64,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            redis_url: None,
+            redis_key_prefix: "ponte:".into(),
+            master_key: None,
+            migrate_on_start: true,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            workers: None,
+            session_idle_secs: 30 * 60,
+            session_absolute_secs: 12 * 60 * 60,
+            access_token_ttl_secs: 600,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Keys whose value may come from a file named by `PONTE_<KEY>_FILE`.
+const SECRET_KEYS: [&str; 3] = ["master_key", "database_url", "redis_url"];
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key is unknown, or a value has the wrong type.
+    #[error("configuration: {0}")]
+    Figment(#[from] Box<figment::Error>),
+    /// A file named in the configuration could not be read.
+    #[error("configuration: cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A value is well-typed but unusable.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `path` (or `./ponte.toml` if it exists), then the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(p) if !p.exists() => {
+                return Err(ConfigError::File {
+                    path: p.to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                });
+            }
+            Some(p) => figment = figment.merge(Toml::file_exact(p)),
+            None if Path::new("ponte.toml").exists() => figment = figment.merge(Toml::file_exact("ponte.toml")),
+            None => {}
+        }
+        figment = figment.merge(
+            Env::prefixed("PONTE_")
+                // PONTE_CONFIG names the file itself; PONTE_TEST_* belong to the test suites.
+                .filter(|k| k != "config" && !k.starts_with("test_") && !k.as_str().ends_with("_file"))
+                .split("__"),
+        );
+        for key in SECRET_KEYS {
+            let var = format!("PONTE_{}_FILE", key.to_uppercase());
+            if let Some(file) = std::env::var_os(&var) {
+                let path = PathBuf::from(file);
+                let value = std::fs::read_to_string(&path).map_err(|source| ConfigError::File { path, source })?;
+                figment = figment.merge(Serialized::default(key, value.trim()));
+            }
+        }
+        Self::from_figment(figment)
+    }
+
+    /// Extracts and checks a configuration from any figment (tests build their own).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let url = url::Url::parse(&self.public_url)
+            .map_err(|e| ConfigError::Invalid(format!("public_url {:?}: {e}", self.public_url)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
+            return Err(ConfigError::Invalid("public_url must be an http(s) URL without query or fragment".into()));
+        }
+        if url.scheme() == "http" && !is_loopback(&url) {
+            return Err(ConfigError::Invalid("public_url must use https unless it is a loopback address".into()));
+        }
+        if self.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!("bind {:?} is not an address such as 127.0.0.1:8080", self.bind)));
+        }
+        if self.session_idle_secs == 0 || self.session_absolute_secs == 0 || self.access_token_ttl_secs == 0 {
+            return Err(ConfigError::Invalid("timeouts must be greater than zero".into()));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid("max_body_bytes must be at least 1024".into()));
+        }
+        Ok(())
+    }
+
+    /// The issuer: the public URL without a trailing slash.
+    pub fn issuer(&self) -> String {
+        self.public_url.trim_end_matches('/').to_owned()
+    }
+
+    /// Whether cookies must be `Secure` and `__Host-` prefixed.
+    pub fn is_https(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
+
+    /// The database URL in effect: the configured one, or SQLite under `data_dir`.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.expose().is_empty() => url.expose().to_owned(),
+            _ => format!("sqlite://{}?mode=rwc", self.data_dir.join("ponte.db").display()),
+        }
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        let c = from_toml("").unwrap();
+        assert_eq!(c.bind, "127.0.0.1:8080");
+        assert_eq!(c.issuer(), "http://127.0.0.1:8080");
+        assert!(c.effective_database_url().starts_with("sqlite://"));
+        assert!(c.redis_url.is_none() && c.master_key.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_named_in_the_error() {
+        let err = from_toml("bind = \"127.0.0.1:9000\"\nsesion_idle_secs = 5\n").unwrap_err().to_string();
+        assert!(err.contains("sesion_idle_secs"), "{err}");
+    }
+
+    #[test]
+    fn public_url_must_be_https_off_loopback() {
+        assert!(from_toml("public_url = \"http://id.example.com\"").is_err());
+        assert!(from_toml("public_url = \"https://id.example.com/\"").unwrap().is_https());
+        assert_eq!(from_toml("public_url = \"https://id.example.com/\"").unwrap().issuer(), "https://id.example.com");
+        assert!(from_toml("public_url = \"http://localhost:8080\"").is_ok());
+        assert!(from_toml("bind = \"nowhere\"").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let c = from_toml("master_key = \"c2VjcmV0\"\ndatabase_url = \"postgres://u:pw@db/ponte\"").unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("c2VjcmV0") && !shown.contains("pw@db"), "{shown}");
+    }
+}

@@ -1,0 +1,21 @@
+//! The Ponte service: configuration, routes, pages, extractors, telemetry.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod extract;
+pub mod html;
+pub mod openapi;
+pub mod problem;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Config;
+
+/// Installs the one TLS crypto provider (ring) for the whole process. Call first in
+/// `main` and in test harnesses; later calls are no-ops.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

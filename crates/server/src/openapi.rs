@@ -1,0 +1,55 @@
+//! The REST contract, generated from the handlers. `openapi/openapi.json` is this
+//! document checked in; a test fails when they differ.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{api, oauth, ops};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Ponte", description = "Identity bridge for POS and e-invoicing: REST API for the POS backend, OAuth 2.0 / OpenID Connect endpoints, operations.", version = "0.1.0"),
+    paths(
+        ops::healthz, ops::readyz,
+        oauth::discovery, oauth::jwks, oauth::token,
+        api::create_account, api::get_account,
+        api::list_users, api::create_user, api::get_user, api::update_user, api::delete_user,
+        api::list_sessions, api::revoke_session,
+        api::list_audit,
+    ),
+    components(schemas(crate::problem::ProblemBody, crate::problem::FieldError)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "accounts", description = "POS customers (tenants)"),
+        (name = "users", description = "Owners, admins and members of an account"),
+        (name = "sessions", description = "Browser sessions of a user"),
+        (name = "audit", description = "Who did what"),
+        (name = "oauth2", description = "Tokens and keys"),
+        (name = "operations", description = "Health and readiness"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.bearer_format = Some("JWT".into());
+        scheme.description = Some("An access token from POST /oauth2/token (client_credentials) with scope ponte.admin.".into());
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The OpenAPI document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The document as checked in: pretty JSON with a final newline.
+pub fn document_json() -> String {
+    let mut text = document().to_pretty_json().unwrap_or_default();
+    text.push('\n');
+    text
+}

@@ -1,0 +1,502 @@
+//! REST for the POS backend: accounts, users, sessions, audit.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use ponte_identity::password;
+use ponte_identity::session::Session;
+use ponte_linking::account::{Account, NewUser, Role, User, UserPatch, UserStatus, check_new_user_role, parse_name};
+use ponte_linking::audit::{Actor, AuditEntry};
+use ponte_linking::email::Email;
+use ponte_linking::ids::{AccountId, UserId};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::AdminToken;
+use crate::extract::client_ip;
+use crate::problem::Problem;
+use crate::state::AppState;
+
+/// Registers the `/api/v1` routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1/accounts")
+            .service(web::resource("").post(create_account))
+            .service(web::resource("/{account}").get(get_account))
+            .service(web::resource("/{account}/users").get(list_users).post(create_user))
+            .service(web::resource("/{account}/users/{user}").get(get_user).patch(update_user).delete(delete_user))
+            .service(web::resource("/{account}/users/{user}/sessions").get(list_sessions))
+            .service(web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session))
+            .service(web::resource("/{account}/audit").get(list_audit)),
+    );
+}
+
+// ---- wire types ----
+
+/// An account as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountView {
+    /// Account id (UUID).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `active` or `disabled`.
+    pub status: String,
+    /// Creation time (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<Account> for AccountView {
+    fn from(a: Account) -> Self {
+        Self { id: a.id.to_string(), name: a.name, status: a.status.as_str().into(), created_at: a.created_at, updated_at: a.updated_at }
+    }
+}
+
+/// A user as the API shows it (never a password or its hash).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    /// User id (UUID).
+    pub id: String,
+    /// The account it belongs to.
+    pub account_id: String,
+    /// Email.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// `owner`, `admin` or `member`.
+    pub role: String,
+    /// `active`, `disabled` or `suspended`.
+    pub status: String,
+    /// Whether a password is set.
+    pub has_password: bool,
+    /// Creation time (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id.to_string(),
+            account_id: u.account_id.to_string(),
+            email: u.email,
+            name: u.name,
+            role: u.role.as_str().into(),
+            status: u.status.as_str().into(),
+            has_password: u.has_password,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
+/// The owner of a new account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOwner {
+    /// Email (unique across Ponte, case-insensitively).
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Optional password (10 to 256 characters); without one the owner signs in upstream only.
+    pub password: Option<String>,
+}
+
+/// `POST /api/v1/accounts`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    /// Display name (usually the business name).
+    pub name: String,
+    /// The account's owner.
+    pub owner: NewOwner,
+}
+
+/// The created account and its owner.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedAccount {
+    /// Account id.
+    pub id: String,
+    /// The account.
+    pub account: AccountView,
+    /// Its owner.
+    pub owner: UserView,
+}
+
+/// `POST /api/v1/accounts/{account}/users`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// Email (unique across Ponte, case-insensitively).
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// `admin` or `member`.
+    pub role: String,
+    /// Optional password (10 to 256 characters).
+    pub password: Option<String>,
+}
+
+/// `PATCH /api/v1/accounts/{account}/users/{user}`: only the fields given change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    /// New email.
+    pub email: Option<String>,
+    /// New display name.
+    pub name: Option<String>,
+    /// `admin` or `member` (the owner's role is fixed).
+    pub role: Option<String>,
+    /// `active` or `disabled`; disabling ends the user's sessions.
+    pub status: Option<String>,
+    /// New password; setting one ends the user's sessions.
+    pub password: Option<String>,
+}
+
+/// A list of users.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserList {
+    /// Oldest first.
+    pub users: Vec<UserView>,
+}
+
+/// A browser session as the API shows it (its id is not the cookie value).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    /// Session id, for revocation.
+    pub id: String,
+    /// Authentication methods used.
+    pub amr: Vec<String>,
+    /// Sign-in time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last seen (to the minute).
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen_at: OffsetDateTime,
+    /// Ends if unused until then.
+    #[serde(with = "time::serde::rfc3339")]
+    pub idle_expires_at: OffsetDateTime,
+    /// Ends then regardless.
+    #[serde(with = "time::serde::rfc3339")]
+    pub absolute_expires_at: OffsetDateTime,
+    /// Browser at sign-in.
+    pub user_agent: Option<String>,
+    /// Address at sign-in.
+    pub ip: Option<String>,
+}
+
+impl From<Session> for SessionView {
+    fn from(s: Session) -> Self {
+        Self {
+            id: s.id,
+            amr: s.amr,
+            created_at: s.created_at,
+            last_seen_at: s.last_seen_at,
+            idle_expires_at: s.idle_expires_at,
+            absolute_expires_at: s.absolute_expires_at,
+            user_agent: s.user_agent,
+            ip: s.ip,
+        }
+    }
+}
+
+/// A user's live sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Newest first.
+    pub sessions: Vec<SessionView>,
+}
+
+/// One line of the audit trail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditView {
+    /// `client:<id>`, `user:<id>` or `system`.
+    pub actor: String,
+    /// What happened.
+    pub action: String,
+    /// What it happened to.
+    pub target: Option<String>,
+    /// Extra facts (JSON text).
+    pub detail: Option<String>,
+    /// Client address.
+    pub ip: Option<String>,
+    /// When (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl From<AuditEntry> for AuditView {
+    fn from(e: AuditEntry) -> Self {
+        Self { actor: e.actor.who, action: e.action, target: e.target, detail: e.detail, ip: e.actor.ip, at: e.at }
+    }
+}
+
+/// The account's audit trail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditList {
+    /// Newest first.
+    pub entries: Vec<AuditView>,
+}
+
+/// Paging of the audit trail.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// How many entries, 1 to 500 (default 100).
+    pub limit: Option<u32>,
+}
+
+/// `{account}` in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AccountPath {
+    /// Account id (UUID).
+    #[param(value_type = String, format = Uuid)]
+    pub account: AccountId,
+}
+
+/// `{account}/users/{user}` in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UserPath {
+    /// Account id (UUID).
+    #[param(value_type = String, format = Uuid)]
+    pub account: AccountId,
+    /// User id (UUID).
+    #[param(value_type = String, format = Uuid)]
+    pub user: UserId,
+}
+
+/// `{account}/users/{user}/sessions/{session}` in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SessionPath {
+    /// Account id (UUID).
+    #[param(value_type = String, format = Uuid)]
+    pub account: AccountId,
+    /// User id (UUID).
+    #[param(value_type = String, format = Uuid)]
+    pub user: UserId,
+    /// Session id.
+    pub session: String,
+}
+
+// ---- helpers ----
+
+fn actor(token: &AdminToken, req: &HttpRequest) -> Actor {
+    Actor::client(&token.0.client_id, client_ip(req))
+}
+
+/// Re-labels a domain validation error with the field name the request used.
+fn refield(field: &'static str, e: ponte_linking::Error) -> Problem {
+    match e {
+        ponte_linking::Error::Invalid { message, .. } => Problem::validation(field, message),
+        other => other.into(),
+    }
+}
+
+fn parse_role(input: &str) -> Result<Role, Problem> {
+    let role = Role::parse(input).ok_or_else(|| Problem::validation("role", "role must be admin or member"))?;
+    check_new_user_role(role)?;
+    Ok(role)
+}
+
+async fn hash_optional_password(password: Option<String>, field: &'static str) -> Result<Option<String>, Problem> {
+    match password {
+        None => Ok(None),
+        Some(p) => {
+            if let Err(ponte_identity::Error::Invalid(message)) = password::check_policy(&p) {
+                return Err(Problem::validation(field, message));
+            }
+            Ok(Some(password::hash(p).await?))
+        }
+    }
+}
+
+async fn require_account(state: &AppState, account: AccountId) -> Result<Account, Problem> {
+    state.directory.account(account).await?.ok_or_else(|| Problem::not_found("account_not_found", "No such account."))
+}
+
+async fn require_user(state: &AppState, account: AccountId, user: UserId) -> Result<User, Problem> {
+    require_account(state, account).await?;
+    state.directory.user(account, user).await?.ok_or_else(|| Problem::not_found("user_not_found", "No such user in this account."))
+}
+
+type ApiResult = Result<HttpResponse, Problem>;
+
+const PROBLEM: &str = "application/problem+json";
+
+// ---- handlers ----
+
+/// Creates an account and its owner.
+#[utoipa::path(post, path = "/api/v1/accounts", tag = "accounts", request_body = CreateAccount,
+    security(("bearer" = ["ponte.admin"])),
+    responses(
+        (status = 201, body = CreatedAccount, headers(("Location" = String, description = "The new account"))),
+        (status = 400, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 401, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 403, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "email_taken", body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
+    ))]
+pub async fn create_account(token: AdminToken, req: HttpRequest, body: web::Json<CreateAccount>, state: web::Data<AppState>) -> ApiResult {
+    let body = body.into_inner();
+    let name = parse_name("name", &body.name)?;
+    let owner_name = parse_name("owner.name", &body.owner.name)?;
+    let email = Email::parse(&body.owner.email).map_err(|e| refield("owner.email", e))?;
+    let password_hash = hash_optional_password(body.owner.password, "owner.password").await?;
+    let owner = NewUser { email, name: owner_name, role: Role::Owner, password_hash };
+    let (account, owner) = state.directory.create_account(name, owner, &actor(&token, &req), state.now()).await?;
+    let id = account.id.to_string();
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/accounts/{id}")))
+        .json(CreatedAccount { id, account: account.into(), owner: owner.into() }))
+}
+
+/// One account.
+#[utoipa::path(get, path = "/api/v1/accounts/{account}", tag = "accounts", params(AccountPath),
+    security(("bearer" = ["ponte.admin"])),
+    responses((status = 200, body = AccountView), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
+pub async fn get_account(_token: AdminToken, path: web::Path<AccountPath>, state: web::Data<AppState>) -> ApiResult {
+    Ok(HttpResponse::Ok().json(AccountView::from(require_account(&state, path.account).await?)))
+}
+
+/// The account's users.
+#[utoipa::path(get, path = "/api/v1/accounts/{account}/users", tag = "users", params(AccountPath),
+    security(("bearer" = ["ponte.admin"])),
+    responses((status = 200, body = UserList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
+pub async fn list_users(_token: AdminToken, path: web::Path<AccountPath>, state: web::Data<AppState>) -> ApiResult {
+    require_account(&state, path.account).await?;
+    let users = state.directory.users(path.account).await?;
+    Ok(HttpResponse::Ok().json(UserList { users: users.into_iter().map(Into::into).collect() }))
+}
+
+/// Adds an admin or a member to the account.
+#[utoipa::path(post, path = "/api/v1/accounts/{account}/users", tag = "users", params(AccountPath), request_body = CreateUser,
+    security(("bearer" = ["ponte.admin"])),
+    responses(
+        (status = 201, body = UserView),
+        (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 409, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
+    ))]
+pub async fn create_user(token: AdminToken, req: HttpRequest, path: web::Path<AccountPath>, body: web::Json<CreateUser>, state: web::Data<AppState>) -> ApiResult {
+    let body = body.into_inner();
+    let email = Email::parse(&body.email)?;
+    let name = parse_name("name", &body.name)?;
+    let role = parse_role(&body.role)?;
+    require_account(&state, path.account).await?;
+    let password_hash = hash_optional_password(body.password, "password").await?;
+    let user = state
+        .directory
+        .create_user(path.account, NewUser { email, name, role, password_hash }, &actor(&token, &req), state.now())
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/accounts/{}/users/{}", path.account, user.id)))
+        .json(UserView::from(user)))
+}
+
+/// One user.
+#[utoipa::path(get, path = "/api/v1/accounts/{account}/users/{user}", tag = "users", params(UserPath),
+    security(("bearer" = ["ponte.admin"])),
+    responses((status = 200, body = UserView), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
+pub async fn get_user(_token: AdminToken, path: web::Path<UserPath>, state: web::Data<AppState>) -> ApiResult {
+    Ok(HttpResponse::Ok().json(UserView::from(require_user(&state, path.account, path.user).await?)))
+}
+
+/// Changes a user. Disabling a user or setting a password ends its sessions.
+#[utoipa::path(patch, path = "/api/v1/accounts/{account}/users/{user}", tag = "users", params(UserPath), request_body = UpdateUser,
+    security(("bearer" = ["ponte.admin"])),
+    responses(
+        (status = 200, body = UserView),
+        (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 409, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
+    ))]
+pub async fn update_user(token: AdminToken, req: HttpRequest, path: web::Path<UserPath>, body: web::Json<UpdateUser>, state: web::Data<AppState>) -> ApiResult {
+    let body = body.into_inner();
+    let patch = UserPatch {
+        email: body.email.as_deref().map(Email::parse).transpose()?,
+        name: body.name.as_deref().map(|n| parse_name("name", n)).transpose()?,
+        role: body.role.as_deref().map(|r| Role::parse(r).ok_or_else(|| Problem::validation("role", "role must be admin or member"))).transpose()?,
+        status: body
+            .status
+            .as_deref()
+            .map(|s| UserStatus::parse(s).ok_or_else(|| Problem::validation("status", "status must be active or disabled")))
+            .transpose()?,
+        password_hash: hash_optional_password(body.password, "password").await?,
+    };
+    require_account(&state, path.account).await?;
+    let ends_sessions = patch.password_hash.is_some() || patch.status.is_some_and(|s| s != UserStatus::Active);
+    let user = state.directory.update_user(path.account, path.user, patch, &actor(&token, &req), state.now()).await?;
+    if ends_sessions {
+        state.sessions.revoke_all_for_user(&user.id.to_string()).await?;
+    }
+    Ok(HttpResponse::Ok().json(UserView::from(user)))
+}
+
+/// Deletes a user (never the owner) and ends its sessions.
+#[utoipa::path(delete, path = "/api/v1/accounts/{account}/users/{user}", tag = "users", params(UserPath),
+    security(("bearer" = ["ponte.admin"])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "owner_cannot_be_deleted", body = crate::problem::ProblemBody, content_type = PROBLEM),
+    ))]
+pub async fn delete_user(token: AdminToken, req: HttpRequest, path: web::Path<UserPath>, state: web::Data<AppState>) -> ApiResult {
+    require_account(&state, path.account).await?;
+    state.directory.delete_user(path.account, path.user, &actor(&token, &req), state.now()).await?;
+    state.sessions.revoke_all_for_user(&path.user.to_string()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The user's live browser sessions.
+#[utoipa::path(get, path = "/api/v1/accounts/{account}/users/{user}/sessions", tag = "sessions", params(UserPath),
+    security(("bearer" = ["ponte.admin"])),
+    responses((status = 200, body = SessionList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
+pub async fn list_sessions(_token: AdminToken, path: web::Path<UserPath>, state: web::Data<AppState>) -> ApiResult {
+    let user = require_user(&state, path.account, path.user).await?;
+    let sessions = state.sessions.list_for_user(&user.id.to_string(), state.now()).await?;
+    Ok(HttpResponse::Ok().json(SessionList { sessions: sessions.into_iter().map(Into::into).collect() }))
+}
+
+/// Ends one session of the user.
+#[utoipa::path(delete, path = "/api/v1/accounts/{account}/users/{user}/sessions/{session}", tag = "sessions", params(SessionPath),
+    security(("bearer" = ["ponte.admin"])),
+    responses((status = 204, description = "Ended"), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
+pub async fn revoke_session(token: AdminToken, req: HttpRequest, path: web::Path<SessionPath>, state: web::Data<AppState>) -> ApiResult {
+    let user = require_user(&state, path.account, path.user).await?;
+    if path.session.len() > 64 || !state.sessions.revoke(&user.id.to_string(), &path.session).await? {
+        return Err(Problem::not_found("session_not_found", "No such live session for this user."));
+    }
+    state
+        .directory
+        .record(&AuditEntry {
+            account_id: Some(path.account),
+            actor: actor(&token, &req),
+            action: "session.revoked".into(),
+            target: Some(format!("user:{}", user.id)),
+            detail: None,
+            at: state.now(),
+        })
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The account's audit trail, newest first.
+#[utoipa::path(get, path = "/api/v1/accounts/{account}/audit", tag = "audit", params(AccountPath, AuditQuery),
+    security(("bearer" = ["ponte.admin"])),
+    responses((status = 200, body = AuditList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
+pub async fn list_audit(_token: AdminToken, path: web::Path<AccountPath>, query: web::Query<AuditQuery>, state: web::Data<AppState>) -> ApiResult {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(Problem::validation("limit", "limit must be between 1 and 500"));
+    }
+    require_account(&state, path.account).await?;
+    let entries = state.directory.audit(path.account, limit).await?;
+    Ok(HttpResponse::Ok().json(AuditList { entries: entries.into_iter().map(Into::into).collect() }))
+}

@@ -1,0 +1,23 @@
+//! Every route Ponte serves, in one place.
+
+pub mod api;
+pub mod oauth;
+pub mod ops;
+pub mod pages;
+
+use actix_web::{HttpResponse, web};
+
+use crate::problem::Problem;
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    ops::configure(cfg);
+    oauth::configure(cfg);
+    pages::configure(cfg);
+    api::configure(cfg);
+}
+
+/// Anything unrouted.
+pub async fn not_found() -> Result<HttpResponse, Problem> {
+    Err(Problem::not_found("not_found", "Nothing here."))
+}

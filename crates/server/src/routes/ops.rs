@@ -1,0 +1,65 @@
+//! Operations: liveness, readiness, metrics and the OpenAPI document.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::problem::Problem;
+use crate::state::AppState;
+use crate::telemetry::metrics_handle;
+
+/// Registers the operations routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/healthz").get(healthz))
+        .service(web::resource("/readyz").get(readyz))
+        .service(web::resource("/metrics").get(metrics))
+        .service(web::resource("/openapi.json").get(openapi));
+}
+
+/// Health of the process or of a dependency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: &'static str,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok" })
+}
+
+/// The database and the session store answer.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, body = Health),
+    (status = 503, description = "A dependency is unreachable", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+))]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let (db, sessions) = tokio::join!(state.db.ping(), state.sessions.store().ping());
+    let mut down = Vec::new();
+    if let Err(e) = db {
+        tracing::warn!(error = %e, "readiness: database");
+        down.push("database");
+    }
+    if let Err(e) = sessions {
+        tracing::warn!(error = %e, "readiness: session store");
+        down.push("session store");
+    }
+    if down.is_empty() {
+        Ok(HttpResponse::Ok().json(Health { status: "ok" }))
+    } else {
+        Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Service unavailable")
+            .detail(format!("Unreachable: {}.", down.join(", "))))
+    }
+}
+
+/// Prometheus text exposition.
+pub async fn metrics() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics_handle().render())
+}
+
+/// The REST contract (the same document as `openapi/openapi.json`).
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(crate::openapi::document())
+}

@@ -1,0 +1,268 @@
+//! Browser pages: sign in, the signed-in page, sign out.
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use ponte_identity::password;
+use ponte_identity::ratelimit::RateLimit;
+use ponte_identity::secret::{constant_time_eq, random_token};
+use ponte_identity::session::NewSession;
+use ponte_linking::account::{AccountStatus, UserStatus};
+use ponte_linking::audit::{Actor, AuditEntry};
+use serde::Deserialize;
+use time::Duration;
+
+use crate::extract::{client_ip, page_headers};
+use crate::html::{Lang, escape, layout};
+use crate::problem::Problem;
+use crate::state::AppState;
+
+/// Registers the pages.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/").get(home))
+        .service(web::resource("/login").get(login_page).post(login))
+        .service(web::resource("/logout").post(logout));
+}
+
+/// Sign-in attempts per email address.
+const LOGIN_PER_EMAIL: RateLimit = RateLimit { name: "login-email", max: 10, window: Duration::minutes(15) };
+/// Sign-in attempts per client address.
+const LOGIN_PER_IP: RateLimit = RateLimit { name: "login-ip", max: 100, window: Duration::minutes(15) };
+
+fn cookie_name(state: &AppState, base: &'static str) -> String {
+    if state.config.is_https() { format!("__Host-{base}") } else { base.to_owned() }
+}
+
+fn cookie<'a>(state: &AppState, base: &'static str, value: String) -> Cookie<'a> {
+    Cookie::build(cookie_name(state, base), value)
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(state.config.is_https())
+        .finish()
+}
+
+fn page(status: StatusCode, lang: Lang, title: &str, body: &str) -> HttpResponse {
+    let mut response = HttpResponse::build(status).content_type("text/html; charset=utf-8").body(layout(lang, title, body));
+    page_headers(&mut response);
+    response
+}
+
+/// The CSRF token in the browser's cookie, or a fresh one to set.
+fn csrf_token(req: &HttpRequest, state: &AppState) -> (String, bool) {
+    match req.cookie(&cookie_name(state, "ponte_csrf")) {
+        Some(c) if c.value().len() == 43 => (c.value().to_owned(), false),
+        _ => (random_token(), true),
+    }
+}
+
+/// Double-submit check: the form must carry the value of the browser's CSRF cookie.
+fn csrf_ok(req: &HttpRequest, state: &AppState, submitted: Option<&str>) -> bool {
+    match (req.cookie(&cookie_name(state, "ponte_csrf")), submitted) {
+        (Some(cookie), Some(form)) => !form.is_empty() && constant_time_eq(cookie.value().as_bytes(), form.as_bytes()),
+        _ => false,
+    }
+}
+
+fn login_form(lang: Lang, csrf: &str, email: &str, error: Option<&str>) -> String {
+    let error = error.map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e))).unwrap_or_default();
+    format!(
+        r#"<h1>{heading}</h1>
+{error}
+<form method="post" action="/login">
+<input type="hidden" name="csrf_token" value="{csrf}">
+<label for="email">{email_label}</label>
+<input id="email" name="email" type="email" autocomplete="username" required value="{email}">
+<label for="password">{password_label}</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>
+<button type="submit">{submit}</button>
+</form>"#,
+        heading = lang.pick("Accedi a Ponte", "Sign in to Ponte"),
+        email_label = lang.pick("Email", "Email"),
+        password_label = lang.pick("Password", "Password"),
+        submit = lang.pick("Accedi", "Sign in"),
+        csrf = escape(csrf),
+        email = escape(email),
+    )
+}
+
+fn login_response(req: &HttpRequest, state: &AppState, status: StatusCode, email: &str, error: Option<&str>) -> HttpResponse {
+    let lang = Lang::from_request(req);
+    let (csrf, fresh) = csrf_token(req, state);
+    let mut response = page(status, lang, lang.pick("Accedi", "Sign in"), &login_form(lang, &csrf, email, error));
+    if fresh {
+        let _ = response.add_cookie(&cookie(state, "ponte_csrf", csrf));
+    }
+    response
+}
+
+/// The sign-in form.
+pub async fn login_page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    login_response(&req, &state, StatusCode::OK, "", None)
+}
+
+/// What the sign-in form posts.
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    csrf_token: Option<String>,
+}
+
+/// Checks the password and starts a session with a new id.
+pub async fn login(req: HttpRequest, form: web::Form<LoginForm>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let lang = Lang::from_request(&req);
+    let form = form.into_inner();
+    if !csrf_ok(&req, &state, form.csrf_token.as_deref()) {
+        return Ok(login_response(
+            &req,
+            &state,
+            StatusCode::FORBIDDEN,
+            &form.email,
+            Some(lang.pick(
+                "La pagina è scaduta o non è stata aperta da Ponte. Riprova.",
+                "This form expired or did not come from Ponte. Please try again.",
+            )),
+        ));
+    }
+    let now = state.now();
+    let ip = client_ip(&req);
+    let email = form.email.trim().to_lowercase();
+    let store = state.sessions.store().as_ref();
+    let within_limits = LOGIN_PER_EMAIL.allow(store, &email, now).await?
+        & LOGIN_PER_IP.allow(store, ip.as_deref().unwrap_or("unknown"), now).await?;
+    if !within_limits {
+        return Ok(login_response(
+            &req,
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            &form.email,
+            Some(lang.pick("Troppi tentativi. Riprova tra qualche minuto.", "Too many attempts. Try again in a few minutes.")),
+        ));
+    }
+    let candidate = if email.is_empty() { None } else { state.directory.login_candidate(&email).await? };
+    let stored_hash = candidate.as_ref().and_then(|c| c.password_hash.clone());
+    let password_ok = password::verify(form.password, stored_hash).await;
+    let candidate = candidate.filter(|c| {
+        password_ok && c.user.status == UserStatus::Active && c.account_status == AccountStatus::Active
+    });
+    let Some(candidate) = candidate else {
+        metrics::counter!("login_failures_total").increment(1);
+        return Ok(login_response(
+            &req,
+            &state,
+            StatusCode::UNAUTHORIZED,
+            &form.email,
+            Some(lang.pick("Email o password non corretti.", "Email or password is incorrect.")),
+        ));
+    };
+    // Rotate: whatever session this browser had ends, and a new id is issued.
+    if let Some(old) = req.cookie(&cookie_name(&state, "ponte_session")) {
+        state.sessions.revoke_token(old.value()).await?;
+    }
+    let user = &candidate.user;
+    let (token, _) = state
+        .sessions
+        .create(
+            NewSession {
+                user_id: user.id.to_string(),
+                account_id: user.account_id.to_string(),
+                amr: vec!["pwd".into()],
+                user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
+                ip: ip.clone(),
+            },
+            now,
+        )
+        .await?;
+    metrics::counter!("sessions_created_total").increment(1);
+    state
+        .directory
+        .record(&AuditEntry {
+            account_id: Some(user.account_id),
+            actor: Actor::user(user.id, ip),
+            action: "login.succeeded".into(),
+            target: Some(format!("user:{}", user.id)),
+            detail: Some(r#"{"amr":["pwd"]}"#.into()),
+            at: now,
+        })
+        .await?;
+    let mut response = HttpResponse::SeeOther().insert_header((header::LOCATION, "/")).finish();
+    page_headers(&mut response);
+    let _ = response.add_cookie(&cookie(&state, "ponte_session", token.expose().to_owned()));
+    Ok(response)
+}
+
+/// Who is signed in, with a sign-out button.
+pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    let lang = Lang::from_request(&req);
+    let token = req.cookie(&cookie_name(&state, "ponte_session")).map(|c| c.value().to_owned());
+    let session = match &token {
+        Some(t) => state.sessions.get(t, state.now()).await?,
+        None => None,
+    };
+    let Some(session) = session else {
+        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
+    };
+    let (Ok(account_id), Ok(user_id)) = (session.account_id.parse(), session.user_id.parse()) else {
+        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
+    };
+    let (user, account) = tokio::try_join!(state.directory.user(account_id, user_id), state.directory.account(account_id))?;
+    let (Some(user), Some(account)) = (user, account) else {
+        // The user or account is gone: the session goes with it.
+        state.sessions.revoke_token(token.as_deref().unwrap_or_default()).await?;
+        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
+    };
+    let (csrf, fresh) = csrf_token(&req, &state);
+    let body = format!(
+        r#"<h1>{heading}</h1>
+<dl>
+<dt>{name_l}</dt><dd id="user-name">{name}</dd>
+<dt>Email</dt><dd id="user-email">{email}</dd>
+<dt>{role_l}</dt><dd id="user-role">{role}</dd>
+<dt>{account_l}</dt><dd id="account-name">{account}</dd>
+</dl>
+<form method="post" action="/logout">
+<input type="hidden" name="csrf_token" value="{csrf}">
+<button type="submit">{logout}</button>
+</form>"#,
+        heading = lang.pick("Hai effettuato l'accesso", "You are signed in"),
+        name_l = lang.pick("Nome", "Name"),
+        role_l = lang.pick("Ruolo", "Role"),
+        account_l = lang.pick("Account", "Account"),
+        logout = lang.pick("Esci", "Sign out"),
+        name = escape(&user.name),
+        email = escape(&user.email),
+        role = user.role.as_str(),
+        account = escape(&account.name),
+        csrf = escape(&csrf),
+    );
+    let mut response = page(StatusCode::OK, lang, lang.pick("Il tuo account", "Your account"), &body);
+    if fresh {
+        let _ = response.add_cookie(&cookie(&state, "ponte_csrf", csrf));
+    }
+    Ok(response)
+}
+
+/// What the sign-out form posts.
+#[derive(Debug, Deserialize)]
+pub struct LogoutForm {
+    csrf_token: Option<String>,
+}
+
+/// Ends this browser's session.
+pub async fn logout(req: HttpRequest, form: web::Form<LogoutForm>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    if !csrf_ok(&req, &state, form.csrf_token.as_deref()) {
+        return Err(Problem::new(StatusCode::FORBIDDEN, "csrf_failed", "Forbidden").detail("The form did not come from Ponte."));
+    }
+    if let Some(c) = req.cookie(&cookie_name(&state, "ponte_session")) {
+        state.sessions.revoke_token(c.value()).await?;
+    }
+    let mut response = HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish();
+    let mut removal = cookie(&state, "ponte_session", String::new());
+    removal.make_removal();
+    let _ = response.add_cookie(&removal);
+    Ok(response)
+}

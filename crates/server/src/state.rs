@@ -1,0 +1,41 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use ponte_identity::client::ClientRepo;
+use ponte_identity::clock::Clock;
+use ponte_identity::db::Database;
+use ponte_identity::keys::KeyRing;
+use ponte_identity::session::Sessions;
+use ponte_linking::store::Directory;
+use time::OffsetDateTime;
+
+use crate::config::Config;
+
+/// Shared application state, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// `iss` of everything Ponte signs.
+    pub issuer: String,
+    /// The relational store (for readiness).
+    pub db: Database,
+    /// Accounts, users and audit.
+    pub directory: Arc<dyn Directory>,
+    /// OAuth clients.
+    pub clients: Arc<dyn ClientRepo>,
+    /// Browser sessions.
+    pub sessions: Sessions,
+    /// Signing and verification keys.
+    pub keys: Arc<KeyRing>,
+    /// The one clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl AppState {
+    /// The current time from the injected clock.
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+}
