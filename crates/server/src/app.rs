@@ -141,6 +141,8 @@ impl Application {
 
     /// Builds with an injected clock (tests), binding `config.bind` (port 0 picks one).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        // Install the recorder before the first request so nothing is counted into the void.
+        telemetry::metrics_handle();
         let listener = TcpListener::bind(&config.bind)?;
         let port = listener.local_addr()?.port();
         let workers = config.workers;

@@ -1,0 +1,17 @@
+//! Ponte's integration suite, one binary: storage and session suites on every backend
+//! available, and the HTTP service started in-process on a free port.
+//!
+//! SQLite and the in-process session store always run. PostgreSQL and Redis run when
+//! `PONTE_TEST_DATABASE_URL` / `PONTE_TEST_REDIS_URL` are set (CI sets both; with `CI`
+//! set, their absence is a failure rather than a skip).
+
+mod harness;
+
+mod api;
+mod errors;
+mod login;
+mod oauth;
+mod openapi;
+mod ops;
+mod sessions;
+mod storage;

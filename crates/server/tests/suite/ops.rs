@@ -1,0 +1,38 @@
+//! Liveness, readiness and metrics.
+
+use crate::harness::{TestApp, TestDb};
+
+#[tokio::test]
+async fn healthy_and_ready_on_the_embedded_defaults() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.browser().get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(app.browser().get(app.url("/readyz")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn not_ready_while_redis_is_unreachable() {
+    let app = TestApp::spawn_with(TestDb::sqlite(), None, |c| {
+        // Nothing listens on port 1: the store starts lazily and readiness reports it.
+        c.redis_url = Some("redis://127.0.0.1:1/".into());
+    })
+    .await;
+    let response = app.browser().get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "not_ready");
+    assert!(body["detail"].as_str().unwrap().contains("session store"));
+    assert_eq!(app.browser().get(app.url("/healthz")).send().await.unwrap().status(), 200, "the process itself is up");
+    // A page that needs the store answers 503, not 500.
+    let login = crate::harness::sign_in(&app, &app.browser(), "a@esempio.it", "whatever password").await;
+    assert_eq!(login.status(), 503);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route() {
+    let app = TestApp::spawn().await;
+    let _ = app.browser().get(app.url("/healthz")).send().await.unwrap();
+    let text = app.browser().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("http_requests_total") && text.contains("route=\"/healthz\""), "{text}");
+    assert!(text.contains("http_request_duration_seconds"));
+}
