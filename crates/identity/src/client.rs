@@ -99,14 +99,16 @@ pub struct NewClient {
 pub fn is_valid_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 /// Where clients are kept.
 #[async_trait]
 pub trait ClientRepo: Send + Sync + std::fmt::Debug {
     /// Registers a client; returns it and, for a confidential client, the secret (shown once).
-    async fn create(&self, new: NewClient, now: OffsetDateTime) -> Result<(Client, Option<String>)>;
+    async fn create(&self, new: NewClient, now: OffsetDateTime)
+    -> Result<(Client, Option<String>)>;
     /// A client by id.
     async fn find(&self, id: &str) -> Result<Option<Client>>;
 }
@@ -126,10 +128,16 @@ impl SqlClients {
 
 #[async_trait]
 impl ClientRepo for SqlClients {
-    async fn create(&self, new: NewClient, now: OffsetDateTime) -> Result<(Client, Option<String>)> {
+    async fn create(
+        &self,
+        new: NewClient,
+        now: OffsetDateTime,
+    ) -> Result<(Client, Option<String>)> {
         let name = new.name.trim();
         if name.is_empty() || name.chars().count() > 100 {
-            return Err(Error::Invalid("client name must have 1 to 100 characters".into()));
+            return Err(Error::Invalid(
+                "client name must have 1 to 100 characters".into(),
+            ));
         }
         if new.grants.is_empty() {
             return Err(Error::Invalid("a client needs at least one grant".into()));
@@ -138,7 +146,9 @@ impl ClientRepo for SqlClients {
             return Err(Error::Invalid(format!("invalid scope {bad:?}")));
         }
         if new.public && new.grants.contains(&GrantType::ClientCredentials) {
-            return Err(Error::Invalid("a public client cannot use client_credentials".into()));
+            return Err(Error::Invalid(
+                "a public client cannot use client_credentials".into(),
+            ));
         }
         let secret = (!new.public).then(random_token);
         let client = Client {
@@ -166,7 +176,9 @@ impl ClientRepo for SqlClients {
         .await;
         match result {
             Ok(_) => Ok((client, secret)),
-            Err(e) if is_unique_violation(&e) => Err(Error::Invalid("client id collision, try again".into())),
+            Err(e) if is_unique_violation(&e) => {
+                Err(Error::Invalid("client id collision, try again".into()))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -178,18 +190,23 @@ impl ClientRepo for SqlClients {
         .bind(id)
         .fetch_optional(self.db.pool())
         .await?;
-        row.map(|(id, name, secret_digest, grants, scopes, redirect_uris, created_at)| {
-            Ok(Client {
-                id,
-                name,
-                grants: grants.split_whitespace().filter_map(GrantType::parse).collect(),
-                scopes: scopes.split_whitespace().map(str::to_owned).collect(),
-                redirect_uris: serde_json::from_str(&redirect_uris)
-                    .map_err(|e| Error::Corrupt(format!("redirect_uris: {e}")))?,
-                created_at: from_unix(created_at),
-                secret_digest,
-            })
-        })
+        row.map(
+            |(id, name, secret_digest, grants, scopes, redirect_uris, created_at)| {
+                Ok(Client {
+                    id,
+                    name,
+                    grants: grants
+                        .split_whitespace()
+                        .filter_map(GrantType::parse)
+                        .collect(),
+                    scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                    redirect_uris: serde_json::from_str(&redirect_uris)
+                        .map_err(|e| Error::Corrupt(format!("redirect_uris: {e}")))?,
+                    created_at: from_unix(created_at),
+                    secret_digest,
+                })
+            },
+        )
         .transpose()
     }
 }

@@ -127,7 +127,8 @@ impl KeyRepo for SqlKeys {
                     kid,
                     status: KeyStatus::parse(&status)?,
                     private_sealed,
-                    public: serde_json::from_str(&public_jwk).map_err(|e| Error::Corrupt(e.to_string()))?,
+                    public: serde_json::from_str(&public_jwk)
+                        .map_err(|e| Error::Corrupt(e.to_string()))?,
                     created_at: from_unix(created_at),
                 })
             })
@@ -188,13 +189,19 @@ pub struct KeyRing {
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing").field("signing_kid", &self.signing_kid).finish_non_exhaustive()
+        f.debug_struct("KeyRing")
+            .field("signing_kid", &self.signing_kid)
+            .finish_non_exhaustive()
     }
 }
 
 impl KeyRing {
     /// Loads the published keys, creating the first current key if there is none.
-    pub async fn load_or_create(repo: &dyn KeyRepo, master: &MasterKey, now: OffsetDateTime) -> Result<Self> {
+    pub async fn load_or_create(
+        repo: &dyn KeyRepo,
+        master: &MasterKey,
+        now: OffsetDateTime,
+    ) -> Result<Self> {
         let mut keys = repo.published().await?;
         if !keys.iter().any(|k| k.status == KeyStatus::Current) {
             let key = generate(master, KeyStatus::Current, now)?;

@@ -43,7 +43,8 @@ pub async fn hash(password: String) -> Result<String> {
 }
 
 fn hash_blocking(password: &str) -> Result<String> {
-    let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| Error::Crypto(e.to_string()))?;
+    let salt =
+        SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| Error::Crypto(e.to_string()))?;
     hasher()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
@@ -60,7 +61,11 @@ pub async fn verify(password: String, stored: Option<String>) -> bool {
             None => (dummy_hash().to_owned(), false),
         };
         let ok = PasswordHash::new(&hash)
-            .map(|parsed| hasher().verify_password(password.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                hasher()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false);
         ok && real
     })

@@ -22,7 +22,9 @@ pub struct MasterKey {
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,7 +70,13 @@ impl MasterKey {
         let cipher = XChaCha20Poly1305::new((&self.key).into());
         let nonce = random_bytes::<24>();
         let ct = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: context.as_bytes() })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: context.as_bytes(),
+                },
+            )
             .map_err(|_| Error::Seal("encryption failed".into()))?;
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&ct);
@@ -87,13 +95,21 @@ impl MasterKey {
                 self.id
             )));
         }
-        let blob = URL_SAFE_NO_PAD.decode(body).map_err(|_| Error::Seal("bad encoding".into()))?;
+        let blob = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| Error::Seal("bad encoding".into()))?;
         if blob.len() < 24 {
             return Err(Error::Seal("truncated".into()));
         }
         let (nonce, ct) = blob.split_at(24);
         XChaCha20Poly1305::new((&self.key).into())
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: context.as_bytes() })
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: context.as_bytes(),
+                },
+            )
             .map_err(|_| Error::Seal("authentication failed".into()))
     }
 }

@@ -43,7 +43,13 @@ pub struct AccessTokenClaims {
 
 impl AccessTokenClaims {
     /// Claims for a `client_credentials` token: the client is the subject.
-    pub fn for_client(issuer: &str, client_id: &str, scope: &str, now: OffsetDateTime, ttl: Duration) -> Self {
+    pub fn for_client(
+        issuer: &str,
+        client_id: &str,
+        scope: &str,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Self {
         Self {
             iss: issuer.to_owned(),
             sub: client_id.to_owned(),
@@ -103,18 +109,24 @@ impl KeyRing {
         if header.alg != Algorithm::ES256 || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
             return Err(TokenRejection::Invalid);
         }
-        let key = header.kid.as_deref().and_then(|kid| self.verifying_key(kid)).ok_or(TokenRejection::Invalid)?;
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.verifying_key(kid))
+            .ok_or(TokenRejection::Invalid)?;
         let mut validation = Validation::new(Algorithm::ES256);
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
-        let data = decode::<AccessTokenClaims>(token, key, &validation).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidIssuer | jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-                TokenRejection::WrongAudienceOrIssuer
-            }
-            _ => TokenRejection::Invalid,
-        })?;
+        let data =
+            decode::<AccessTokenClaims>(token, key, &validation).map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer
+                | jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                    TokenRejection::WrongAudienceOrIssuer
+                }
+                _ => TokenRejection::Invalid,
+            })?;
         let now = now.unix_timestamp();
         if data.claims.exp + LEEWAY <= now || data.claims.iat - LEEWAY > now {
             return Err(TokenRejection::Expired);
@@ -142,45 +154,73 @@ mod tests {
     fn signed_token_verifies_until_it_expires() {
         let ring = ring();
         let now = datetime!(2026-01-01 10:00 UTC);
-        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        let claims =
+            AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
         let token = ring.sign_access_token(&claims).unwrap();
         let header = decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
         assert_eq!(header.kid.as_deref(), Some(ring.signing_kid()));
 
-        assert_eq!(ring.verify_access_token(&token, ISS, API_AUDIENCE, now).unwrap(), claims);
+        assert_eq!(
+            ring.verify_access_token(&token, ISS, API_AUDIENCE, now)
+                .unwrap(),
+            claims
+        );
         let later = now + Duration::minutes(11);
-        assert_eq!(ring.verify_access_token(&token, ISS, API_AUDIENCE, later), Err(TokenRejection::Expired));
+        assert_eq!(
+            ring.verify_access_token(&token, ISS, API_AUDIENCE, later),
+            Err(TokenRejection::Expired)
+        );
     }
 
     #[test]
     fn wrong_issuer_audience_key_or_tampering_is_refused() {
         let ring = ring();
         let now = datetime!(2026-01-01 10:00 UTC);
-        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        let claims =
+            AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
         let token = ring.sign_access_token(&claims).unwrap();
         assert_eq!(
             ring.verify_access_token(&token, "https://evil.example", API_AUDIENCE, now),
             Err(TokenRejection::WrongAudienceOrIssuer)
         );
-        assert_eq!(ring.verify_access_token(&token, ISS, "other", now), Err(TokenRejection::WrongAudienceOrIssuer));
+        assert_eq!(
+            ring.verify_access_token(&token, ISS, "other", now),
+            Err(TokenRejection::WrongAudienceOrIssuer)
+        );
         let other = ring_other_token(now);
-        assert_eq!(ring.verify_access_token(&other, ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
+        assert_eq!(
+            ring.verify_access_token(&other, ISS, API_AUDIENCE, now),
+            Err(TokenRejection::Invalid)
+        );
         let mut tampered = token.clone();
         tampered.insert(tampered.len() / 2, 'A');
-        assert_eq!(ring.verify_access_token(&tampered, ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
-        assert_eq!(ring.verify_access_token("not.a.jwt", ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
+        assert_eq!(
+            ring.verify_access_token(&tampered, ISS, API_AUDIENCE, now),
+            Err(TokenRejection::Invalid)
+        );
+        assert_eq!(
+            ring.verify_access_token("not.a.jwt", ISS, API_AUDIENCE, now),
+            Err(TokenRejection::Invalid)
+        );
     }
 
     fn ring_other_token(now: OffsetDateTime) -> String {
-        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        let claims =
+            AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
         ring().sign_access_token(&claims).unwrap()
     }
 
     #[test]
     fn scopes_match_whole_words() {
         let now = datetime!(2026-01-01 10:00 UTC);
-        let claims = AccessTokenClaims::for_client(ISS, "c", "ponte.admin openid", now, Duration::minutes(1));
+        let claims = AccessTokenClaims::for_client(
+            ISS,
+            "c",
+            "ponte.admin openid",
+            now,
+            Duration::minutes(1),
+        );
         assert!(claims.has_scope("ponte.admin"));
         assert!(claims.has_scope("openid"));
         assert!(!claims.has_scope("ponte"));

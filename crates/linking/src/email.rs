@@ -28,12 +28,18 @@ impl Email {
         }
         let labels_ok = domain.split('.').count() >= 2
             && domain.split('.').all(|l| {
-                !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+                !l.is_empty()
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_alphanumeric() || c == '-')
             });
         if !labels_ok {
             return Err(bad("the part after @ must be a domain such as example.com"));
         }
-        if s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',' | ';')) || local.contains('@') {
+        if s.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',' | ';')
+        }) || local.contains('@')
+        {
             return Err(bad("email contains characters that are not allowed"));
         }
         Ok(Self(s.to_owned()))
@@ -71,7 +77,18 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_address() {
-        for bad in ["", "plain", "@example.com", "a@", "a@localhost", "a b@example.com", "a@-x.com", "a@x..com", "<a@x.com>", "a@b@x.com"] {
+        for bad in [
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a@localhost",
+            "a b@example.com",
+            "a@-x.com",
+            "a@x..com",
+            "<a@x.com>",
+            "a@b@x.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(Email::parse(&format!("{}@example.com", "a".repeat(65))).is_err());

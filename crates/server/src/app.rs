@@ -41,8 +41,12 @@ pub enum StartError {
 /// Opens the configured database (SQLite under the data folder by default).
 pub fn open_database(config: &Config) -> Result<Database, StartError> {
     if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| StartError::Setup(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StartError::Setup(format!(
+                "cannot create data_dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
     }
     Ok(Database::connect_lazy(&config.effective_database_url())?)
 }
@@ -51,7 +55,11 @@ pub fn open_database(config: &Config) -> Result<Database, StartError> {
 pub async fn migrate(db: &Database) -> Result<(), StartError> {
     match db.backend() {
         Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(db.pool()).await?,
-        Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(db.pool()).await?,
+        Backend::Postgres => {
+            sqlx::migrate!("./migrations/postgres")
+                .run(db.pool())
+                .await?
+        }
     }
     Ok(())
 }
@@ -63,11 +71,16 @@ pub fn master_key(config: &Config) -> Result<MasterKey, StartError> {
     }
     let path = config.data_dir.join("master.key");
     if path.exists() {
-        let text = std::fs::read_to_string(&path).map_err(|e| StartError::Setup(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| StartError::Setup(format!("cannot read {}: {e}", path.display())))?;
         return Ok(MasterKey::parse(&text)?);
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| StartError::Setup(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        StartError::Setup(format!(
+            "cannot create data_dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
     let key = MasterKey::generate();
     write_private(&path, &key.encode())?;
     tracing::warn!(
@@ -84,14 +97,19 @@ fn write_private(path: &Path, contents: &str) -> Result<(), StartError> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))?;
-    file.write_all(contents.as_bytes()).map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))
+    let mut file = options
+        .open(path)
+        .map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))
 }
 
 /// The configured session store: Redis when `redis_url` is set, else in-process.
 pub fn session_store(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
     Ok(match &config.redis_url {
-        Some(url) if !url.expose().is_empty() => Arc::new(RedisStore::new(url.expose(), &config.redis_key_prefix)?),
+        Some(url) if !url.expose().is_empty() => {
+            Arc::new(RedisStore::new(url.expose(), &config.redis_key_prefix)?)
+        }
         _ => Arc::new(MemoryStore::new()),
     })
 }
@@ -129,7 +147,9 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,7 +160,10 @@ impl Application {
     }
 
     /// Builds with an injected clock (tests), binding `config.bind` (port 0 picks one).
-    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
         // Install the recorder before the first request so nothing is counted into the void.
         telemetry::metrics_handle();
         let listener = TcpListener::bind(&config.bind)?;
@@ -167,7 +190,11 @@ impl Application {
         if let Some(n) = workers {
             server = server.workers(n.max(1));
         }
-        Ok(Self { port, state, server: server.run() })
+        Ok(Self {
+            port,
+            state,
+            server: server.run(),
+        })
     }
 
     /// The port actually bound.

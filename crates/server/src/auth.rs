@@ -23,7 +23,9 @@ fn unauthorized(error: Option<&str>, detail: &str) -> Problem {
         Some(e) => format!("Bearer realm=\"ponte\", error=\"{e}\""),
         None => "Bearer realm=\"ponte\"".to_owned(),
     };
-    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(detail).www_authenticate(challenge)
+    Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+        .detail(detail)
+        .www_authenticate(challenge)
 }
 
 fn authenticate(req: &HttpRequest) -> Result<AdminToken, Problem> {
@@ -31,7 +33,10 @@ fn authenticate(req: &HttpRequest) -> Result<AdminToken, Problem> {
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| Problem::internal(&std::io::Error::other("application state missing")))?;
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return Err(unauthorized(None, "Send an access token as 'Authorization: Bearer <token>'."));
+        return Err(unauthorized(
+            None,
+            "Send an access token as 'Authorization: Bearer <token>'.",
+        ));
     };
     let token = value
         .to_str()
@@ -40,15 +45,29 @@ fn authenticate(req: &HttpRequest) -> Result<AdminToken, Problem> {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| unauthorized(Some("invalid_request"), "The Authorization header must use the Bearer scheme."))?;
+        .ok_or_else(|| {
+            unauthorized(
+                Some("invalid_request"),
+                "The Authorization header must use the Bearer scheme.",
+            )
+        })?;
     let claims = state
         .keys
         .verify_access_token(token, &state.issuer, API_AUDIENCE, state.now())
-        .map_err(|_| unauthorized(Some("invalid_token"), "The access token is invalid or expired."))?;
+        .map_err(|_| {
+            unauthorized(
+                Some("invalid_token"),
+                "The access token is invalid or expired.",
+            )
+        })?;
     if !claims.has_scope(ADMIN_SCOPE) {
-        return Err(Problem::new(StatusCode::FORBIDDEN, "insufficient_scope", "Forbidden")
-            .detail(format!("This operation needs the {ADMIN_SCOPE} scope."))
-            .www_authenticate(format!("Bearer realm=\"ponte\", error=\"insufficient_scope\", scope=\"{ADMIN_SCOPE}\"")));
+        return Err(
+            Problem::new(StatusCode::FORBIDDEN, "insufficient_scope", "Forbidden")
+                .detail(format!("This operation needs the {ADMIN_SCOPE} scope."))
+                .www_authenticate(format!(
+                    "Bearer realm=\"ponte\", error=\"insufficient_scope\", scope=\"{ADMIN_SCOPE}\""
+                )),
+        );
     }
     Ok(AdminToken(claims))
 }

@@ -134,20 +134,25 @@ impl Config {
                 });
             }
             Some(p) => figment = figment.merge(Toml::file_exact(p)),
-            None if Path::new("ponte.toml").exists() => figment = figment.merge(Toml::file_exact("ponte.toml")),
+            None if Path::new("ponte.toml").exists() => {
+                figment = figment.merge(Toml::file_exact("ponte.toml"))
+            }
             None => {}
         }
         figment = figment.merge(
             Env::prefixed("PONTE_")
                 // PONTE_CONFIG names the file itself; PONTE_TEST_* belong to the test suites.
-                .filter(|k| k != "config" && !k.starts_with("test_") && !k.as_str().ends_with("_file"))
+                .filter(|k| {
+                    k != "config" && !k.starts_with("test_") && !k.as_str().ends_with("_file")
+                })
                 .split("__"),
         );
         for key in SECRET_KEYS {
             let var = format!("PONTE_{}_FILE", key.to_uppercase());
             if let Some(file) = std::env::var_os(&var) {
                 let path = PathBuf::from(file);
-                let value = std::fs::read_to_string(&path).map_err(|source| ConfigError::File { path, source })?;
+                let value = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::File { path, source })?;
                 figment = figment.merge(Serialized::default(key, value.trim()));
             }
         }
@@ -164,20 +169,37 @@ impl Config {
     fn check(&self) -> Result<(), ConfigError> {
         let url = url::Url::parse(&self.public_url)
             .map_err(|e| ConfigError::Invalid(format!("public_url {:?}: {e}", self.public_url)))?;
-        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
-            return Err(ConfigError::Invalid("public_url must be an http(s) URL without query or fragment".into()));
+        if !matches!(url.scheme(), "http" | "https")
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(ConfigError::Invalid(
+                "public_url must be an http(s) URL without query or fragment".into(),
+            ));
         }
         if url.scheme() == "http" && !is_loopback(&url) {
-            return Err(ConfigError::Invalid("public_url must use https unless it is a loopback address".into()));
+            return Err(ConfigError::Invalid(
+                "public_url must use https unless it is a loopback address".into(),
+            ));
         }
         if self.bind.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::Invalid(format!("bind {:?} is not an address such as 127.0.0.1:8080", self.bind)));
+            return Err(ConfigError::Invalid(format!(
+                "bind {:?} is not an address such as 127.0.0.1:8080",
+                self.bind
+            )));
         }
-        if self.session_idle_secs == 0 || self.session_absolute_secs == 0 || self.access_token_ttl_secs == 0 {
-            return Err(ConfigError::Invalid("timeouts must be greater than zero".into()));
+        if self.session_idle_secs == 0
+            || self.session_absolute_secs == 0
+            || self.access_token_ttl_secs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "timeouts must be greater than zero".into(),
+            ));
         }
         if self.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid("max_body_bytes must be at least 1024".into()));
+            return Err(ConfigError::Invalid(
+                "max_body_bytes must be at least 1024".into(),
+            ));
         }
         Ok(())
     }
@@ -196,7 +218,10 @@ impl Config {
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {
             Some(url) if !url.expose().is_empty() => url.expose().to_owned(),
-            _ => format!("sqlite://{}?mode=rwc", self.data_dir.join("ponte.db").display()),
+            _ => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("ponte.db").display()
+            ),
         }
     }
 }
@@ -215,7 +240,9 @@ mod tests {
     use super::*;
 
     fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Config::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
+        Config::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
     }
 
     #[test]
@@ -229,23 +256,38 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named_in_the_error() {
-        let err = from_toml("bind = \"127.0.0.1:9000\"\nsesion_idle_secs = 5\n").unwrap_err().to_string();
+        let err = from_toml("bind = \"127.0.0.1:9000\"\nsesion_idle_secs = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sesion_idle_secs"), "{err}");
     }
 
     #[test]
     fn public_url_must_be_https_off_loopback() {
         assert!(from_toml("public_url = \"http://id.example.com\"").is_err());
-        assert!(from_toml("public_url = \"https://id.example.com/\"").unwrap().is_https());
-        assert_eq!(from_toml("public_url = \"https://id.example.com/\"").unwrap().issuer(), "https://id.example.com");
+        assert!(
+            from_toml("public_url = \"https://id.example.com/\"")
+                .unwrap()
+                .is_https()
+        );
+        assert_eq!(
+            from_toml("public_url = \"https://id.example.com/\"")
+                .unwrap()
+                .issuer(),
+            "https://id.example.com"
+        );
         assert!(from_toml("public_url = \"http://localhost:8080\"").is_ok());
         assert!(from_toml("bind = \"nowhere\"").is_err());
     }
 
     #[test]
     fn secrets_do_not_leak_through_debug() {
-        let c = from_toml("master_key = \"c2VjcmV0\"\ndatabase_url = \"postgres://u:pw@db/ponte\"").unwrap();
+        let c = from_toml("master_key = \"c2VjcmV0\"\ndatabase_url = \"postgres://u:pw@db/ponte\"")
+            .unwrap();
         let shown = format!("{c:?}");
-        assert!(!shown.contains("c2VjcmV0") && !shown.contains("pw@db"), "{shown}");
+        assert!(
+            !shown.contains("c2VjcmV0") && !shown.contains("pw@db"),
+            "{shown}"
+        );
     }
 }

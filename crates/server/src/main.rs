@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use ponte_identity::client::{ClientRepo, GrantType, NewClient, SqlClients};
@@ -10,7 +9,11 @@ use ponte_identity::clock::{Clock, SystemClock};
 use ponte_server::{Application, Config, app, install_crypto_provider, openapi, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(name = "ponte", version, about = "Ponte: identity bridge for POS and e-invoicing")]
+#[command(
+    name = "ponte",
+    version,
+    about = "Ponte: identity bridge for POS and e-invoicing"
+)]
 struct Cli {
     /// Configuration file (default: ./ponte.toml when present).
     #[arg(long, global = true, env = "PONTE_CONFIG")]
@@ -65,7 +68,10 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ponte: cannot start the async runtime: {e}");
@@ -86,9 +92,14 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
         Command::Serve => {
             let bind = config.bind.clone();
             let public_url = config.public_url.clone();
-            let application = Application::build(config).await.map_err(|e| e.to_string())?;
+            let application = Application::build(config)
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!(%bind, port = application.port(), %public_url, "ponte is serving");
-            application.run_until_stopped().await.map_err(|e| e.to_string())
+            application
+                .run_until_stopped()
+                .await
+                .map_err(|e| e.to_string())
         }
         Command::Migrate => {
             let db = app::open_database(&config).map_err(|e| e.to_string())?;
@@ -96,7 +107,13 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             println!("migrations applied");
             Ok(())
         }
-        Command::Client(ClientCommand::Create { name, grants, scopes, redirect_uris, public }) => {
+        Command::Client(ClientCommand::Create {
+            name,
+            grants,
+            scopes,
+            redirect_uris,
+            public,
+        }) => {
             let grants = grants
                 .iter()
                 .map(|g| GrantType::parse(g).ok_or_else(|| format!("unknown grant {g:?}")))
@@ -109,8 +126,17 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
                 app::migrate(&db).await.map_err(|e| e.to_string())?;
             }
             let repo = SqlClients::new(db);
-            let new = NewClient { name, grants, scopes, redirect_uris, public };
-            let (client, secret) = repo.create(new, SystemClock.now()).await.map_err(|e| e.to_string())?;
+            let new = NewClient {
+                name,
+                grants,
+                scopes,
+                redirect_uris,
+                public,
+            };
+            let (client, secret) = repo
+                .create(new, SystemClock.now())
+                .await
+                .map_err(|e| e.to_string())?;
             let out = serde_json::json!({ "client_id": client.id, "client_secret": secret });
             println!("{out}");
             Ok(())
@@ -120,10 +146,4 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             Ok(())
         }
     }
-}
-
-// Keeps the clock type in one place for the binary too.
-#[allow(dead_code)]
-fn clock() -> Arc<dyn Clock> {
-    Arc::new(SystemClock)
 }

@@ -37,7 +37,10 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         let mut scheme = Http::new(HttpAuthScheme::Bearer);
         scheme.bearer_format = Some("JWT".into());
-        scheme.description = Some("An access token from POST /oauth2/token (client_credentials) with scope ponte.admin.".into());
+        scheme.description = Some(
+            "An access token from POST /oauth2/token (client_credentials) with scope ponte.admin."
+                .into(),
+        );
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }

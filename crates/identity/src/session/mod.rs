@@ -33,7 +33,10 @@ pub struct SessionPolicy {
 
 impl Default for SessionPolicy {
     fn default() -> Self {
-        Self { idle: Duration::minutes(30), absolute: Duration::hours(12) }
+        Self {
+            idle: Duration::minutes(30),
+            absolute: Duration::hours(12),
+        }
     }
 }
 
@@ -160,7 +163,11 @@ impl Sessions {
     }
 
     /// Starts a session and returns the token for the cookie.
-    pub async fn create(&self, new: NewSession, now: OffsetDateTime) -> Result<(SessionToken, Session)> {
+    pub async fn create(
+        &self,
+        new: NewSession,
+        now: OffsetDateTime,
+    ) -> Result<(SessionToken, Session)> {
         let token = random_token();
         let id = session_id_for(&token);
         let now_s = to_unix(now);
@@ -179,7 +186,13 @@ impl Sessions {
         let json = encode(&record)?;
         let ttl = record.ttl(now_s);
         self.store
-            .insert(&id, &record.user_id, &json, ttl, self.policy.absolute.whole_seconds().max(1) as u64)
+            .insert(
+                &id,
+                &record.user_id,
+                &json,
+                ttl,
+                self.policy.absolute.whole_seconds().max(1) as u64,
+            )
             .await?;
         Ok((SessionToken(token), record.into_session(id)))
     }
@@ -191,7 +204,9 @@ impl Sessions {
     }
 
     async fn get_by_id(&self, id: &str, now: OffsetDateTime) -> Result<Option<Session>> {
-        let Some(json) = self.store.get(id).await? else { return Ok(None) };
+        let Some(json) = self.store.get(id).await? else {
+            return Ok(None);
+        };
         let mut record: Record = decode(&json)?;
         let now_s = to_unix(now);
         if !record.is_live(now_s) {
@@ -200,7 +215,8 @@ impl Sessions {
         }
         if now_s - record.last_seen_at >= TOUCH_EVERY_SECS {
             record.last_seen_at = now_s;
-            record.idle_expires_at = to_unix(now + self.policy.idle).min(record.absolute_expires_at);
+            record.idle_expires_at =
+                to_unix(now + self.policy.idle).min(record.absolute_expires_at);
             let ttl = record.ttl(now_s);
             // Only if still there: a concurrent logout must not be undone by a touch.
             if !self.store.replace(id, &encode(&record)?, ttl).await? {
@@ -212,8 +228,14 @@ impl Sessions {
 
     /// Replaces the session a token names with a new id carrying the same data (used when
     /// privileges change). The old token stops working.
-    pub async fn rotate(&self, token: &str, now: OffsetDateTime) -> Result<Option<(SessionToken, Session)>> {
-        let Some(old) = self.get(token, now).await? else { return Ok(None) };
+    pub async fn rotate(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<(SessionToken, Session)>> {
+        let Some(old) = self.get(token, now).await? else {
+            return Ok(None);
+        };
         self.store.remove(&old.id, &old.user_id).await?;
         let new_token = random_token();
         let id = session_id_for(&new_token);
@@ -231,7 +253,9 @@ impl Sessions {
         };
         let ttl = record.ttl(now_s);
         let index_ttl = (record.absolute_expires_at - now_s).max(1) as u64;
-        self.store.insert(&id, &record.user_id, &encode(&record)?, ttl, index_ttl).await?;
+        self.store
+            .insert(&id, &record.user_id, &encode(&record)?, ttl, index_ttl)
+            .await?;
         Ok(Some((SessionToken(new_token), record.into_session(id))))
     }
 
@@ -261,7 +285,9 @@ impl Sessions {
 
     /// Ends one session of a user; `false` if there was no such live session.
     pub async fn revoke(&self, user_id: &str, session_id: &str) -> Result<bool> {
-        let Some(json) = self.store.get(session_id).await? else { return Ok(false) };
+        let Some(json) = self.store.get(session_id).await? else {
+            return Ok(false);
+        };
         let record: Record = decode(&json)?;
         if record.user_id != user_id {
             return Ok(false);

@@ -23,7 +23,9 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -37,7 +39,10 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
         let manager = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { manager, prefix: prefix.to_owned() })
+        Ok(Self {
+            manager,
+            prefix: prefix.to_owned(),
+        })
     }
 
     fn key(&self, kind: &str, rest: &str) -> String {
@@ -68,7 +73,14 @@ impl RedisStore {
 
 #[async_trait]
 impl SessionStore for RedisStore {
-    async fn insert(&self, id: &str, user_id: &str, value: &str, ttl: u64, index_ttl: u64) -> Result<()> {
+    async fn insert(
+        &self,
+        id: &str,
+        user_id: &str,
+        value: &str,
+        ttl: u64,
+        index_ttl: u64,
+    ) -> Result<()> {
         let index = self.key("u", user_id);
         let _: () = redis::pipe()
             .set_ex(self.key("s", id), value, ttl)
@@ -90,7 +102,10 @@ impl SessionStore for RedisStore {
         let options = SetOptions::default()
             .conditional_set(ExistenceCheck::XX)
             .with_expiration(SetExpiry::EX(ttl));
-        let done: Option<String> = self.conn().set_options(self.key("s", id), value, options).await?;
+        let done: Option<String> = self
+            .conn()
+            .set_options(self.key("s", id), value, options)
+            .await?;
         Ok(done.is_some())
     }
 

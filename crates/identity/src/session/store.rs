@@ -11,7 +11,14 @@ use crate::Result;
 pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Stores a session under `id` and adds it to `user_id`'s index. The index lives at
     /// least `index_ttl` seconds.
-    async fn insert(&self, id: &str, user_id: &str, value: &str, ttl: u64, index_ttl: u64) -> Result<()>;
+    async fn insert(
+        &self,
+        id: &str,
+        user_id: &str,
+        value: &str,
+        ttl: u64,
+        index_ttl: u64,
+    ) -> Result<()>;
     /// The stored session, if any.
     async fn get(&self, id: &str) -> Result<Option<String>>;
     /// Overwrites a session only if it still exists; `false` if it was gone.

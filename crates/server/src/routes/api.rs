@@ -4,7 +4,9 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::password;
 use ponte_identity::session::Session;
-use ponte_linking::account::{Account, NewUser, Role, User, UserPatch, UserStatus, check_new_user_role, parse_name};
+use ponte_linking::account::{
+    Account, NewUser, Role, User, UserPatch, UserStatus, check_new_user_role, parse_name,
+};
 use ponte_linking::audit::{Actor, AuditEntry};
 use ponte_linking::email::Email;
 use ponte_linking::ids::{AccountId, UserId};
@@ -23,10 +25,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/api/v1/accounts")
             .service(web::resource("").post(create_account))
             .service(web::resource("/{account}").get(get_account))
-            .service(web::resource("/{account}/users").get(list_users).post(create_user))
-            .service(web::resource("/{account}/users/{user}").get(get_user).patch(update_user).delete(delete_user))
+            .service(
+                web::resource("/{account}/users")
+                    .get(list_users)
+                    .post(create_user),
+            )
+            .service(
+                web::resource("/{account}/users/{user}")
+                    .get(get_user)
+                    .patch(update_user)
+                    .delete(delete_user),
+            )
             .service(web::resource("/{account}/users/{user}/sessions").get(list_sessions))
-            .service(web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session))
+            .service(
+                web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session),
+            )
             .service(web::resource("/{account}/audit").get(list_audit)),
     );
 }
@@ -52,7 +65,13 @@ pub struct AccountView {
 
 impl From<Account> for AccountView {
     fn from(a: Account) -> Self {
-        Self { id: a.id.to_string(), name: a.name, status: a.status.as_str().into(), created_at: a.created_at, updated_at: a.updated_at }
+        Self {
+            id: a.id.to_string(),
+            name: a.name,
+            status: a.status.as_str().into(),
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
     }
 }
 
@@ -234,7 +253,14 @@ pub struct AuditView {
 
 impl From<AuditEntry> for AuditView {
     fn from(e: AuditEntry) -> Self {
-        Self { actor: e.actor.who, action: e.action, target: e.target, detail: e.detail, ip: e.actor.ip, at: e.at }
+        Self {
+            actor: e.actor.who,
+            action: e.action,
+            target: e.target,
+            detail: e.detail,
+            ip: e.actor.ip,
+            at: e.at,
+        }
     }
 }
 
@@ -300,12 +326,16 @@ fn refield(field: &'static str, e: ponte_linking::Error) -> Problem {
 }
 
 fn parse_role(input: &str) -> Result<Role, Problem> {
-    let role = Role::parse(input).ok_or_else(|| Problem::validation("role", "role must be admin or member"))?;
+    let role = Role::parse(input)
+        .ok_or_else(|| Problem::validation("role", "role must be admin or member"))?;
     check_new_user_role(role)?;
     Ok(role)
 }
 
-async fn hash_optional_password(password: Option<String>, field: &'static str) -> Result<Option<String>, Problem> {
+async fn hash_optional_password(
+    password: Option<String>,
+    field: &'static str,
+) -> Result<Option<String>, Problem> {
     match password {
         None => Ok(None),
         Some(p) => {
@@ -318,12 +348,20 @@ async fn hash_optional_password(password: Option<String>, field: &'static str) -
 }
 
 async fn require_account(state: &AppState, account: AccountId) -> Result<Account, Problem> {
-    state.directory.account(account).await?.ok_or_else(|| Problem::not_found("account_not_found", "No such account."))
+    state
+        .directory
+        .account(account)
+        .await?
+        .ok_or_else(|| Problem::not_found("account_not_found", "No such account."))
 }
 
 async fn require_user(state: &AppState, account: AccountId, user: UserId) -> Result<User, Problem> {
     require_account(state, account).await?;
-    state.directory.user(account, user).await?.ok_or_else(|| Problem::not_found("user_not_found", "No such user in this account."))
+    state
+        .directory
+        .user(account, user)
+        .await?
+        .ok_or_else(|| Problem::not_found("user_not_found", "No such user in this account."))
 }
 
 type ApiResult = Result<HttpResponse, Problem>;
@@ -343,36 +381,65 @@ const PROBLEM: &str = "application/problem+json";
         (status = 409, description = "email_taken", body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
-pub async fn create_account(token: AdminToken, req: HttpRequest, body: web::Json<CreateAccount>, state: web::Data<AppState>) -> ApiResult {
+pub async fn create_account(
+    token: AdminToken,
+    req: HttpRequest,
+    body: web::Json<CreateAccount>,
+    state: web::Data<AppState>,
+) -> ApiResult {
     let body = body.into_inner();
     let name = parse_name("name", &body.name)?;
     let owner_name = parse_name("owner.name", &body.owner.name)?;
     let email = Email::parse(&body.owner.email).map_err(|e| refield("owner.email", e))?;
     let password_hash = hash_optional_password(body.owner.password, "owner.password").await?;
-    let owner = NewUser { email, name: owner_name, role: Role::Owner, password_hash };
-    let (account, owner) = state.directory.create_account(name, owner, &actor(&token, &req), state.now()).await?;
+    let owner = NewUser {
+        email,
+        name: owner_name,
+        role: Role::Owner,
+        password_hash,
+    };
+    let (account, owner) = state
+        .directory
+        .create_account(name, owner, &actor(&token, &req), state.now())
+        .await?;
     let id = account.id.to_string();
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/accounts/{id}")))
-        .json(CreatedAccount { id, account: account.into(), owner: owner.into() }))
+        .json(CreatedAccount {
+            id,
+            account: account.into(),
+            owner: owner.into(),
+        }))
 }
 
 /// One account.
 #[utoipa::path(get, path = "/api/v1/accounts/{account}", tag = "accounts", params(AccountPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = AccountView), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
-pub async fn get_account(_token: AdminToken, path: web::Path<AccountPath>, state: web::Data<AppState>) -> ApiResult {
-    Ok(HttpResponse::Ok().json(AccountView::from(require_account(&state, path.account).await?)))
+pub async fn get_account(
+    _token: AdminToken,
+    path: web::Path<AccountPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
+    Ok(HttpResponse::Ok().json(AccountView::from(
+        require_account(&state, path.account).await?,
+    )))
 }
 
 /// The account's users.
 #[utoipa::path(get, path = "/api/v1/accounts/{account}/users", tag = "users", params(AccountPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = UserList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
-pub async fn list_users(_token: AdminToken, path: web::Path<AccountPath>, state: web::Data<AppState>) -> ApiResult {
+pub async fn list_users(
+    _token: AdminToken,
+    path: web::Path<AccountPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
     require_account(&state, path.account).await?;
     let users = state.directory.users(path.account).await?;
-    Ok(HttpResponse::Ok().json(UserList { users: users.into_iter().map(Into::into).collect() }))
+    Ok(HttpResponse::Ok().json(UserList {
+        users: users.into_iter().map(Into::into).collect(),
+    }))
 }
 
 /// Adds an admin or a member to the account.
@@ -384,7 +451,13 @@ pub async fn list_users(_token: AdminToken, path: web::Path<AccountPath>, state:
         (status = 409, body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
-pub async fn create_user(token: AdminToken, req: HttpRequest, path: web::Path<AccountPath>, body: web::Json<CreateUser>, state: web::Data<AppState>) -> ApiResult {
+pub async fn create_user(
+    token: AdminToken,
+    req: HttpRequest,
+    path: web::Path<AccountPath>,
+    body: web::Json<CreateUser>,
+    state: web::Data<AppState>,
+) -> ApiResult {
     let body = body.into_inner();
     let email = Email::parse(&body.email)?;
     let name = parse_name("name", &body.name)?;
@@ -393,10 +466,23 @@ pub async fn create_user(token: AdminToken, req: HttpRequest, path: web::Path<Ac
     let password_hash = hash_optional_password(body.password, "password").await?;
     let user = state
         .directory
-        .create_user(path.account, NewUser { email, name, role, password_hash }, &actor(&token, &req), state.now())
+        .create_user(
+            path.account,
+            NewUser {
+                email,
+                name,
+                role,
+                password_hash,
+            },
+            &actor(&token, &req),
+            state.now(),
+        )
         .await?;
     Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/api/v1/accounts/{}/users/{}", path.account, user.id)))
+        .insert_header((
+            header::LOCATION,
+            format!("/api/v1/accounts/{}/users/{}", path.account, user.id),
+        ))
         .json(UserView::from(user)))
 }
 
@@ -404,8 +490,14 @@ pub async fn create_user(token: AdminToken, req: HttpRequest, path: web::Path<Ac
 #[utoipa::path(get, path = "/api/v1/accounts/{account}/users/{user}", tag = "users", params(UserPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = UserView), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
-pub async fn get_user(_token: AdminToken, path: web::Path<UserPath>, state: web::Data<AppState>) -> ApiResult {
-    Ok(HttpResponse::Ok().json(UserView::from(require_user(&state, path.account, path.user).await?)))
+pub async fn get_user(
+    _token: AdminToken,
+    path: web::Path<UserPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
+    Ok(HttpResponse::Ok().json(UserView::from(
+        require_user(&state, path.account, path.user).await?,
+    )))
 }
 
 /// Changes a user. Disabling a user or setting a password ends its sessions.
@@ -417,24 +509,58 @@ pub async fn get_user(_token: AdminToken, path: web::Path<UserPath>, state: web:
         (status = 409, body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
-pub async fn update_user(token: AdminToken, req: HttpRequest, path: web::Path<UserPath>, body: web::Json<UpdateUser>, state: web::Data<AppState>) -> ApiResult {
+pub async fn update_user(
+    token: AdminToken,
+    req: HttpRequest,
+    path: web::Path<UserPath>,
+    body: web::Json<UpdateUser>,
+    state: web::Data<AppState>,
+) -> ApiResult {
     let body = body.into_inner();
     let patch = UserPatch {
         email: body.email.as_deref().map(Email::parse).transpose()?,
-        name: body.name.as_deref().map(|n| parse_name("name", n)).transpose()?,
-        role: body.role.as_deref().map(|r| Role::parse(r).ok_or_else(|| Problem::validation("role", "role must be admin or member"))).transpose()?,
+        name: body
+            .name
+            .as_deref()
+            .map(|n| parse_name("name", n))
+            .transpose()?,
+        role: body
+            .role
+            .as_deref()
+            .map(|r| {
+                Role::parse(r)
+                    .ok_or_else(|| Problem::validation("role", "role must be admin or member"))
+            })
+            .transpose()?,
         status: body
             .status
             .as_deref()
-            .map(|s| UserStatus::parse(s).ok_or_else(|| Problem::validation("status", "status must be active or disabled")))
+            .map(|s| {
+                UserStatus::parse(s).ok_or_else(|| {
+                    Problem::validation("status", "status must be active or disabled")
+                })
+            })
             .transpose()?,
         password_hash: hash_optional_password(body.password, "password").await?,
     };
     require_account(&state, path.account).await?;
-    let ends_sessions = patch.password_hash.is_some() || patch.status.is_some_and(|s| s != UserStatus::Active);
-    let user = state.directory.update_user(path.account, path.user, patch, &actor(&token, &req), state.now()).await?;
+    let ends_sessions =
+        patch.password_hash.is_some() || patch.status.is_some_and(|s| s != UserStatus::Active);
+    let user = state
+        .directory
+        .update_user(
+            path.account,
+            path.user,
+            patch,
+            &actor(&token, &req),
+            state.now(),
+        )
+        .await?;
     if ends_sessions {
-        state.sessions.revoke_all_for_user(&user.id.to_string()).await?;
+        state
+            .sessions
+            .revoke_all_for_user(&user.id.to_string())
+            .await?;
     }
     Ok(HttpResponse::Ok().json(UserView::from(user)))
 }
@@ -447,10 +573,21 @@ pub async fn update_user(token: AdminToken, req: HttpRequest, path: web::Path<Us
         (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 409, description = "owner_cannot_be_deleted", body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
-pub async fn delete_user(token: AdminToken, req: HttpRequest, path: web::Path<UserPath>, state: web::Data<AppState>) -> ApiResult {
+pub async fn delete_user(
+    token: AdminToken,
+    req: HttpRequest,
+    path: web::Path<UserPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
     require_account(&state, path.account).await?;
-    state.directory.delete_user(path.account, path.user, &actor(&token, &req), state.now()).await?;
-    state.sessions.revoke_all_for_user(&path.user.to_string()).await?;
+    state
+        .directory
+        .delete_user(path.account, path.user, &actor(&token, &req), state.now())
+        .await?;
+    state
+        .sessions
+        .revoke_all_for_user(&path.user.to_string())
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -458,20 +595,42 @@ pub async fn delete_user(token: AdminToken, req: HttpRequest, path: web::Path<Us
 #[utoipa::path(get, path = "/api/v1/accounts/{account}/users/{user}/sessions", tag = "sessions", params(UserPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = SessionList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
-pub async fn list_sessions(_token: AdminToken, path: web::Path<UserPath>, state: web::Data<AppState>) -> ApiResult {
+pub async fn list_sessions(
+    _token: AdminToken,
+    path: web::Path<UserPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
     let user = require_user(&state, path.account, path.user).await?;
-    let sessions = state.sessions.list_for_user(&user.id.to_string(), state.now()).await?;
-    Ok(HttpResponse::Ok().json(SessionList { sessions: sessions.into_iter().map(Into::into).collect() }))
+    let sessions = state
+        .sessions
+        .list_for_user(&user.id.to_string(), state.now())
+        .await?;
+    Ok(HttpResponse::Ok().json(SessionList {
+        sessions: sessions.into_iter().map(Into::into).collect(),
+    }))
 }
 
 /// Ends one session of the user.
 #[utoipa::path(delete, path = "/api/v1/accounts/{account}/users/{user}/sessions/{session}", tag = "sessions", params(SessionPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 204, description = "Ended"), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
-pub async fn revoke_session(token: AdminToken, req: HttpRequest, path: web::Path<SessionPath>, state: web::Data<AppState>) -> ApiResult {
+pub async fn revoke_session(
+    token: AdminToken,
+    req: HttpRequest,
+    path: web::Path<SessionPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
     let user = require_user(&state, path.account, path.user).await?;
-    if path.session.len() > 64 || !state.sessions.revoke(&user.id.to_string(), &path.session).await? {
-        return Err(Problem::not_found("session_not_found", "No such live session for this user."));
+    if path.session.len() > 64
+        || !state
+            .sessions
+            .revoke(&user.id.to_string(), &path.session)
+            .await?
+    {
+        return Err(Problem::not_found(
+            "session_not_found",
+            "No such live session for this user.",
+        ));
     }
     state
         .directory
@@ -491,12 +650,22 @@ pub async fn revoke_session(token: AdminToken, req: HttpRequest, path: web::Path
 #[utoipa::path(get, path = "/api/v1/accounts/{account}/audit", tag = "audit", params(AccountPath, AuditQuery),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = AuditList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
-pub async fn list_audit(_token: AdminToken, path: web::Path<AccountPath>, query: web::Query<AuditQuery>, state: web::Data<AppState>) -> ApiResult {
+pub async fn list_audit(
+    _token: AdminToken,
+    path: web::Path<AccountPath>,
+    query: web::Query<AuditQuery>,
+    state: web::Data<AppState>,
+) -> ApiResult {
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(Problem::validation("limit", "limit must be between 1 and 500"));
+        return Err(Problem::validation(
+            "limit",
+            "limit must be between 1 and 500",
+        ));
     }
     require_account(&state, path.account).await?;
     let entries = state.directory.audit(path.account, limit).await?;
-    Ok(HttpResponse::Ok().json(AuditList { entries: entries.into_iter().map(Into::into).collect() }))
+    Ok(HttpResponse::Ok().json(AuditList {
+        entries: entries.into_iter().map(Into::into).collect(),
+    }))
 }

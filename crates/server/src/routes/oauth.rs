@@ -43,15 +43,20 @@ pub struct ProviderMetadata {
 #[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "oauth2", responses((status = 200, body = ProviderMetadata)))]
 pub async fn discovery(state: web::Data<AppState>) -> HttpResponse {
     let iss = &state.issuer;
-    HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "public, max-age=300")).json(ProviderMetadata {
-        issuer: iss.clone(),
-        jwks_uri: format!("{iss}/oauth2/jwks"),
-        token_endpoint: format!("{iss}/oauth2/token"),
-        grant_types_supported: vec!["client_credentials"],
-        token_endpoint_auth_methods_supported: vec!["client_secret_basic", "client_secret_post"],
-        scopes_supported: vec![crate::auth::ADMIN_SCOPE],
-        service_documentation: format!("{iss}/openapi.json"),
-    })
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .json(ProviderMetadata {
+            issuer: iss.clone(),
+            jwks_uri: format!("{iss}/oauth2/jwks"),
+            token_endpoint: format!("{iss}/oauth2/token"),
+            grant_types_supported: vec!["client_credentials"],
+            token_endpoint_auth_methods_supported: vec![
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            scopes_supported: vec![crate::auth::ADMIN_SCOPE],
+            service_documentation: format!("{iss}/openapi.json"),
+        })
 }
 
 /// A JSON Web Key Set.
@@ -67,7 +72,9 @@ pub struct Jwks {
 pub async fn jwks(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .json(Jwks { keys: state.keys.jwks().to_vec() })
+        .json(Jwks {
+            keys: state.keys.jwks().to_vec(),
+        })
 }
 
 /// A successful token response (RFC 6749 §5.1).
@@ -94,11 +101,20 @@ pub struct OAuthError {
 
 impl OAuthError {
     fn new(error: &'static str, description: impl Into<String>) -> Self {
-        Self { error, error_description: description.into(), status: 400, basic_challenge: false }
+        Self {
+            error,
+            error_description: description.into(),
+            status: 400,
+            basic_challenge: false,
+        }
     }
 
     fn invalid_client(used_basic: bool) -> Self {
-        Self { status: 401, basic_challenge: used_basic, ..Self::new("invalid_client", "Client authentication failed.") }
+        Self {
+            status: 401,
+            basic_challenge: used_basic,
+            ..Self::new("invalid_client", "Client authentication failed.")
+        }
     }
 }
 
@@ -129,37 +145,69 @@ fn parse_form(req: &HttpRequest, body: &[u8]) -> Result<HashMap<String, String>,
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")));
+        .is_some_and(|ct| {
+            ct.split(';').next().is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
     if !form_type {
-        return Err(OAuthError::new("invalid_request", "The body must be application/x-www-form-urlencoded."));
+        return Err(OAuthError::new(
+            "invalid_request",
+            "The body must be application/x-www-form-urlencoded.",
+        ));
     }
     let mut params = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(body) {
         if params.insert(k.to_string(), v.into_owned()).is_some() {
-            return Err(OAuthError::new("invalid_request", format!("Parameter {k} is repeated.")));
+            return Err(OAuthError::new(
+                "invalid_request",
+                format!("Parameter {k} is repeated."),
+            ));
         }
     }
     Ok(params)
 }
 
 /// The credentials a client presented: (`client_id`, `client_secret`, came by Basic).
-fn client_credentials(req: &HttpRequest, params: &HashMap<String, String>) -> Result<(String, String, bool), OAuthError> {
-    let basic = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-        let (scheme, rest) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("basic").then(|| rest.trim().to_owned())
-    });
+fn client_credentials(
+    req: &HttpRequest,
+    params: &HashMap<String, String>,
+) -> Result<(String, String, bool), OAuthError> {
+    let basic = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("basic")
+                .then(|| rest.trim().to_owned())
+        });
     let in_body = params.contains_key("client_secret");
     match basic {
-        Some(_) if in_body => Err(OAuthError::new("invalid_request", "Use one client authentication method, not two.")),
+        Some(_) if in_body => Err(OAuthError::new(
+            "invalid_request",
+            "Use one client authentication method, not two.",
+        )),
         Some(encoded) => {
-            let decoded = STANDARD.decode(encoded).ok().and_then(|b| String::from_utf8(b).ok());
+            let decoded = STANDARD
+                .decode(encoded)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
             let (id, secret) = decoded
                 .as_deref()
                 .and_then(|d| d.split_once(':'))
                 .map(|(id, secret)| (form_decode(id), form_decode(secret)))
                 .ok_or_else(|| OAuthError::invalid_client(true))?;
-            if params.get("client_id").is_some_and(|body_id| *body_id != id) {
-                return Err(OAuthError::new("invalid_request", "client_id in the body differs from the one authenticated."));
+            if params
+                .get("client_id")
+                .is_some_and(|body_id| *body_id != id)
+            {
+                return Err(OAuthError::new(
+                    "invalid_request",
+                    "client_id in the body differs from the one authenticated.",
+                ));
             }
             Ok((id, secret, true))
         }
@@ -187,7 +235,10 @@ fn granted_scope(client: &Client, requested: Option<&String>) -> Result<String, 
     let mut granted: Vec<&str> = Vec::new();
     for scope in requested.split(' ').filter(|s| !s.is_empty()) {
         if !client.scopes.iter().any(|s| s == scope) {
-            return Err(OAuthError::new("invalid_scope", format!("Scope {scope} is not allowed for this client.")));
+            return Err(OAuthError::new(
+                "invalid_scope",
+                format!("Scope {scope} is not allowed for this client."),
+            ));
         }
         if !granted.contains(&scope) {
             granted.push(scope);
@@ -205,10 +256,18 @@ fn granted_scope(client: &Client, requested: Option<&String>) -> Result<String, 
         (status = 400, body = OAuthError),
         (status = 401, body = OAuthError),
     ))]
-pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> Result<HttpResponse, actix_web::Error> {
+pub async fn token(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
     let params = parse_form(&req, &body)?;
     let (client_id, secret, used_basic) = client_credentials(&req, &params)?;
-    let client = state.clients.find(&client_id).await.map_err(crate::problem::Problem::from)?;
+    let client = state
+        .clients
+        .find(&client_id)
+        .await
+        .map_err(crate::problem::Problem::from)?;
     let client = match client {
         Some(c) if c.secret_matches(&secret) => c,
         _ => {
@@ -216,25 +275,51 @@ pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
             return Err(OAuthError::invalid_client(used_basic).into());
         }
     };
-    let grant = params.get("grant_type").map(String::as_str).unwrap_or_default();
+    let grant = params
+        .get("grant_type")
+        .map(String::as_str)
+        .unwrap_or_default();
     if grant.is_empty() {
         return Err(OAuthError::new("invalid_request", "grant_type is required.").into());
     }
     if GrantType::parse(grant) != Some(GrantType::ClientCredentials) {
-        return Err(OAuthError::new("unsupported_grant_type", format!("grant_type {grant} is not supported here.")).into());
+        return Err(OAuthError::new(
+            "unsupported_grant_type",
+            format!("grant_type {grant} is not supported here."),
+        )
+        .into());
     }
     if !client.allows_grant(GrantType::ClientCredentials) {
-        return Err(OAuthError::new("unauthorized_client", "This client may not use client_credentials.").into());
+        return Err(OAuthError::new(
+            "unauthorized_client",
+            "This client may not use client_credentials.",
+        )
+        .into());
     }
     let scope = granted_scope(&client, params.get("scope"))?;
     let ttl = state.config.access_token_ttl_secs;
-    let claims = AccessTokenClaims::for_client(&state.issuer, &client.id, &scope, state.now(), Duration::seconds(ttl as i64));
-    let access_token = state.keys.sign_access_token(&claims).map_err(crate::problem::Problem::from)?;
-    metrics::counter!("oauth_tokens_issued_total", "grant_type" => "client_credentials").increment(1);
+    let claims = AccessTokenClaims::for_client(
+        &state.issuer,
+        &client.id,
+        &scope,
+        state.now(),
+        Duration::seconds(ttl as i64),
+    );
+    let access_token = state
+        .keys
+        .sign_access_token(&claims)
+        .map_err(crate::problem::Problem::from)?;
+    metrics::counter!("oauth_tokens_issued_total", "grant_type" => "client_credentials")
+        .increment(1);
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .insert_header((header::PRAGMA, HeaderValue::from_static("no-cache")))
-        .json(TokenResponse { access_token, token_type: "Bearer", expires_in: ttl, scope }))
+        .json(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: ttl,
+            scope,
+        }))
 }
 
 #[cfg(test)]

@@ -26,12 +26,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Sign-in attempts per email address.
-const LOGIN_PER_EMAIL: RateLimit = RateLimit { name: "login-email", max: 10, window: Duration::minutes(15) };
+const LOGIN_PER_EMAIL: RateLimit = RateLimit {
+    name: "login-email",
+    max: 10,
+    window: Duration::minutes(15),
+};
 /// Sign-in attempts per client address.
-const LOGIN_PER_IP: RateLimit = RateLimit { name: "login-ip", max: 100, window: Duration::minutes(15) };
+const LOGIN_PER_IP: RateLimit = RateLimit {
+    name: "login-ip",
+    max: 100,
+    window: Duration::minutes(15),
+};
 
 fn cookie_name(state: &AppState, base: &'static str) -> String {
-    if state.config.is_https() { format!("__Host-{base}") } else { base.to_owned() }
+    if state.config.is_https() {
+        format!("__Host-{base}")
+    } else {
+        base.to_owned()
+    }
 }
 
 fn cookie<'a>(state: &AppState, base: &'static str, value: String) -> Cookie<'a> {
@@ -44,7 +56,9 @@ fn cookie<'a>(state: &AppState, base: &'static str, value: String) -> Cookie<'a>
 }
 
 fn page(status: StatusCode, lang: Lang, title: &str, body: &str) -> HttpResponse {
-    let mut response = HttpResponse::build(status).content_type("text/html; charset=utf-8").body(layout(lang, title, body));
+    let mut response = HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(layout(lang, title, body));
     page_headers(&mut response);
     response
 }
@@ -60,13 +74,17 @@ fn csrf_token(req: &HttpRequest, state: &AppState) -> (String, bool) {
 /// Double-submit check: the form must carry the value of the browser's CSRF cookie.
 fn csrf_ok(req: &HttpRequest, state: &AppState, submitted: Option<&str>) -> bool {
     match (req.cookie(&cookie_name(state, "ponte_csrf")), submitted) {
-        (Some(cookie), Some(form)) => !form.is_empty() && constant_time_eq(cookie.value().as_bytes(), form.as_bytes()),
+        (Some(cookie), Some(form)) => {
+            !form.is_empty() && constant_time_eq(cookie.value().as_bytes(), form.as_bytes())
+        }
         _ => false,
     }
 }
 
 fn login_form(lang: Lang, csrf: &str, email: &str, error: Option<&str>) -> String {
-    let error = error.map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e))).unwrap_or_default();
+    let error = error
+        .map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e)))
+        .unwrap_or_default();
     format!(
         r#"<h1>{heading}</h1>
 {error}
@@ -87,10 +105,21 @@ fn login_form(lang: Lang, csrf: &str, email: &str, error: Option<&str>) -> Strin
     )
 }
 
-fn login_response(req: &HttpRequest, state: &AppState, status: StatusCode, email: &str, error: Option<&str>) -> HttpResponse {
+fn login_response(
+    req: &HttpRequest,
+    state: &AppState,
+    status: StatusCode,
+    email: &str,
+    error: Option<&str>,
+) -> HttpResponse {
     let lang = Lang::from_request(req);
     let (csrf, fresh) = csrf_token(req, state);
-    let mut response = page(status, lang, lang.pick("Accedi", "Sign in"), &login_form(lang, &csrf, email, error));
+    let mut response = page(
+        status,
+        lang,
+        lang.pick("Accedi", "Sign in"),
+        &login_form(lang, &csrf, email, error),
+    );
     if fresh {
         let _ = response.add_cookie(&cookie(state, "ponte_csrf", csrf));
     }
@@ -113,7 +142,11 @@ pub struct LoginForm {
 }
 
 /// Checks the password and starts a session with a new id.
-pub async fn login(req: HttpRequest, form: web::Form<LoginForm>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn login(
+    req: HttpRequest,
+    form: web::Form<LoginForm>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     let lang = Lang::from_request(&req);
     let form = form.into_inner();
     if !csrf_ok(&req, &state, form.csrf_token.as_deref()) {
@@ -133,21 +166,32 @@ pub async fn login(req: HttpRequest, form: web::Form<LoginForm>, state: web::Dat
     let email = form.email.trim().to_lowercase();
     let store = state.sessions.store().as_ref();
     let within_limits = LOGIN_PER_EMAIL.allow(store, &email, now).await?
-        & LOGIN_PER_IP.allow(store, ip.as_deref().unwrap_or("unknown"), now).await?;
+        & LOGIN_PER_IP
+            .allow(store, ip.as_deref().unwrap_or("unknown"), now)
+            .await?;
     if !within_limits {
         return Ok(login_response(
             &req,
             &state,
             StatusCode::TOO_MANY_REQUESTS,
             &form.email,
-            Some(lang.pick("Troppi tentativi. Riprova tra qualche minuto.", "Too many attempts. Try again in a few minutes.")),
+            Some(lang.pick(
+                "Troppi tentativi. Riprova tra qualche minuto.",
+                "Too many attempts. Try again in a few minutes.",
+            )),
         ));
     }
-    let candidate = if email.is_empty() { None } else { state.directory.login_candidate(&email).await? };
+    let candidate = if email.is_empty() {
+        None
+    } else {
+        state.directory.login_candidate(&email).await?
+    };
     let stored_hash = candidate.as_ref().and_then(|c| c.password_hash.clone());
     let password_ok = password::verify(form.password, stored_hash).await;
     let candidate = candidate.filter(|c| {
-        password_ok && c.user.status == UserStatus::Active && c.account_status == AccountStatus::Active
+        password_ok
+            && c.user.status == UserStatus::Active
+            && c.account_status == AccountStatus::Active
     });
     let Some(candidate) = candidate else {
         metrics::counter!("login_failures_total").increment(1);
@@ -156,7 +200,10 @@ pub async fn login(req: HttpRequest, form: web::Form<LoginForm>, state: web::Dat
             &state,
             StatusCode::UNAUTHORIZED,
             &form.email,
-            Some(lang.pick("Email o password non corretti.", "Email or password is incorrect.")),
+            Some(lang.pick(
+                "Email o password non corretti.",
+                "Email or password is incorrect.",
+            )),
         ));
     };
     // Rotate: whatever session this browser had ends, and a new id is issued.
@@ -171,7 +218,11 @@ pub async fn login(req: HttpRequest, form: web::Form<LoginForm>, state: web::Dat
                 user_id: user.id.to_string(),
                 account_id: user.account_id.to_string(),
                 amr: vec!["pwd".into()],
-                user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
+                user_agent: req
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
                 ip: ip.clone(),
             },
             now,
@@ -189,7 +240,9 @@ pub async fn login(req: HttpRequest, form: web::Form<LoginForm>, state: web::Dat
             at: now,
         })
         .await?;
-    let mut response = HttpResponse::SeeOther().insert_header((header::LOCATION, "/")).finish();
+    let mut response = HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/"))
+        .finish();
     page_headers(&mut response);
     let _ = response.add_cookie(&cookie(&state, "ponte_session", token.expose().to_owned()));
     Ok(response)
@@ -198,22 +251,37 @@ pub async fn login(req: HttpRequest, form: web::Form<LoginForm>, state: web::Dat
 /// Who is signed in, with a sign-out button.
 pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let lang = Lang::from_request(&req);
-    let token = req.cookie(&cookie_name(&state, "ponte_session")).map(|c| c.value().to_owned());
+    let token = req
+        .cookie(&cookie_name(&state, "ponte_session"))
+        .map(|c| c.value().to_owned());
     let session = match &token {
         Some(t) => state.sessions.get(t, state.now()).await?,
         None => None,
     };
     let Some(session) = session else {
-        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/login"))
+            .finish());
     };
-    let (Ok(account_id), Ok(user_id)) = (session.account_id.parse(), session.user_id.parse()) else {
-        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
+    let (Ok(account_id), Ok(user_id)) = (session.account_id.parse(), session.user_id.parse())
+    else {
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/login"))
+            .finish());
     };
-    let (user, account) = tokio::try_join!(state.directory.user(account_id, user_id), state.directory.account(account_id))?;
+    let (user, account) = tokio::try_join!(
+        state.directory.user(account_id, user_id),
+        state.directory.account(account_id)
+    )?;
     let (Some(user), Some(account)) = (user, account) else {
         // The user or account is gone: the session goes with it.
-        state.sessions.revoke_token(token.as_deref().unwrap_or_default()).await?;
-        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
+        state
+            .sessions
+            .revoke_token(token.as_deref().unwrap_or_default())
+            .await?;
+        return Ok(HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/login"))
+            .finish());
     };
     let (csrf, fresh) = csrf_token(&req, &state);
     let body = format!(
@@ -239,7 +307,12 @@ pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         account = escape(&account.name),
         csrf = escape(&csrf),
     );
-    let mut response = page(StatusCode::OK, lang, lang.pick("Il tuo account", "Your account"), &body);
+    let mut response = page(
+        StatusCode::OK,
+        lang,
+        lang.pick("Il tuo account", "Your account"),
+        &body,
+    );
     if fresh {
         let _ = response.add_cookie(&cookie(&state, "ponte_csrf", csrf));
     }
@@ -253,14 +326,23 @@ pub struct LogoutForm {
 }
 
 /// Ends this browser's session.
-pub async fn logout(req: HttpRequest, form: web::Form<LogoutForm>, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+pub async fn logout(
+    req: HttpRequest,
+    form: web::Form<LogoutForm>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
     if !csrf_ok(&req, &state, form.csrf_token.as_deref()) {
-        return Err(Problem::new(StatusCode::FORBIDDEN, "csrf_failed", "Forbidden").detail("The form did not come from Ponte."));
+        return Err(
+            Problem::new(StatusCode::FORBIDDEN, "csrf_failed", "Forbidden")
+                .detail("The form did not come from Ponte."),
+        );
     }
     if let Some(c) = req.cookie(&cookie_name(&state, "ponte_session")) {
         state.sessions.revoke_token(c.value()).await?;
     }
-    let mut response = HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish();
+    let mut response = HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, "/login"))
+        .finish();
     let mut removal = cookie(&state, "ponte_session", String::new());
     removal.make_removal();
     let _ = response.add_cookie(&removal);

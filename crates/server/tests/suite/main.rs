@@ -5,6 +5,8 @@
 //! `PONTE_TEST_DATABASE_URL` / `PONTE_TEST_REDIS_URL` are set (CI sets both; with `CI`
 //! set, their absence is a failure rather than a skip).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod harness;
 
 mod api;
