@@ -55,6 +55,10 @@ pub struct Client {
     pub scopes: Vec<String>,
     /// Exact redirect URIs (browser flows).
     pub redirect_uris: Vec<String>,
+    /// Exact URIs the browser may be sent to after RP-initiated logout.
+    pub post_logout_redirect_uris: Vec<String>,
+    /// First-party apps skip the consent page.
+    pub first_party: bool,
     /// Registration time.
     pub created_at: OffsetDateTime,
     secret_digest: Option<String>,
@@ -69,6 +73,16 @@ impl Client {
     /// Whether the client has a secret (confidential) or not (public).
     pub fn is_confidential(&self) -> bool {
         self.secret_digest.is_some()
+    }
+
+    /// Whether `uri` is registered, by exact string comparison (RFC 9700 §2.1).
+    pub fn has_redirect_uri(&self, uri: &str) -> bool {
+        self.redirect_uris.iter().any(|r| r == uri)
+    }
+
+    /// Whether `uri` is a registered post-logout redirect URI (exact match).
+    pub fn has_post_logout_redirect_uri(&self, uri: &str) -> bool {
+        self.post_logout_redirect_uris.iter().any(|r| r == uri)
     }
 
     /// Checks a presented secret in constant time.
@@ -91,24 +105,56 @@ pub struct NewClient {
     pub scopes: Vec<String>,
     /// Exact redirect URIs.
     pub redirect_uris: Vec<String>,
+    /// Exact post-logout redirect URIs.
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Skips consent.
+    pub first_party: bool,
     /// A public client has no secret.
     pub public: bool,
+}
+
+/// The scopes an authorization-code client may ask for when none are given.
+pub const DEFAULT_BROWSER_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+
+/// Checks a redirect URI for registration: absolute, no fragment, and https unless it
+/// points at this machine (RFC 8252 loopback redirects for native apps and tests).
+pub fn check_redirect_uri(uri: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::Invalid(format!("redirect URI {uri:?}: {why}")));
+    let Some((scheme, rest)) = uri.split_once("://") else { return bad("must be an absolute URI") };
+    if uri.contains('#') {
+        return bad("must not contain a fragment");
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host.starts_with('[') {
+        host.split(']').next().map(|h| &h[1..]).unwrap_or_default()
+    } else {
+        host.split(':').next().unwrap_or_default()
+    };
+    if host.is_empty() {
+        return bad("must name a host");
+    }
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match scheme {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => bad("must use https unless the host is loopback"),
+        _ => bad("must be http(s)"),
+    }
 }
 
 /// Checks a scope token against RFC 6749 §3.3.
 pub fn is_valid_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s.bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 /// Where clients are kept.
 #[async_trait]
 pub trait ClientRepo: Send + Sync + std::fmt::Debug {
     /// Registers a client; returns it and, for a confidential client, the secret (shown once).
-    async fn create(&self, new: NewClient, now: OffsetDateTime)
-    -> Result<(Client, Option<String>)>;
+    async fn create(&self, new: NewClient, now: OffsetDateTime) -> Result<(Client, Option<String>)>;
     /// A client by id.
     async fn find(&self, id: &str) -> Result<Option<Client>>;
 }
@@ -128,16 +174,10 @@ impl SqlClients {
 
 #[async_trait]
 impl ClientRepo for SqlClients {
-    async fn create(
-        &self,
-        new: NewClient,
-        now: OffsetDateTime,
-    ) -> Result<(Client, Option<String>)> {
+    async fn create(&self, new: NewClient, now: OffsetDateTime) -> Result<(Client, Option<String>)> {
         let name = new.name.trim();
         if name.is_empty() || name.chars().count() > 100 {
-            return Err(Error::Invalid(
-                "client name must have 1 to 100 characters".into(),
-            ));
+            return Err(Error::Invalid("client name must have 1 to 100 characters".into()));
         }
         if new.grants.is_empty() {
             return Err(Error::Invalid("a client needs at least one grant".into()));
@@ -146,74 +186,104 @@ impl ClientRepo for SqlClients {
             return Err(Error::Invalid(format!("invalid scope {bad:?}")));
         }
         if new.public && new.grants.contains(&GrantType::ClientCredentials) {
-            return Err(Error::Invalid(
-                "a public client cannot use client_credentials".into(),
-            ));
+            return Err(Error::Invalid("a public client cannot use client_credentials".into()));
+        }
+        for uri in new.redirect_uris.iter().chain(&new.post_logout_redirect_uris) {
+            check_redirect_uri(uri)?;
+        }
+        if new.grants.contains(&GrantType::AuthorizationCode) && new.redirect_uris.is_empty() {
+            return Err(Error::Invalid("an authorization_code client needs at least one redirect URI".into()));
+        }
+        let mut scopes = new.scopes;
+        if scopes.is_empty() && new.grants.contains(&GrantType::AuthorizationCode) {
+            scopes = DEFAULT_BROWSER_SCOPES.iter().map(|s| s.to_string()).collect();
         }
         let secret = (!new.public).then(random_token);
         let client = Client {
             id: format!("cl_{}", &random_token()[..22]),
             name: name.to_owned(),
             grants: new.grants,
-            scopes: new.scopes,
+            scopes,
             redirect_uris: new.redirect_uris,
+            post_logout_redirect_uris: new.post_logout_redirect_uris,
+            first_party: new.first_party,
             created_at: now,
             secret_digest: secret.as_deref().map(digest),
         };
         let grants: Vec<&str> = client.grants.iter().map(|g| g.as_str()).collect();
         let result = sqlx::query(
-            "INSERT INTO oauth_clients (id, name, secret_digest, grants, scopes, redirect_uris, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO oauth_clients (id, name, secret_digest, grants, scopes, redirect_uris, created_at, \
+             post_logout_redirect_uris, first_party) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&client.id)
         .bind(&client.name)
         .bind(client.secret_digest.clone())
         .bind(grants.join(" "))
         .bind(client.scopes.join(" "))
-        .bind(serde_json::to_string(&client.redirect_uris).map_err(|e| Error::Corrupt(e.to_string()))?)
+        .bind(json_list(&client.redirect_uris)?)
         .bind(to_unix(now))
+        .bind(json_list(&client.post_logout_redirect_uris)?)
+        .bind(i64::from(client.first_party))
         .execute(self.db.pool())
         .await;
         match result {
             Ok(_) => Ok((client, secret)),
-            Err(e) if is_unique_violation(&e) => {
-                Err(Error::Invalid("client id collision, try again".into()))
-            }
+            Err(e) if is_unique_violation(&e) => Err(Error::Invalid("client id collision, try again".into())),
             Err(e) => Err(e.into()),
         }
     }
 
     async fn find(&self, id: &str) -> Result<Option<Client>> {
-        let row: Option<(String, String, Option<String>, String, String, String, i64)> = sqlx::query_as(
-            "SELECT id, name, secret_digest, grants, scopes, redirect_uris, created_at FROM oauth_clients WHERE id = $1",
+        type Row = (String, String, Option<String>, String, String, String, i64, String, i64);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT id, name, secret_digest, grants, scopes, redirect_uris, created_at, post_logout_redirect_uris, first_party \
+             FROM oauth_clients WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(self.db.pool())
         .await?;
-        row.map(
-            |(id, name, secret_digest, grants, scopes, redirect_uris, created_at)| {
-                Ok(Client {
-                    id,
-                    name,
-                    grants: grants
-                        .split_whitespace()
-                        .filter_map(GrantType::parse)
-                        .collect(),
-                    scopes: scopes.split_whitespace().map(str::to_owned).collect(),
-                    redirect_uris: serde_json::from_str(&redirect_uris)
-                        .map_err(|e| Error::Corrupt(format!("redirect_uris: {e}")))?,
-                    created_at: from_unix(created_at),
-                    secret_digest,
-                })
-            },
-        )
+        row.map(|(id, name, secret_digest, grants, scopes, redirect_uris, created_at, post_logout, first_party)| {
+            Ok(Client {
+                id,
+                name,
+                grants: grants.split_whitespace().filter_map(GrantType::parse).collect(),
+                scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                redirect_uris: parse_list(&redirect_uris)?,
+                post_logout_redirect_uris: parse_list(&post_logout)?,
+                first_party: first_party != 0,
+                created_at: from_unix(created_at),
+                secret_digest,
+            })
+        })
         .transpose()
     }
 }
 
+fn json_list(items: &[String]) -> Result<String> {
+    serde_json::to_string(items).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn parse_list(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("uri list: {e}")))
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    pub(crate) fn client_for_tests() -> Client {
+        Client {
+            id: "c".into(),
+            name: "n".into(),
+            grants: vec![GrantType::ClientCredentials],
+            scopes: vec![],
+            redirect_uris: vec![],
+            post_logout_redirect_uris: vec![],
+            first_party: false,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            secret_digest: Some(digest("s3cret")),
+        }
+    }
 
     #[test]
     fn scope_tokens_follow_rfc6749() {
@@ -226,6 +296,19 @@ mod tests {
     }
 
     #[test]
+    fn redirect_uris_must_be_https_unless_loopback() {
+        assert!(check_redirect_uri("https://shop.example.com/cb").is_ok());
+        assert!(check_redirect_uri("http://127.0.0.1:4000/cb").is_ok());
+        assert!(check_redirect_uri("http://localhost/cb").is_ok());
+        assert!(check_redirect_uri("http://[::1]:8000/cb").is_ok());
+        assert!(check_redirect_uri("http://shop.example.com/cb").is_err());
+        assert!(check_redirect_uri("http://127.0.0.1.evil.com/cb").is_err());
+        assert!(check_redirect_uri("https://shop.example.com/cb#frag").is_err());
+        assert!(check_redirect_uri("javascript://alert").is_err());
+        assert!(check_redirect_uri("/relative").is_err());
+    }
+
+    #[test]
     fn secret_matches_only_the_right_secret() {
         let client = Client {
             id: "c".into(),
@@ -233,6 +316,8 @@ mod tests {
             grants: vec![GrantType::ClientCredentials],
             scopes: vec![],
             redirect_uris: vec![],
+            post_logout_redirect_uris: vec![],
+            first_party: false,
             created_at: OffsetDateTime::UNIX_EPOCH,
             secret_digest: Some(digest("s3cret")),
         };

@@ -36,21 +36,17 @@ impl Database {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(crate::Error::Invalid(
-                "database_url must start with sqlite: or postgres:".into(),
-            ));
+            return Err(crate::Error::Invalid("database_url must start with sqlite: or postgres:".into()));
         };
         let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(5));
         options = match backend {
-            Backend::Sqlite => options
-                .max_connections(8)
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
-                            .await?;
-                        Ok(())
-                    })
-                }),
+            Backend::Sqlite => options.max_connections(8).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000;")
+                        .await?;
+                    Ok(())
+                })
+            }),
             Backend::Postgres => options.max_connections(16),
         };
         let pool = options.connect_lazy(url)?;

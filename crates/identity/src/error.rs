@@ -31,23 +31,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        if is_unavailable(&e) {
-            Error::DatabaseUnavailable(e)
-        } else {
-            Error::Database(e)
-        }
+        if is_unavailable(&e) { Error::DatabaseUnavailable(e) } else { Error::Database(e) }
     }
 }
 
 /// Whether a sqlx error means "the database is not there" rather than "the query failed".
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-    )
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
 }
 
 impl From<redis::RedisError> for Error {

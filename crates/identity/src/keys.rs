@@ -1,18 +1,20 @@
-//! Token signing keys: ES256, generated here, private half sealed with the master key.
+//! Token signing keys: generated here, private half sealed with the master key, rotated.
 //!
-//! Each key has an id (`kid`), a status and a creation time. The ring signs with the
-//! current key and verifies with every published one, so rotation (later: `next`,
-//! `previous`) never breaks a token still in flight.
+//! Each key has an id (`kid`), an algorithm, a status and the times it became current and
+//! stopped being current. The JWKS publishes the current key, the next one (ahead of
+//! use, so verifiers cache it before the first token) and previous ones until every token
+//! they signed has expired. Rotation promotes next → current and current → previous.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 
 use crate::clock::{from_unix, to_unix};
 use crate::db::Database;
@@ -26,7 +28,7 @@ use crate::{Error, Result};
 pub enum KeyStatus {
     /// Signs new tokens.
     Current,
-    /// Published ahead of use, so verifiers have it before the first token.
+    /// Published ahead of use.
     Next,
     /// No longer signs; published until its tokens have expired.
     Previous,
@@ -55,24 +57,71 @@ impl KeyStatus {
     }
 }
 
-/// The public half of a key, as published in the JWKS (RFC 7517).
+/// The signature algorithm a deployment signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SigningAlg {
+    /// ECDSA P-256 with SHA-256 (the default).
+    ES256,
+    /// Ed25519.
+    EdDSA,
+}
+
+impl SigningAlg {
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ES256 => "ES256",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+
+    /// Parses the JOSE name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "ES256" => Ok(Self::ES256),
+            "EdDSA" => Ok(Self::EdDSA),
+            other => Err(Error::Invalid(format!("signing algorithm {other:?} (use ES256 or EdDSA)"))),
+        }
+    }
+
+    fn jose(self) -> Algorithm {
+        match self {
+            Self::ES256 => Algorithm::ES256,
+            Self::EdDSA => Algorithm::EdDSA,
+        }
+    }
+}
+
+/// The public half of a key, as published in the JWKS (RFC 7517, RFC 8037).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicJwk {
-    /// Key type: `EC`.
+    /// `EC` or `OKP`.
     pub kty: String,
-    /// Curve: `P-256`.
+    /// `P-256` or `Ed25519`.
     pub crv: String,
-    /// X coordinate, base64url.
+    /// X coordinate (or the Ed25519 public key), base64url.
     pub x: String,
-    /// Y coordinate, base64url.
-    pub y: String,
+    /// Y coordinate (EC only), base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
     /// Key id.
     pub kid: String,
     /// Always `sig`.
     #[serde(rename = "use")]
     pub use_: String,
-    /// `ES256`.
+    /// `ES256` or `EdDSA`.
     pub alg: String,
+}
+
+impl PublicJwk {
+    fn decoding_key(&self) -> Result<DecodingKey> {
+        let key = match (self.kty.as_str(), &self.y) {
+            ("EC", Some(y)) => DecodingKey::from_ec_components(&self.x, y),
+            ("OKP", None) => DecodingKey::from_ed_components(&self.x),
+            _ => return Err(Error::Corrupt(format!("key {} has an unknown shape", self.kid))),
+        };
+        key.map_err(|e| Error::Crypto(e.to_string()))
+    }
 }
 
 /// A key as stored.
@@ -80,6 +129,8 @@ pub struct PublicJwk {
 pub struct StoredKey {
     /// Key id.
     pub kid: String,
+    /// Algorithm.
+    pub alg: SigningAlg,
     /// Where it is in its life.
     pub status: KeyStatus,
     /// PKCS#8 private key, sealed with the master key (context: the kid).
@@ -88,6 +139,10 @@ pub struct StoredKey {
     pub public: PublicJwk,
     /// When it was made.
     pub created_at: OffsetDateTime,
+    /// When it became current.
+    pub activated_at: Option<OffsetDateTime>,
+    /// When it stopped being current.
+    pub deactivated_at: Option<OffsetDateTime>,
 }
 
 /// Where keys are kept.
@@ -97,6 +152,9 @@ pub trait KeyRepo: Send + Sync + std::fmt::Debug {
     async fn published(&self) -> Result<Vec<StoredKey>>;
     /// Stores a new key.
     async fn insert(&self, key: &StoredKey) -> Result<()>;
+    /// Moves a key from one status to another; `false` if it was not in `from` (another
+    /// replica got there first).
+    async fn transition(&self, kid: &str, from: KeyStatus, to: KeyStatus, now: OffsetDateTime) -> Result<bool>;
 }
 
 /// Keys in the relational store.
@@ -115,21 +173,24 @@ impl SqlKeys {
 #[async_trait]
 impl KeyRepo for SqlKeys {
     async fn published(&self) -> Result<Vec<StoredKey>> {
-        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-            "SELECT kid, status, private_sealed, public_jwk, created_at FROM signing_keys \
-             WHERE status <> 'retired' ORDER BY created_at, kid",
+        type Row = (String, String, String, String, String, i64, Option<i64>, Option<i64>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT kid, alg, status, private_sealed, public_jwk, created_at, activated_at, deactivated_at \
+             FROM signing_keys WHERE status <> 'retired' ORDER BY created_at, kid",
         )
         .fetch_all(self.db.pool())
         .await?;
         rows.into_iter()
-            .map(|(kid, status, private_sealed, public_jwk, created_at)| {
+            .map(|(kid, alg, status, private_sealed, public_jwk, created_at, activated_at, deactivated_at)| {
                 Ok(StoredKey {
                     kid,
+                    alg: SigningAlg::parse(&alg)?,
                     status: KeyStatus::parse(&status)?,
                     private_sealed,
-                    public: serde_json::from_str(&public_jwk)
-                        .map_err(|e| Error::Corrupt(e.to_string()))?,
+                    public: serde_json::from_str(&public_jwk).map_err(|e| Error::Corrupt(e.to_string()))?,
                     created_at: from_unix(created_at),
+                    activated_at: activated_at.map(from_unix),
+                    deactivated_at: deactivated_at.map(from_unix),
                 })
             })
             .collect()
@@ -137,97 +198,222 @@ impl KeyRepo for SqlKeys {
 
     async fn insert(&self, key: &StoredKey) -> Result<()> {
         sqlx::query(
-            "INSERT INTO signing_keys (kid, alg, status, private_sealed, public_jwk, created_at) \
-             VALUES ($1, 'ES256', $2, $3, $4, $5)",
+            "INSERT INTO signing_keys (kid, alg, status, private_sealed, public_jwk, created_at, activated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&key.kid)
+        .bind(key.alg.as_str())
         .bind(key.status.as_str())
         .bind(&key.private_sealed)
         .bind(serde_json::to_string(&key.public).map_err(|e| Error::Corrupt(e.to_string()))?)
         .bind(to_unix(key.created_at))
+        .bind(key.activated_at.map(to_unix))
         .execute(self.db.pool())
         .await?;
         Ok(())
     }
+
+    async fn transition(&self, kid: &str, from: KeyStatus, to: KeyStatus, now: OffsetDateTime) -> Result<bool> {
+        let sql = match to {
+            KeyStatus::Current => {
+                "UPDATE signing_keys SET status = $1, activated_at = $2 WHERE kid = $3 AND status = $4"
+            }
+            KeyStatus::Previous => {
+                "UPDATE signing_keys SET status = $1, deactivated_at = $2 WHERE kid = $3 AND status = $4"
+            }
+            _ => {
+                "UPDATE signing_keys SET status = $1, deactivated_at = COALESCE(deactivated_at, $2) WHERE kid = $3 AND status = $4"
+            }
+        };
+        let done = sqlx::query(sql)
+            .bind(to.as_str())
+            .bind(to_unix(now))
+            .bind(kid)
+            .bind(from.as_str())
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
-/// Makes a new ES256 key, sealed under `master`.
-pub fn generate(master: &MasterKey, status: KeyStatus, now: OffsetDateTime) -> Result<StoredKey> {
+/// Makes a new key of `alg`, sealed under `master`.
+pub fn generate(master: &MasterKey, alg: SigningAlg, status: KeyStatus, now: OffsetDateTime) -> Result<StoredKey> {
     let crypto = |e: aws_lc_rs::error::Unspecified| Error::Crypto(e.to_string());
-    let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(crypto)?;
-    let pkcs8 = pair.to_pkcs8v1().map_err(crypto)?;
-    let point = pair.public_key().as_ref();
-    // Uncompressed SEC1 point: 0x04 ‖ X (32 bytes) ‖ Y (32 bytes).
-    if point.len() != 65 || point[0] != 4 {
-        return Err(Error::Crypto("unexpected public key encoding".into()));
-    }
     let kid = random_token()[..16].to_owned();
+    let (pkcs8, public) = match alg {
+        SigningAlg::ES256 => {
+            let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).map_err(crypto)?;
+            let point = pair.public_key().as_ref().to_vec();
+            // Uncompressed SEC1 point: 0x04 ‖ X (32 bytes) ‖ Y (32 bytes).
+            if point.len() != 65 || point[0] != 4 {
+                return Err(Error::Crypto("unexpected EC public key encoding".into()));
+            }
+            let jwk = PublicJwk {
+                kty: "EC".into(),
+                crv: "P-256".into(),
+                x: URL_SAFE_NO_PAD.encode(&point[1..33]),
+                y: Some(URL_SAFE_NO_PAD.encode(&point[33..65])),
+                kid: kid.clone(),
+                use_: "sig".into(),
+                alg: alg.as_str().into(),
+            };
+            (pair.to_pkcs8v1().map_err(crypto)?.as_ref().to_vec(), jwk)
+        }
+        SigningAlg::EdDSA => {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).map_err(crypto)?;
+            let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| Error::Crypto(e.to_string()))?;
+            let jwk = PublicJwk {
+                kty: "OKP".into(),
+                crv: "Ed25519".into(),
+                x: URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+                y: None,
+                kid: kid.clone(),
+                use_: "sig".into(),
+                alg: alg.as_str().into(),
+            };
+            (pkcs8.as_ref().to_vec(), jwk)
+        }
+    };
     Ok(StoredKey {
-        private_sealed: master.seal(pkcs8.as_ref(), &kid)?,
-        public: PublicJwk {
-            kty: "EC".into(),
-            crv: "P-256".into(),
-            x: URL_SAFE_NO_PAD.encode(&point[1..33]),
-            y: URL_SAFE_NO_PAD.encode(&point[33..65]),
-            kid: kid.clone(),
-            use_: "sig".into(),
-            alg: "ES256".into(),
-        },
+        private_sealed: master.seal(&pkcs8, &kid)?,
+        public,
         kid,
+        alg,
         status,
         created_at: now,
+        activated_at: (status == KeyStatus::Current).then_some(now),
+        deactivated_at: None,
     })
+}
+
+/// How keys are made and how long they live.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPolicy {
+    /// The algorithm of new keys.
+    pub alg: SigningAlg,
+    /// The longest lifetime of any token Ponte signs: a previous key stays published
+    /// this long (plus a margin) after it stops signing.
+    pub max_token_lifetime: Duration,
+    /// Rotate when the current key has signed for this long.
+    pub rotate_after: Duration,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rotation {
+    /// The key that signs now.
+    pub current: String,
+    /// The key published ahead of use.
+    pub next: String,
+    /// Keys still published for tokens in flight.
+    pub previous: Vec<String>,
+}
+
+/// Ensures there is a current and a next key, and retires previous keys whose tokens
+/// have all expired. Safe to run on every replica at once.
+pub async fn maintain(
+    repo: &dyn KeyRepo,
+    master: &MasterKey,
+    policy: &KeyPolicy,
+    now: OffsetDateTime,
+) -> Result<Vec<StoredKey>> {
+    let mut keys = repo.published().await?;
+    if !keys.iter().any(|k| k.status == KeyStatus::Current) {
+        repo.insert(&generate(master, policy.alg, KeyStatus::Current, now)?).await?;
+        keys = repo.published().await?;
+    }
+    if !keys.iter().any(|k| k.status == KeyStatus::Next) {
+        repo.insert(&generate(master, policy.alg, KeyStatus::Next, now)?).await?;
+        keys = repo.published().await?;
+    }
+    let margin = Duration::minutes(5);
+    let mut retired = false;
+    for key in keys.iter().filter(|k| k.status == KeyStatus::Previous) {
+        let since = key.deactivated_at.unwrap_or(key.created_at);
+        if since + policy.max_token_lifetime + margin <= now {
+            retired |= repo.transition(&key.kid, KeyStatus::Previous, KeyStatus::Retired, now).await?;
+        }
+    }
+    if retired {
+        keys = repo.published().await?;
+    }
+    Ok(keys)
+}
+
+/// Promotes next → current and current → previous, and makes a new next key.
+pub async fn rotate(
+    repo: &dyn KeyRepo,
+    master: &MasterKey,
+    policy: &KeyPolicy,
+    now: OffsetDateTime,
+) -> Result<Rotation> {
+    let keys = maintain(repo, master, policy, now).await?;
+    let current = oldest(&keys, KeyStatus::Current)?;
+    let next = oldest(&keys, KeyStatus::Next)?;
+    // The current key moves first: if another replica rotated meanwhile, we stop here.
+    if repo.transition(&current.kid, KeyStatus::Current, KeyStatus::Previous, now).await? {
+        repo.transition(&next.kid, KeyStatus::Next, KeyStatus::Current, now).await?;
+    }
+    let keys = maintain(repo, master, policy, now).await?;
+    Ok(Rotation {
+        current: oldest(&keys, KeyStatus::Current)?.kid.clone(),
+        next: oldest(&keys, KeyStatus::Next)?.kid.clone(),
+        previous: keys.iter().filter(|k| k.status == KeyStatus::Previous).map(|k| k.kid.clone()).collect(),
+    })
+}
+
+fn oldest(keys: &[StoredKey], status: KeyStatus) -> Result<&StoredKey> {
+    keys.iter()
+        .find(|k| k.status == status)
+        .ok_or_else(|| Error::Corrupt(format!("no {} signing key", status.as_str())))
 }
 
 /// The keys in use: one to sign with, all published ones to verify with.
 pub struct KeyRing {
     signing_kid: String,
+    signing_alg: SigningAlg,
     signing: EncodingKey,
-    verifying: HashMap<String, DecodingKey>,
+    activated_at: OffsetDateTime,
+    verifying: HashMap<String, (SigningAlg, DecodingKey)>,
     jwks: Vec<PublicJwk>,
 }
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("signing_kid", &self.signing_kid)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyRing").field("signing_kid", &self.signing_kid).finish_non_exhaustive()
     }
 }
 
 impl KeyRing {
-    /// Loads the published keys, creating the first current key if there is none.
+    /// Loads the published keys, creating the current and next keys if missing.
     pub async fn load_or_create(
         repo: &dyn KeyRepo,
         master: &MasterKey,
+        policy: &KeyPolicy,
         now: OffsetDateTime,
     ) -> Result<Self> {
-        let mut keys = repo.published().await?;
-        if !keys.iter().any(|k| k.status == KeyStatus::Current) {
-            let key = generate(master, KeyStatus::Current, now)?;
-            repo.insert(&key).await?;
-            // Another replica may have raced us: re-read and let the oldest current key win.
-            keys = repo.published().await?;
-        }
+        let keys = maintain(repo, master, policy, now).await?;
         Self::from_stored(&keys, master)
     }
 
-    /// Builds the ring from stored keys; the oldest current key signs.
+    /// Builds the ring from stored keys; the oldest current key signs (if two replicas
+    /// raced to create the first key, they agree on the same one).
     pub fn from_stored(keys: &[StoredKey], master: &MasterKey) -> Result<Self> {
-        let current = keys
-            .iter()
-            .find(|k| k.status == KeyStatus::Current)
-            .ok_or_else(|| Error::Corrupt("no current signing key".into()))?;
+        let current = oldest(keys, KeyStatus::Current)?;
         let pkcs8 = master.open(&current.private_sealed, &current.kid)?;
+        let signing = match current.alg {
+            SigningAlg::ES256 => EncodingKey::from_ec_der(&pkcs8),
+            SigningAlg::EdDSA => EncodingKey::from_ed_der(&pkcs8),
+        };
         let mut verifying = HashMap::new();
         for key in keys {
-            let decoding = DecodingKey::from_ec_components(&key.public.x, &key.public.y)
-                .map_err(|e| Error::Crypto(e.to_string()))?;
-            verifying.insert(key.kid.clone(), decoding);
+            verifying.insert(key.kid.clone(), (key.alg, key.public.decoding_key()?));
         }
         Ok(Self {
             signing_kid: current.kid.clone(),
-            signing: EncodingKey::from_ec_der(&pkcs8),
+            signing_alg: current.alg,
+            signing,
+            activated_at: current.activated_at.unwrap_or(current.created_at),
             verifying,
             jwks: keys.iter().map(|k| k.public.clone()).collect(),
         })
@@ -238,16 +424,68 @@ impl KeyRing {
         &self.signing_kid
     }
 
-    pub(crate) fn signing_key(&self) -> &EncodingKey {
-        &self.signing
+    /// The algorithm new tokens are signed with.
+    pub fn signing_alg(&self) -> SigningAlg {
+        self.signing_alg
     }
 
-    pub(crate) fn verifying_key(&self, kid: &str) -> Option<&DecodingKey> {
-        self.verifying.get(kid)
+    /// When the signing key became current.
+    pub fn activated_at(&self) -> OffsetDateTime {
+        self.activated_at
+    }
+
+    pub(crate) fn signing_key(&self) -> (&EncodingKey, Algorithm) {
+        (&self.signing, self.signing_alg.jose())
+    }
+
+    pub(crate) fn verifying_key(&self, kid: &str) -> Option<(Algorithm, &DecodingKey)> {
+        self.verifying.get(kid).map(|(alg, key)| (alg.jose(), key))
     }
 
     /// The public keys to publish at `/oauth2/jwks`.
     pub fn jwks(&self) -> &[PublicJwk] {
         &self.jwks
+    }
+}
+
+/// The live key ring, swapped when keys are rotated (here or by another process).
+#[derive(Debug)]
+pub struct Keys {
+    ring: RwLock<Arc<KeyRing>>,
+}
+
+impl Keys {
+    /// Starts with `ring`.
+    pub fn new(ring: KeyRing) -> Self {
+        Self { ring: RwLock::new(Arc::new(ring)) }
+    }
+
+    /// The ring in force now.
+    pub fn ring(&self) -> Arc<KeyRing> {
+        self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces the ring.
+    pub fn replace(&self, ring: KeyRing) {
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+    }
+
+    /// Reloads from the store: maintains keys, rotates when the current key is older than
+    /// the policy allows, and swaps in the result.
+    pub async fn refresh(
+        &self,
+        repo: &dyn KeyRepo,
+        master: &MasterKey,
+        policy: &KeyPolicy,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        let mut keys = maintain(repo, master, policy, now).await?;
+        let current = oldest(&keys, KeyStatus::Current)?;
+        if current.activated_at.unwrap_or(current.created_at) + policy.rotate_after <= now {
+            rotate(repo, master, policy, now).await?;
+            keys = repo.published().await?;
+        }
+        self.replace(KeyRing::from_stored(&keys, master)?);
+        Ok(())
     }
 }

@@ -23,32 +23,22 @@ fn hasher() -> Argon2<'static> {
 pub fn check_policy(password: &str) -> Result<()> {
     let len = password.chars().count();
     if len < MIN_LENGTH {
-        return Err(Error::Invalid(format!(
-            "password must have at least {MIN_LENGTH} characters"
-        )));
+        return Err(Error::Invalid(format!("password must have at least {MIN_LENGTH} characters")));
     }
     if len > MAX_LENGTH {
-        return Err(Error::Invalid(format!(
-            "password must have at most {MAX_LENGTH} characters"
-        )));
+        return Err(Error::Invalid(format!("password must have at most {MAX_LENGTH} characters")));
     }
     Ok(())
 }
 
 /// Hashes `password` into a PHC string, on a blocking thread.
 pub async fn hash(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || hash_blocking(&password))
-        .await
-        .map_err(|e| Error::Crypto(e.to_string()))?
+    tokio::task::spawn_blocking(move || hash_blocking(&password)).await.map_err(|e| Error::Crypto(e.to_string()))?
 }
 
 fn hash_blocking(password: &str) -> Result<String> {
-    let salt =
-        SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| Error::Crypto(e.to_string()))?;
-    hasher()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| Error::Crypto(e.to_string()))
+    let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| Error::Crypto(e.to_string()))?;
+    hasher().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| Error::Crypto(e.to_string()))
 }
 
 /// Verifies `password` against `stored`, on a blocking thread. With no stored hash
@@ -61,11 +51,7 @@ pub async fn verify(password: String, stored: Option<String>) -> bool {
             None => (dummy_hash().to_owned(), false),
         };
         let ok = PasswordHash::new(&hash)
-            .map(|parsed| {
-                hasher()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
+            .map(|parsed| hasher().verify_password(password.as_bytes(), &parsed).is_ok())
             .unwrap_or(false);
         ok && real
     })

@@ -20,12 +20,7 @@ pub struct RateLimit {
 impl RateLimit {
     /// Counts one event for `subject` and tells whether it is still within the limit.
     /// The subject is hashed so no address or email sits in the store in clear.
-    pub async fn allow(
-        &self,
-        store: &dyn SessionStore,
-        subject: &str,
-        now: OffsetDateTime,
-    ) -> Result<bool> {
+    pub async fn allow(&self, store: &dyn SessionStore, subject: &str, now: OffsetDateTime) -> Result<bool> {
         let window = self.window.whole_seconds().max(1);
         let slot = now.unix_timestamp().div_euclid(window);
         let key = format!("rl:{}:{}:{slot}", self.name, digest(subject));
@@ -43,25 +38,13 @@ mod tests {
     #[tokio::test]
     async fn allows_max_then_refuses_until_next_window() {
         let store = MemoryStore::new();
-        let limit = RateLimit {
-            name: "t",
-            max: 3,
-            window: Duration::minutes(1),
-        };
+        let limit = RateLimit { name: "t", max: 3, window: Duration::minutes(1) };
         let t0 = datetime!(2026-01-01 00:00:00 UTC);
         for _ in 0..3 {
             assert!(limit.allow(&store, "a@example.com", t0).await.unwrap());
         }
         assert!(!limit.allow(&store, "a@example.com", t0).await.unwrap());
-        assert!(
-            limit.allow(&store, "b@example.com", t0).await.unwrap(),
-            "other subjects are counted apart"
-        );
-        assert!(
-            limit
-                .allow(&store, "a@example.com", t0 + Duration::minutes(1))
-                .await
-                .unwrap()
-        );
+        assert!(limit.allow(&store, "b@example.com", t0).await.unwrap(), "other subjects are counted apart");
+        assert!(limit.allow(&store, "a@example.com", t0 + Duration::minutes(1)).await.unwrap());
     }
 }

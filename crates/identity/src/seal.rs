@@ -22,9 +22,7 @@ pub struct MasterKey {
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterKey")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("MasterKey").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -48,9 +46,8 @@ impl MasterKey {
             .decode(text)
             .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
             .map_err(|_| Error::Invalid("master key must be base64".into()))?;
-        let key: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| Error::Invalid("master key must be exactly 32 bytes".into()))?;
+        let key: [u8; 32] =
+            bytes.try_into().map_err(|_| Error::Invalid("master key must be exactly 32 bytes".into()))?;
         Ok(Self::from_bytes(key))
     }
 
@@ -70,13 +67,7 @@ impl MasterKey {
         let cipher = XChaCha20Poly1305::new((&self.key).into());
         let nonce = random_bytes::<24>();
         let ct = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: context.as_bytes(),
-                },
-            )
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: context.as_bytes() })
             .map_err(|_| Error::Seal("encryption failed".into()))?;
         let mut blob = nonce.to_vec();
         blob.extend_from_slice(&ct);
@@ -90,26 +81,15 @@ impl MasterKey {
             return Err(Error::Seal("unknown sealed format".into()));
         };
         if id != self.id {
-            return Err(Error::Seal(format!(
-                "sealed with master key {id}, but the configured key is {}",
-                self.id
-            )));
+            return Err(Error::Seal(format!("sealed with master key {id}, but the configured key is {}", self.id)));
         }
-        let blob = URL_SAFE_NO_PAD
-            .decode(body)
-            .map_err(|_| Error::Seal("bad encoding".into()))?;
+        let blob = URL_SAFE_NO_PAD.decode(body).map_err(|_| Error::Seal("bad encoding".into()))?;
         if blob.len() < 24 {
             return Err(Error::Seal("truncated".into()));
         }
         let (nonce, ct) = blob.split_at(24);
         XChaCha20Poly1305::new((&self.key).into())
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: context.as_bytes(),
-                },
-            )
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: context.as_bytes() })
             .map_err(|_| Error::Seal("authentication failed".into()))
     }
 }

@@ -45,10 +45,7 @@ mod tests {
     fn digest_is_stable_and_distinguishes_inputs() {
         assert_eq!(digest("x"), digest("x"));
         assert_ne!(digest("x"), digest("y"));
-        assert!(constant_time_eq(
-            digest("x").as_bytes(),
-            digest("x").as_bytes()
-        ));
+        assert!(constant_time_eq(digest("x").as_bytes(), digest("x").as_bytes()));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
     }

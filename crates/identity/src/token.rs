@@ -1,6 +1,6 @@
 //! JWT access tokens (RFC 9068), signed with the key ring.
 
-use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header, encode};
+use jsonwebtoken::{Header, Validation, decode, decode_header, encode};
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
@@ -43,13 +43,7 @@ pub struct AccessTokenClaims {
 
 impl AccessTokenClaims {
     /// Claims for a `client_credentials` token: the client is the subject.
-    pub fn for_client(
-        issuer: &str,
-        client_id: &str,
-        scope: &str,
-        now: OffsetDateTime,
-        ttl: Duration,
-    ) -> Self {
+    pub fn for_client(issuer: &str, client_id: &str, scope: &str, now: OffsetDateTime, ttl: Duration) -> Self {
         Self {
             iss: issuer.to_owned(),
             sub: client_id.to_owned(),
@@ -62,6 +56,31 @@ impl AccessTokenClaims {
             account_id: None,
             role: None,
         }
+    }
+
+    /// Claims for a user's token obtained by `client_id`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_user(
+        issuer: &str,
+        user_id: &str,
+        account_id: &str,
+        role: &str,
+        client_id: &str,
+        scope: &str,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            sub: user_id.to_owned(),
+            account_id: Some(account_id.to_owned()),
+            role: Some(role.to_owned()),
+            ..Self::for_client(issuer, client_id, scope, now, ttl)
+        }
+    }
+
+    /// Whether this token stands for a user (rather than a client acting for itself).
+    pub fn is_user_token(&self) -> bool {
+        self.account_id.is_some()
     }
 
     /// Whether `scope` was granted.
@@ -87,13 +106,80 @@ pub enum TokenRejection {
 /// Tolerated clock skew between replicas, in seconds.
 const LEEWAY: i64 = 30;
 
+/// Claims of an ID token (OpenID Connect Core §2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdTokenClaims {
+    /// Issuer.
+    pub iss: String,
+    /// The user.
+    pub sub: String,
+    /// The client.
+    pub aud: String,
+    /// Expiry (Unix seconds).
+    pub exp: i64,
+    /// Issued at (Unix seconds).
+    pub iat: i64,
+    /// When the user authenticated (Unix seconds).
+    pub auth_time: i64,
+    /// The client's nonce, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Authentication methods.
+    pub amr: Vec<String>,
+    /// The Ponte session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// Authorized party: the client.
+    pub azp: String,
+    /// With scope `email`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// With scope `email`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    /// With scope `profile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The user's account (Ponte-specific).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+}
+
 impl KeyRing {
+    fn sign<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String> {
+        let (key, alg) = self.signing_key();
+        let mut header = Header::new(alg);
+        header.typ = Some(typ.to_owned());
+        header.kid = Some(self.signing_kid().to_owned());
+        encode(&header, claims, key).map_err(|e| Error::Crypto(e.to_string()))
+    }
+
     /// Signs access token claims with the current key.
     pub fn sign_access_token(&self, claims: &AccessTokenClaims) -> Result<String> {
-        let mut header = Header::new(Algorithm::ES256);
-        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
-        header.kid = Some(self.signing_kid().to_owned());
-        encode(&header, claims, self.signing_key()).map_err(|e| Error::Crypto(e.to_string()))
+        self.sign(claims, ACCESS_TOKEN_TYP)
+    }
+
+    /// Signs ID token claims with the current key.
+    pub fn sign_id_token(&self, claims: &IdTokenClaims) -> Result<String> {
+        self.sign(claims, "JWT")
+    }
+
+    /// Verifies an ID token we issued, as an `id_token_hint`: signature, issuer and
+    /// audience `client_id` (if given) are checked; expiry is not (OIDC RP-Initiated
+    /// Logout §2 accepts expired hints).
+    pub fn verify_id_token_hint(&self, token: &str, issuer: &str) -> Result<IdTokenClaims, TokenRejection> {
+        let header = decode_header(token).map_err(|_| TokenRejection::Invalid)?;
+        let (alg, key) =
+            header.kid.as_deref().and_then(|kid| self.verifying_key(kid)).ok_or(TokenRejection::Invalid)?;
+        if header.alg != alg {
+            return Err(TokenRejection::Invalid);
+        }
+        let mut validation = Validation::new(alg);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["iss", "sub", "aud"]);
+        validation.set_issuer(&[issuer]);
+        decode::<IdTokenClaims>(token, key, &validation).map(|d| d.claims).map_err(|_| TokenRejection::Invalid)
     }
 
     /// Verifies an access token: `typ`, `kid`, ES256 signature, `iss`, `aud`, and expiry
@@ -106,27 +192,26 @@ impl KeyRing {
         now: OffsetDateTime,
     ) -> Result<AccessTokenClaims, TokenRejection> {
         let header = decode_header(token).map_err(|_| TokenRejection::Invalid)?;
-        if header.alg != Algorithm::ES256 || header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
             return Err(TokenRejection::Invalid);
         }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.verifying_key(kid))
-            .ok_or(TokenRejection::Invalid)?;
-        let mut validation = Validation::new(Algorithm::ES256);
+        let (alg, key) =
+            header.kid.as_deref().and_then(|kid| self.verifying_key(kid)).ok_or(TokenRejection::Invalid)?;
+        // The algorithm comes from our key, never from the token's header.
+        if header.alg != alg {
+            return Err(TokenRejection::Invalid);
+        }
+        let mut validation = Validation::new(alg);
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
-        let data =
-            decode::<AccessTokenClaims>(token, key, &validation).map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidIssuer
-                | jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-                    TokenRejection::WrongAudienceOrIssuer
-                }
-                _ => TokenRejection::Invalid,
-            })?;
+        let data = decode::<AccessTokenClaims>(token, key, &validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer | jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                TokenRejection::WrongAudienceOrIssuer
+            }
+            _ => TokenRejection::Invalid,
+        })?;
         let now = now.unix_timestamp();
         if data.claims.exp + LEEWAY <= now || data.claims.iat - LEEWAY > now {
             return Err(TokenRejection::Expired);
@@ -138,14 +223,30 @@ impl KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyStatus, generate};
+    use crate::keys::{KeyStatus, SigningAlg, generate};
     use crate::seal::MasterKey;
+    use jsonwebtoken::Algorithm;
     use time::macros::datetime;
 
-    fn ring() -> KeyRing {
+    fn ring_of(alg: SigningAlg) -> KeyRing {
         let master = MasterKey::generate();
-        let key = generate(&master, KeyStatus::Current, datetime!(2026-01-01 00:00 UTC)).unwrap();
+        let key = generate(&master, alg, KeyStatus::Current, datetime!(2026-01-01 00:00 UTC)).unwrap();
         KeyRing::from_stored(&[key], &master).unwrap()
+    }
+
+    fn ring() -> KeyRing {
+        ring_of(SigningAlg::ES256)
+    }
+
+    #[test]
+    fn eddsa_deployments_sign_and_verify_too() {
+        let ring = ring_of(SigningAlg::EdDSA);
+        let now = datetime!(2026-01-01 10:00 UTC);
+        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        let token = ring.sign_access_token(&claims).unwrap();
+        assert_eq!(decode_header(&token).unwrap().alg, Algorithm::EdDSA);
+        assert_eq!(ring.verify_access_token(&token, ISS, API_AUDIENCE, now).unwrap(), claims);
+        assert_eq!(ring.jwks()[0].kty, "OKP");
     }
 
     const ISS: &str = "https://ponte.example";
@@ -154,73 +255,45 @@ mod tests {
     fn signed_token_verifies_until_it_expires() {
         let ring = ring();
         let now = datetime!(2026-01-01 10:00 UTC);
-        let claims =
-            AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
         let token = ring.sign_access_token(&claims).unwrap();
         let header = decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
         assert_eq!(header.kid.as_deref(), Some(ring.signing_kid()));
 
-        assert_eq!(
-            ring.verify_access_token(&token, ISS, API_AUDIENCE, now)
-                .unwrap(),
-            claims
-        );
+        assert_eq!(ring.verify_access_token(&token, ISS, API_AUDIENCE, now).unwrap(), claims);
         let later = now + Duration::minutes(11);
-        assert_eq!(
-            ring.verify_access_token(&token, ISS, API_AUDIENCE, later),
-            Err(TokenRejection::Expired)
-        );
+        assert_eq!(ring.verify_access_token(&token, ISS, API_AUDIENCE, later), Err(TokenRejection::Expired));
     }
 
     #[test]
     fn wrong_issuer_audience_key_or_tampering_is_refused() {
         let ring = ring();
         let now = datetime!(2026-01-01 10:00 UTC);
-        let claims =
-            AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
         let token = ring.sign_access_token(&claims).unwrap();
         assert_eq!(
             ring.verify_access_token(&token, "https://evil.example", API_AUDIENCE, now),
             Err(TokenRejection::WrongAudienceOrIssuer)
         );
-        assert_eq!(
-            ring.verify_access_token(&token, ISS, "other", now),
-            Err(TokenRejection::WrongAudienceOrIssuer)
-        );
+        assert_eq!(ring.verify_access_token(&token, ISS, "other", now), Err(TokenRejection::WrongAudienceOrIssuer));
         let other = ring_other_token(now);
-        assert_eq!(
-            ring.verify_access_token(&other, ISS, API_AUDIENCE, now),
-            Err(TokenRejection::Invalid)
-        );
+        assert_eq!(ring.verify_access_token(&other, ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
         let mut tampered = token.clone();
         tampered.insert(tampered.len() / 2, 'A');
-        assert_eq!(
-            ring.verify_access_token(&tampered, ISS, API_AUDIENCE, now),
-            Err(TokenRejection::Invalid)
-        );
-        assert_eq!(
-            ring.verify_access_token("not.a.jwt", ISS, API_AUDIENCE, now),
-            Err(TokenRejection::Invalid)
-        );
+        assert_eq!(ring.verify_access_token(&tampered, ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
+        assert_eq!(ring.verify_access_token("not.a.jwt", ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
     }
 
     fn ring_other_token(now: OffsetDateTime) -> String {
-        let claims =
-            AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
         ring().sign_access_token(&claims).unwrap()
     }
 
     #[test]
     fn scopes_match_whole_words() {
         let now = datetime!(2026-01-01 10:00 UTC);
-        let claims = AccessTokenClaims::for_client(
-            ISS,
-            "c",
-            "ponte.admin openid",
-            now,
-            Duration::minutes(1),
-        );
+        let claims = AccessTokenClaims::for_client(ISS, "c", "ponte.admin openid", now, Duration::minutes(1));
         assert!(claims.has_scope("ponte.admin"));
         assert!(claims.has_scope("openid"));
         assert!(!claims.has_scope("ponte"));

@@ -164,10 +164,7 @@ pub fn parse_name(field: &'static str, input: &str) -> Result<String> {
 /// Only the account's creation makes an owner.
 pub fn check_new_user_role(role: Role) -> Result<()> {
     if role == Role::Owner {
-        return Err(Error::invalid(
-            "role",
-            "an account has exactly one owner; use admin or member",
-        ));
+        return Err(Error::invalid("role", "an account has exactly one owner; use admin or member"));
     }
     Ok(())
 }
@@ -179,17 +176,11 @@ pub fn check_patch(target: &User, patch: &UserPatch) -> Result<()> {
         return Err(Error::invalid("body", "nothing to change"));
     }
     if patch.role == Some(Role::Owner) && target.role != Role::Owner {
-        return Err(Error::invalid(
-            "role",
-            "ownership cannot be given by an update",
-        ));
+        return Err(Error::invalid("role", "ownership cannot be given by an update"));
     }
     if target.role == Role::Owner {
         if patch.role.is_some_and(|r| r != Role::Owner) {
-            return Err(Error::Conflict {
-                code: "owner_role_fixed",
-                message: "the owner's role cannot change".into(),
-            });
+            return Err(Error::Conflict { code: "owner_role_fixed", message: "the owner's role cannot change".into() });
         }
         if patch.status.is_some_and(|s| s != UserStatus::Active) {
             return Err(Error::Conflict {
@@ -199,10 +190,7 @@ pub fn check_patch(target: &User, patch: &UserPatch) -> Result<()> {
         }
     }
     if patch.status == Some(UserStatus::Suspended) {
-        return Err(Error::invalid(
-            "status",
-            "suspension follows seats; set active or disabled",
-        ));
+        return Err(Error::invalid("status", "suspension follows seats; set active or disabled"));
     }
     Ok(())
 }
@@ -239,52 +227,24 @@ mod tests {
     #[test]
     fn owner_cannot_be_demoted_disabled_or_deleted() {
         let owner = user(Role::Owner);
-        let demote = UserPatch {
-            role: Some(Role::Member),
-            ..Default::default()
-        };
-        assert!(matches!(
-            check_patch(&owner, &demote),
-            Err(Error::Conflict {
-                code: "owner_role_fixed",
-                ..
-            })
-        ));
-        let disable = UserPatch {
-            status: Some(UserStatus::Disabled),
-            ..Default::default()
-        };
-        assert!(matches!(
-            check_patch(&owner, &disable),
-            Err(Error::Conflict {
-                code: "owner_must_stay_active",
-                ..
-            })
-        ));
+        let demote = UserPatch { role: Some(Role::Member), ..Default::default() };
+        assert!(matches!(check_patch(&owner, &demote), Err(Error::Conflict { code: "owner_role_fixed", .. })));
+        let disable = UserPatch { status: Some(UserStatus::Disabled), ..Default::default() };
+        assert!(matches!(check_patch(&owner, &disable), Err(Error::Conflict { code: "owner_must_stay_active", .. })));
         assert!(check_delete(&owner).is_err());
-        let rename = UserPatch {
-            name: Some("New".into()),
-            ..Default::default()
-        };
+        let rename = UserPatch { name: Some("New".into()), ..Default::default() };
         assert!(check_patch(&owner, &rename).is_ok());
     }
 
     #[test]
     fn nobody_becomes_owner_and_empty_patches_are_refused() {
         let member = user(Role::Member);
-        let promote = UserPatch {
-            role: Some(Role::Owner),
-            ..Default::default()
-        };
+        let promote = UserPatch { role: Some(Role::Owner), ..Default::default() };
         assert!(check_patch(&member, &promote).is_err());
         assert!(check_patch(&member, &UserPatch::default()).is_err());
         assert!(check_new_user_role(Role::Owner).is_err());
         assert!(check_new_user_role(Role::Member).is_ok());
-        let admin = UserPatch {
-            role: Some(Role::Admin),
-            status: Some(UserStatus::Disabled),
-            ..Default::default()
-        };
+        let admin = UserPatch { role: Some(Role::Admin), status: Some(UserStatus::Disabled), ..Default::default() };
         assert!(check_patch(&member, &admin).is_ok());
         assert!(check_delete(&member).is_ok());
     }

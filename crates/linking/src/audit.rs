@@ -16,26 +16,17 @@ pub struct Actor {
 impl Actor {
     /// An OAuth client acting through the REST API.
     pub fn client(client_id: &str, ip: Option<String>) -> Self {
-        Self {
-            who: format!("client:{client_id}"),
-            ip,
-        }
+        Self { who: format!("client:{client_id}"), ip }
     }
 
     /// A signed-in user.
     pub fn user(user_id: impl std::fmt::Display, ip: Option<String>) -> Self {
-        Self {
-            who: format!("user:{user_id}"),
-            ip,
-        }
+        Self { who: format!("user:{user_id}"), ip }
     }
 
     /// Ponte itself (jobs, start-up).
     pub fn system() -> Self {
-        Self {
-            who: "system".into(),
-            ip: None,
-        }
+        Self { who: "system".into(), ip: None }
     }
 }
 

@@ -36,9 +36,8 @@ impl Email {
         if !labels_ok {
             return Err(bad("the part after @ must be a domain such as example.com"));
         }
-        if s.chars().any(|c| {
-            c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',' | ';')
-        }) || local.contains('@')
+        if s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',' | ';'))
+            || local.contains('@')
         {
             return Err(bad("email contains characters that are not allowed"));
         }

@@ -6,9 +6,7 @@ use ponte_identity::db::{Database, is_unique_violation};
 use sqlx::{Any, Transaction};
 use time::OffsetDateTime;
 
-use crate::account::{
-    Account, AccountStatus, NewUser, Role, User, UserPatch, UserStatus, check_delete, check_patch,
-};
+use crate::account::{Account, AccountStatus, NewUser, Role, User, UserPatch, UserStatus, check_delete, check_patch};
 use crate::audit::{Actor, AuditEntry};
 use crate::ids::{AccountId, UserId};
 use crate::{Error, Result};
@@ -45,13 +43,7 @@ pub trait Directory: Send + Sync + std::fmt::Debug {
     /// One user of the account.
     async fn user(&self, account: AccountId, user: UserId) -> Result<Option<User>>;
     /// Adds a user to the account.
-    async fn create_user(
-        &self,
-        account: AccountId,
-        new: NewUser,
-        actor: &Actor,
-        now: OffsetDateTime,
-    ) -> Result<User>;
+    async fn create_user(&self, account: AccountId, new: NewUser, actor: &Actor, now: OffsetDateTime) -> Result<User>;
     /// Changes a user, enforcing [`check_patch`].
     async fn update_user(
         &self,
@@ -62,13 +54,7 @@ pub trait Directory: Send + Sync + std::fmt::Debug {
         now: OffsetDateTime,
     ) -> Result<User>;
     /// Deletes a user, enforcing [`check_delete`].
-    async fn delete_user(
-        &self,
-        account: AccountId,
-        user: UserId,
-        actor: &Actor,
-        now: OffsetDateTime,
-    ) -> Result<()>;
+    async fn delete_user(&self, account: AccountId, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<()>;
     /// The user with this email (any case), for password login.
     async fn login_candidate(&self, email: &str) -> Result<Option<LoginCandidate>>;
     /// Appends to the audit trail.
@@ -90,24 +76,12 @@ impl SqlDirectory {
     }
 }
 
-type UserRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    i64,
-    i64,
-);
-const USER_COLUMNS: &str =
-    "id, account_id, email, name, role, status, password_hash, created_at, updated_at";
+type UserRow = (String, String, String, String, String, String, Option<String>, i64, i64);
+const USER_COLUMNS: &str = "id, account_id, email, name, role, status, password_hash, created_at, updated_at";
 
 fn parse_user(row: UserRow) -> Result<(User, Option<String>)> {
     let (id, account_id, email, name, role, status, password_hash, created_at, updated_at) = row;
-    let corrupt =
-        |what: &str| Error::Identity(ponte_identity::Error::Corrupt(format!("user {id}: {what}")));
+    let corrupt = |what: &str| Error::Identity(ponte_identity::Error::Corrupt(format!("user {id}: {what}")));
     let user = User {
         id: id.parse().map_err(|_| corrupt("id"))?,
         account_id: account_id.parse().map_err(|_| corrupt("account_id"))?,
@@ -161,10 +135,7 @@ async fn insert_user(
     }
 }
 
-async fn insert_audit(
-    executor: impl sqlx::Executor<'_, Database = Any>,
-    entry: &AuditEntry,
-) -> Result<()> {
+async fn insert_audit(executor: impl sqlx::Executor<'_, Database = Any>, entry: &AuditEntry) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_entries (id, account_id, actor, action, target, detail, ip, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -204,13 +175,12 @@ async fn select_user(
     account: AccountId,
     user: UserId,
 ) -> Result<Option<User>> {
-    let row: Option<UserRow> = sqlx::query_as(&format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE account_id = $1 AND id = $2"
-    ))
-    .bind(account.to_string())
-    .bind(user.to_string())
-    .fetch_optional(executor)
-    .await?;
+    let row: Option<UserRow> =
+        sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE account_id = $1 AND id = $2"))
+            .bind(account.to_string())
+            .bind(user.to_string())
+            .fetch_optional(executor)
+            .await?;
     row.map(|r| parse_user(r).map(|(u, _)| u)).transpose()
 }
 
@@ -223,13 +193,8 @@ impl Directory for SqlDirectory {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<(Account, User)> {
-        let account = Account {
-            id: AccountId::new(),
-            name,
-            status: AccountStatus::Active,
-            created_at: now,
-            updated_at: now,
-        };
+        let account =
+            Account { id: AccountId::new(), name, status: AccountStatus::Active, created_at: now, updated_at: now };
         let mut tx = self.db.pool().begin().await?;
         sqlx::query("INSERT INTO accounts (id, name, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
             .bind(account.id.to_string())
@@ -238,10 +203,7 @@ impl Directory for SqlDirectory {
             .bind(to_unix(now))
             .execute(&mut *tx)
             .await?;
-        let owner = NewUser {
-            role: Role::Owner,
-            ..owner
-        };
+        let owner = NewUser { role: Role::Owner, ..owner };
         let user = insert_user(&mut tx, account.id, &owner, now).await?;
         insert_audit(
             &mut *tx,
@@ -257,14 +219,7 @@ impl Directory for SqlDirectory {
         .await?;
         insert_audit(
             &mut *tx,
-            &entry(
-                account.id,
-                actor,
-                "user.created",
-                user.id,
-                Some(r#"{"role":"owner"}"#.into()),
-                now,
-            ),
+            &entry(account.id, actor, "user.created", user.id, Some(r#"{"role":"owner"}"#.into()), now),
         )
         .await?;
         tx.commit().await?;
@@ -272,46 +227,34 @@ impl Directory for SqlDirectory {
     }
 
     async fn account(&self, id: AccountId) -> Result<Option<Account>> {
-        let row: Option<(String, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT id, name, status, created_at, updated_at FROM accounts WHERE id = $1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(self.db.pool())
-        .await?;
-        Ok(
-            row.map(|(_, name, status, created_at, updated_at)| Account {
-                id,
-                name,
-                status: AccountStatus::parse(&status).unwrap_or(AccountStatus::Disabled),
-                created_at: from_unix(created_at),
-                updated_at: from_unix(updated_at),
-            }),
-        )
+        let row: Option<(String, String, String, i64, i64)> =
+            sqlx::query_as("SELECT id, name, status, created_at, updated_at FROM accounts WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(self.db.pool())
+                .await?;
+        Ok(row.map(|(_, name, status, created_at, updated_at)| Account {
+            id,
+            name,
+            status: AccountStatus::parse(&status).unwrap_or(AccountStatus::Disabled),
+            created_at: from_unix(created_at),
+            updated_at: from_unix(updated_at),
+        }))
     }
 
     async fn users(&self, account: AccountId) -> Result<Vec<User>> {
-        let rows: Vec<UserRow> = sqlx::query_as(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE account_id = $1 ORDER BY created_at, id"
-        ))
-        .bind(account.to_string())
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| parse_user(r).map(|(u, _)| u))
-            .collect()
+        let rows: Vec<UserRow> =
+            sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE account_id = $1 ORDER BY created_at, id"))
+                .bind(account.to_string())
+                .fetch_all(self.db.pool())
+                .await?;
+        rows.into_iter().map(|r| parse_user(r).map(|(u, _)| u)).collect()
     }
 
     async fn user(&self, account: AccountId, user: UserId) -> Result<Option<User>> {
         select_user(self.db.pool(), account, user).await
     }
 
-    async fn create_user(
-        &self,
-        account: AccountId,
-        new: NewUser,
-        actor: &Actor,
-        now: OffsetDateTime,
-    ) -> Result<User> {
+    async fn create_user(&self, account: AccountId, new: NewUser, actor: &Actor, now: OffsetDateTime) -> Result<User> {
         let mut tx = self.db.pool().begin().await?;
         let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM accounts WHERE id = $1")
             .bind(account.to_string())
@@ -322,11 +265,7 @@ impl Directory for SqlDirectory {
         }
         let user = insert_user(&mut tx, account, &new, now).await?;
         let detail = format!(r#"{{"role":"{}"}}"#, user.role.as_str());
-        insert_audit(
-            &mut *tx,
-            &entry(account, actor, "user.created", user.id, Some(detail), now),
-        )
-        .await?;
+        insert_audit(&mut *tx, &entry(account, actor, "user.created", user.id, Some(detail), now)).await?;
         tx.commit().await?;
         Ok(user)
     }
@@ -340,9 +279,7 @@ impl Directory for SqlDirectory {
         now: OffsetDateTime,
     ) -> Result<User> {
         let mut tx = self.db.pool().begin().await?;
-        let current = select_user(&mut *tx, account, user)
-            .await?
-            .ok_or(Error::NotFound("user"))?;
+        let current = select_user(&mut *tx, account, user).await?.ok_or(Error::NotFound("user"))?;
         check_patch(&current, &patch)?;
         let mut changed = Vec::new();
         let mut next = current.clone();
@@ -388,37 +325,21 @@ impl Directory for SqlDirectory {
             Err(e) => return Err(e.into()),
         }
         let detail = format!(r#"{{"changed":["{}"]}}"#, changed.join(r#"",""#));
-        insert_audit(
-            &mut *tx,
-            &entry(account, actor, "user.updated", user, Some(detail), now),
-        )
-        .await?;
+        insert_audit(&mut *tx, &entry(account, actor, "user.updated", user, Some(detail), now)).await?;
         tx.commit().await?;
         Ok(next)
     }
 
-    async fn delete_user(
-        &self,
-        account: AccountId,
-        user: UserId,
-        actor: &Actor,
-        now: OffsetDateTime,
-    ) -> Result<()> {
+    async fn delete_user(&self, account: AccountId, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<()> {
         let mut tx = self.db.pool().begin().await?;
-        let current = select_user(&mut *tx, account, user)
-            .await?
-            .ok_or(Error::NotFound("user"))?;
+        let current = select_user(&mut *tx, account, user).await?.ok_or(Error::NotFound("user"))?;
         check_delete(&current)?;
         sqlx::query("DELETE FROM users WHERE account_id = $1 AND id = $2")
             .bind(account.to_string())
             .bind(user.to_string())
             .execute(&mut *tx)
             .await?;
-        insert_audit(
-            &mut *tx,
-            &entry(account, actor, "user.deleted", user, None, now),
-        )
-        .await?;
+        insert_audit(&mut *tx, &entry(account, actor, "user.deleted", user, None, now)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -431,30 +352,16 @@ impl Directory for SqlDirectory {
         .bind(email.to_lowercase())
         .fetch_optional(self.db.pool())
         .await?;
-        let Some((
-            id,
-            account_id,
-            email,
-            name,
-            role,
-            status,
-            hash,
-            created,
-            updated,
-            account_status,
-            account_name,
-        )) = row
+        let Some((id, account_id, email, name, role, status, hash, created, updated, account_status, account_name)) =
+            row
         else {
             return Ok(None);
         };
-        let (user, password_hash) = parse_user((
-            id, account_id, email, name, role, status, hash, created, updated,
-        ))?;
+        let (user, password_hash) = parse_user((id, account_id, email, name, role, status, hash, created, updated))?;
         Ok(Some(LoginCandidate {
             user,
             password_hash,
-            account_status: AccountStatus::parse(&account_status)
-                .unwrap_or(AccountStatus::Disabled),
+            account_status: AccountStatus::parse(&account_status).unwrap_or(AccountStatus::Disabled),
             account_name,
         }))
     }
@@ -464,14 +371,7 @@ impl Directory for SqlDirectory {
     }
 
     async fn audit(&self, account: AccountId, limit: u32) -> Result<Vec<AuditEntry>> {
-        let rows: Vec<(
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            i64,
-        )> = sqlx::query_as(
+        let rows: Vec<(String, String, Option<String>, Option<String>, Option<String>, i64)> = sqlx::query_as(
             "SELECT actor, action, target, detail, ip, at FROM audit_entries WHERE account_id = $1 \
              ORDER BY at DESC, id DESC LIMIT $2",
         )

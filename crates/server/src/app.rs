@@ -10,7 +10,9 @@ use actix_web::{App, HttpServer, web};
 use ponte_identity::client::SqlClients;
 use ponte_identity::clock::{Clock, SystemClock};
 use ponte_identity::db::{Backend, Database};
-use ponte_identity::keys::{KeyRing, SqlKeys};
+use ponte_identity::keys::{KeyRing, Keys, SqlKeys};
+use ponte_identity::oidc::SqlConsents;
+use ponte_identity::refresh::SqlRefresh;
 use ponte_identity::seal::MasterKey;
 use ponte_identity::session::{MemoryStore, RedisStore, SessionPolicy, SessionStore, Sessions};
 use ponte_linking::store::SqlDirectory;
@@ -41,12 +43,8 @@ pub enum StartError {
 /// Opens the configured database (SQLite under the data folder by default).
 pub fn open_database(config: &Config) -> Result<Database, StartError> {
     if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            StartError::Setup(format!(
-                "cannot create data_dir {}: {e}",
-                config.data_dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::Setup(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
     }
     Ok(Database::connect_lazy(&config.effective_database_url())?)
 }
@@ -55,11 +53,7 @@ pub fn open_database(config: &Config) -> Result<Database, StartError> {
 pub async fn migrate(db: &Database) -> Result<(), StartError> {
     match db.backend() {
         Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(db.pool()).await?,
-        Backend::Postgres => {
-            sqlx::migrate!("./migrations/postgres")
-                .run(db.pool())
-                .await?
-        }
+        Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(db.pool()).await?,
     }
     Ok(())
 }
@@ -75,12 +69,8 @@ pub fn master_key(config: &Config) -> Result<MasterKey, StartError> {
             .map_err(|e| StartError::Setup(format!("cannot read {}: {e}", path.display())))?;
         return Ok(MasterKey::parse(&text)?);
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        StartError::Setup(format!(
-            "cannot create data_dir {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StartError::Setup(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
     let key = MasterKey::generate();
     write_private(&path, &key.encode())?;
     tracing::warn!(
@@ -97,19 +87,15 @@ fn write_private(path: &Path, contents: &str) -> Result<(), StartError> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))?;
-    file.write_all(contents.as_bytes())
-        .map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))
+    let mut file =
+        options.open(path).map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))?;
+    file.write_all(contents.as_bytes()).map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))
 }
 
 /// The configured session store: Redis when `redis_url` is set, else in-process.
 pub fn session_store(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
     Ok(match &config.redis_url {
-        Some(url) if !url.expose().is_empty() => {
-            Arc::new(RedisStore::new(url.expose(), &config.redis_key_prefix)?)
-        }
+        Some(url) if !url.expose().is_empty() => Arc::new(RedisStore::new(url.expose(), &config.redis_key_prefix)?),
         _ => Arc::new(MemoryStore::new()),
     })
 }
@@ -121,7 +107,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         migrate(&db).await?;
     }
     let master = master_key(&config)?;
-    let keys = KeyRing::load_or_create(&SqlKeys::new(db.clone()), &master, clock.now()).await?;
+    let keys = KeyRing::load_or_create(&SqlKeys::new(db.clone()), &master, &config.key_policy(), clock.now()).await?;
     let policy = SessionPolicy {
         idle: Duration::seconds(config.session_idle_secs as i64),
         absolute: Duration::seconds(config.session_absolute_secs as i64),
@@ -131,11 +117,30 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         sessions: Sessions::new(session_store(&config)?, policy),
         directory: Arc::new(SqlDirectory::new(db.clone())),
         clients: Arc::new(SqlClients::new(db.clone())),
-        keys: Arc::new(keys),
+        keys: Arc::new(Keys::new(keys)),
+        master,
+        refresh: Arc::new(SqlRefresh::new(db.clone())),
+        consents: Arc::new(SqlConsents::new(db.clone())),
         db,
         clock,
         config: Arc::new(config),
     })
+}
+
+/// Reloads the key ring on a timer, so rotations by `ponte keys rotate` or another replica
+/// reach this one, and rotates on schedule.
+fn spawn_key_refresher(state: AppState) {
+    let every = std::time::Duration::from_secs(state.config.key_reload_secs);
+    tokio::spawn(async move {
+        let repo = SqlKeys::new(state.db.clone());
+        let policy = state.config.key_policy();
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = state.keys.refresh(&repo, &state.master, &policy, state.now()).await {
+                tracing::warn!(error = %e, "could not reload signing keys; keeping the current ones");
+            }
+        }
+    });
 }
 
 /// A bound, not yet running, Ponte.
@@ -147,9 +152,7 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application")
-            .field("port", &self.port)
-            .finish_non_exhaustive()
+        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
     }
 }
 
@@ -160,10 +163,7 @@ impl Application {
     }
 
     /// Builds with an injected clock (tests), binding `config.bind` (port 0 picks one).
-    pub async fn build_with_clock(
-        config: Config,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, StartError> {
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         // Install the recorder before the first request so nothing is counted into the void.
         telemetry::metrics_handle();
         let listener = TcpListener::bind(&config.bind)?;
@@ -190,11 +190,8 @@ impl Application {
         if let Some(n) = workers {
             server = server.workers(n.max(1));
         }
-        Ok(Self {
-            port,
-            state,
-            server: server.run(),
-        })
+        spawn_key_refresher(state.clone());
+        Ok(Self { port, state, server: server.run() })
     }
 
     /// The port actually bound.

@@ -74,6 +74,17 @@ pub struct Config {
     pub session_absolute_secs: u64,
     /// Seconds an access token is valid.
     pub access_token_ttl_secs: u64,
+    /// Seconds an ID token is valid.
+    pub id_token_ttl_secs: u64,
+    /// Seconds a refresh-token family lives at most.
+    pub refresh_token_ttl_secs: u64,
+    /// `ES256` or `EdDSA`: the algorithm of new signing keys.
+    pub signing_alg: String,
+    /// Days a signing key signs before it is rotated.
+    pub key_rotation_days: u64,
+    /// Seconds between reloads of the key ring from the database (picks up rotations
+    /// made by `ponte keys rotate` or another replica).
+    pub key_reload_secs: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
 }
@@ -95,6 +106,11 @@ impl Default for Config {
             session_idle_secs: 30 * 60,
             session_absolute_secs: 12 * 60 * 60,
             access_token_ttl_secs: 600,
+            id_token_ttl_secs: 600,
+            refresh_token_ttl_secs: 30 * 24 * 60 * 60,
+            signing_alg: "ES256".into(),
+            key_rotation_days: 30,
+            key_reload_secs: 30,
             max_body_bytes: 64 * 1024,
         }
     }
@@ -134,25 +150,20 @@ impl Config {
                 });
             }
             Some(p) => figment = figment.merge(Toml::file_exact(p)),
-            None if Path::new("ponte.toml").exists() => {
-                figment = figment.merge(Toml::file_exact("ponte.toml"))
-            }
+            None if Path::new("ponte.toml").exists() => figment = figment.merge(Toml::file_exact("ponte.toml")),
             None => {}
         }
         figment = figment.merge(
             Env::prefixed("PONTE_")
                 // PONTE_CONFIG names the file itself; PONTE_TEST_* belong to the test suites.
-                .filter(|k| {
-                    k != "config" && !k.starts_with("test_") && !k.as_str().ends_with("_file")
-                })
+                .filter(|k| k != "config" && !k.starts_with("test_") && !k.as_str().ends_with("_file"))
                 .split("__"),
         );
         for key in SECRET_KEYS {
             let var = format!("PONTE_{}_FILE", key.to_uppercase());
             if let Some(file) = std::env::var_os(&var) {
                 let path = PathBuf::from(file);
-                let value = std::fs::read_to_string(&path)
-                    .map_err(|source| ConfigError::File { path, source })?;
+                let value = std::fs::read_to_string(&path).map_err(|source| ConfigError::File { path, source })?;
                 figment = figment.merge(Serialized::default(key, value.trim()));
             }
         }
@@ -169,37 +180,28 @@ impl Config {
     fn check(&self) -> Result<(), ConfigError> {
         let url = url::Url::parse(&self.public_url)
             .map_err(|e| ConfigError::Invalid(format!("public_url {:?}: {e}", self.public_url)))?;
-        if !matches!(url.scheme(), "http" | "https")
-            || url.query().is_some()
-            || url.fragment().is_some()
-        {
-            return Err(ConfigError::Invalid(
-                "public_url must be an http(s) URL without query or fragment".into(),
-            ));
+        if !matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some() {
+            return Err(ConfigError::Invalid("public_url must be an http(s) URL without query or fragment".into()));
         }
         if url.scheme() == "http" && !is_loopback(&url) {
-            return Err(ConfigError::Invalid(
-                "public_url must use https unless it is a loopback address".into(),
-            ));
+            return Err(ConfigError::Invalid("public_url must use https unless it is a loopback address".into()));
         }
         if self.bind.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConfigError::Invalid(format!(
-                "bind {:?} is not an address such as 127.0.0.1:8080",
-                self.bind
-            )));
+            return Err(ConfigError::Invalid(format!("bind {:?} is not an address such as 127.0.0.1:8080", self.bind)));
         }
-        if self.session_idle_secs == 0
-            || self.session_absolute_secs == 0
-            || self.access_token_ttl_secs == 0
+        if self.session_idle_secs == 0 || self.session_absolute_secs == 0 || self.access_token_ttl_secs == 0 {
+            return Err(ConfigError::Invalid("timeouts must be greater than zero".into()));
+        }
+        if self.id_token_ttl_secs == 0
+            || self.refresh_token_ttl_secs == 0
+            || self.key_rotation_days == 0
+            || self.key_reload_secs == 0
         {
-            return Err(ConfigError::Invalid(
-                "timeouts must be greater than zero".into(),
-            ));
+            return Err(ConfigError::Invalid("token lifetimes and key intervals must be greater than zero".into()));
         }
+        ponte_identity::keys::SigningAlg::parse(&self.signing_alg).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid(
-                "max_body_bytes must be at least 1024".into(),
-            ));
+            return Err(ConfigError::Invalid("max_body_bytes must be at least 1024".into()));
         }
         Ok(())
     }
@@ -207,6 +209,17 @@ impl Config {
     /// The issuer: the public URL without a trailing slash.
     pub fn issuer(&self) -> String {
         self.public_url.trim_end_matches('/').to_owned()
+    }
+
+    /// How signing keys are made and rotated.
+    pub fn key_policy(&self) -> ponte_identity::keys::KeyPolicy {
+        use time::Duration;
+        ponte_identity::keys::KeyPolicy {
+            alg: ponte_identity::keys::SigningAlg::parse(&self.signing_alg)
+                .unwrap_or(ponte_identity::keys::SigningAlg::ES256),
+            max_token_lifetime: Duration::seconds(self.access_token_ttl_secs.max(self.id_token_ttl_secs) as i64),
+            rotate_after: Duration::days(self.key_rotation_days as i64),
+        }
     }
 
     /// Whether cookies must be `Secure` and `__Host-` prefixed.
@@ -218,10 +231,7 @@ impl Config {
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {
             Some(url) if !url.expose().is_empty() => url.expose().to_owned(),
-            _ => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir.join("ponte.db").display()
-            ),
+            _ => format!("sqlite://{}?mode=rwc", self.data_dir.join("ponte.db").display()),
         }
     }
 }
@@ -240,9 +250,7 @@ mod tests {
     use super::*;
 
     fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Config::from_figment(
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
-        )
+        Config::from_figment(Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)))
     }
 
     #[test]
@@ -256,38 +264,23 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named_in_the_error() {
-        let err = from_toml("bind = \"127.0.0.1:9000\"\nsesion_idle_secs = 5\n")
-            .unwrap_err()
-            .to_string();
+        let err = from_toml("bind = \"127.0.0.1:9000\"\nsesion_idle_secs = 5\n").unwrap_err().to_string();
         assert!(err.contains("sesion_idle_secs"), "{err}");
     }
 
     #[test]
     fn public_url_must_be_https_off_loopback() {
         assert!(from_toml("public_url = \"http://id.example.com\"").is_err());
-        assert!(
-            from_toml("public_url = \"https://id.example.com/\"")
-                .unwrap()
-                .is_https()
-        );
-        assert_eq!(
-            from_toml("public_url = \"https://id.example.com/\"")
-                .unwrap()
-                .issuer(),
-            "https://id.example.com"
-        );
+        assert!(from_toml("public_url = \"https://id.example.com/\"").unwrap().is_https());
+        assert_eq!(from_toml("public_url = \"https://id.example.com/\"").unwrap().issuer(), "https://id.example.com");
         assert!(from_toml("public_url = \"http://localhost:8080\"").is_ok());
         assert!(from_toml("bind = \"nowhere\"").is_err());
     }
 
     #[test]
     fn secrets_do_not_leak_through_debug() {
-        let c = from_toml("master_key = \"c2VjcmV0\"\ndatabase_url = \"postgres://u:pw@db/ponte\"")
-            .unwrap();
+        let c = from_toml("master_key = \"c2VjcmV0\"\ndatabase_url = \"postgres://u:pw@db/ponte\"").unwrap();
         let shown = format!("{c:?}");
-        assert!(
-            !shown.contains("c2VjcmV0") && !shown.contains("pw@db"),
-            "{shown}"
-        );
+        assert!(!shown.contains("c2VjcmV0") && !shown.contains("pw@db"), "{shown}");
     }
 }

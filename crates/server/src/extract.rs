@@ -12,56 +12,41 @@ use crate::problem::Problem;
 
 /// JSON bodies: size limit, `application/json` only, serde's message in the detail.
 pub fn json_config(limit: usize) -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(limit)
-        .error_handler(|err, _req| {
-            let problem = match &err {
-                JsonPayloadError::ContentType => Problem::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "Unsupported media type",
-                )
-                .detail("Send the body as application/json."),
-                JsonPayloadError::Overflow { .. }
-                | JsonPayloadError::OverflowKnownLength { .. } => too_large(),
-                JsonPayloadError::Deserialize(e) => {
-                    Problem::bad_request("invalid_json", format!("The body is not valid: {e}"))
-                }
-                _ => Problem::bad_request("invalid_json", "The body could not be read as JSON."),
-            };
-            problem.into()
-        })
+    web::JsonConfig::default().limit(limit).error_handler(|err, _req| {
+        let problem = match &err {
+            JsonPayloadError::ContentType => {
+                Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type")
+                    .detail("Send the body as application/json.")
+            }
+            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => too_large(),
+            JsonPayloadError::Deserialize(e) => {
+                Problem::bad_request("invalid_json", format!("The body is not valid: {e}"))
+            }
+            _ => Problem::bad_request("invalid_json", "The body could not be read as JSON."),
+        };
+        problem.into()
+    })
 }
 
 /// Form bodies (pages and the token endpoint).
 pub fn form_config(limit: usize) -> web::FormConfig {
-    web::FormConfig::default()
-        .limit(limit)
-        .error_handler(|err, _req| {
-            let problem = match &err {
-                UrlencodedError::Overflow { .. } => too_large(),
-                UrlencodedError::ContentType => Problem::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "Unsupported media type",
-                )
-                .detail("Send the body as application/x-www-form-urlencoded."),
-                other => {
-                    Problem::bad_request("invalid_form", format!("The form is not valid: {other}"))
-                }
-            };
-            problem.into()
-        })
+    web::FormConfig::default().limit(limit).error_handler(|err, _req| {
+        let problem = match &err {
+            UrlencodedError::Overflow { .. } => too_large(),
+            UrlencodedError::ContentType => {
+                Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type")
+                    .detail("Send the body as application/x-www-form-urlencoded.")
+            }
+            other => Problem::bad_request("invalid_form", format!("The form is not valid: {other}")),
+        };
+        problem.into()
+    })
 }
 
 /// Path segments such as ids.
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|err, req| {
-        Problem::bad_request(
-            "invalid_path",
-            format!("{} is not a valid path here: {err}", req.path()),
-        )
-        .into()
+        Problem::bad_request("invalid_path", format!("{} is not a valid path here: {err}", req.path())).into()
     })
 }
 
@@ -73,12 +58,8 @@ pub fn query_config() -> web::QueryConfig {
 }
 
 fn too_large() -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        "Payload too large",
-    )
-    .detail("The request body is larger than this server accepts.")
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large")
+        .detail("The request body is larger than this server accepts.")
 }
 
 /// A safety net: any error response that is not already a problem document or a page
@@ -98,19 +79,11 @@ pub fn problem_for_bare_errors<B: MessageBody + 'static>(
     let allow = res.headers().get(header::ALLOW).cloned();
     let problem = match status {
         StatusCode::NOT_FOUND => Problem::not_found("not_found", "Nothing here."),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            Problem::new(status, "method_not_allowed", "Method not allowed")
-                .detail("This path does not accept that method.")
-        }
+        StatusCode::METHOD_NOT_ALLOWED => Problem::new(status, "method_not_allowed", "Method not allowed")
+            .detail("This path does not accept that method."),
         StatusCode::PAYLOAD_TOO_LARGE => too_large(),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            Problem::new(status, "unsupported_media_type", "Unsupported media type")
-        }
-        s if s.is_server_error() => Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "Internal error",
-        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Problem::new(status, "unsupported_media_type", "Unsupported media type"),
+        s if s.is_server_error() => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
         s => Problem::new(s, "bad_request", "Bad request"),
     };
     let (req, _) = res.into_parts();
@@ -118,9 +91,7 @@ pub fn problem_for_bare_errors<B: MessageBody + 'static>(
     if let Some(allow) = allow {
         response.headers_mut().insert(header::ALLOW, allow);
     }
-    Ok(ErrorHandlerResponse::Response(
-        ServiceResponse::new(req, response).map_into_right_body(),
-    ))
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
 }
 
 /// The client address for audit and rate limits. Ponte trusts no forwarding header by
@@ -134,16 +105,12 @@ pub fn page_headers(response: &mut actix_web::HttpResponse) {
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+        ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
 }

@@ -9,11 +9,7 @@ use ponte_identity::clock::{Clock, SystemClock};
 use ponte_server::{Application, Config, app, install_crypto_provider, openapi, telemetry};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ponte",
-    version,
-    about = "Ponte: identity bridge for POS and e-invoicing"
-)]
+#[command(name = "ponte", version, about = "Ponte: identity bridge for POS and e-invoicing")]
 struct Cli {
     /// Configuration file (default: ./ponte.toml when present).
     #[arg(long, global = true, env = "PONTE_CONFIG")]
@@ -31,8 +27,18 @@ enum Command {
     /// Manage OAuth clients.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Manage token signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print the OpenAPI document (the one checked in under openapi/).
     Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Promote the next key to current now (running servers pick it up within
+    /// key_reload_secs); prints {"current", "next", "previous"} as JSON.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +57,13 @@ enum ClientCommand {
         /// Exact redirect URI (repeat), for browser flows.
         #[arg(long = "redirect-uri")]
         redirect_uris: Vec<String>,
-        /// A public client (no secret).
+        /// Exact URI the browser may return to after logout (repeat).
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// A first-party app: users are not asked for consent.
+        #[arg(long)]
+        first_party: bool,
+        /// A public client (no secret): a browser or native app using PKCE.
         #[arg(long)]
         public: bool,
     },
@@ -68,10 +80,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ponte: cannot start the async runtime: {e}");
@@ -92,14 +101,9 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
         Command::Serve => {
             let bind = config.bind.clone();
             let public_url = config.public_url.clone();
-            let application = Application::build(config)
-                .await
-                .map_err(|e| e.to_string())?;
+            let application = Application::build(config).await.map_err(|e| e.to_string())?;
             tracing::info!(%bind, port = application.port(), %public_url, "ponte is serving");
-            application
-                .run_until_stopped()
-                .await
-                .map_err(|e| e.to_string())
+            application.run_until_stopped().await.map_err(|e| e.to_string())
         }
         Command::Migrate => {
             let db = app::open_database(&config).map_err(|e| e.to_string())?;
@@ -112,33 +116,36 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             grants,
             scopes,
             redirect_uris,
+            post_logout_redirect_uris,
+            first_party,
             public,
         }) => {
             let grants = grants
                 .iter()
                 .map(|g| GrantType::parse(g).ok_or_else(|| format!("unknown grant {g:?}")))
                 .collect::<Result<Vec<_>, _>>()?;
-            for uri in &redirect_uris {
-                url::Url::parse(uri).map_err(|e| format!("redirect URI {uri:?}: {e}"))?;
-            }
             let db = app::open_database(&config).map_err(|e| e.to_string())?;
             if config.migrate_on_start {
                 app::migrate(&db).await.map_err(|e| e.to_string())?;
             }
             let repo = SqlClients::new(db);
-            let new = NewClient {
-                name,
-                grants,
-                scopes,
-                redirect_uris,
-                public,
-            };
-            let (client, secret) = repo
-                .create(new, SystemClock.now())
-                .await
-                .map_err(|e| e.to_string())?;
+            let new = NewClient { name, grants, scopes, redirect_uris, post_logout_redirect_uris, first_party, public };
+            let (client, secret) = repo.create(new, SystemClock.now()).await.map_err(|e| e.to_string())?;
             let out = serde_json::json!({ "client_id": client.id, "client_secret": secret });
             println!("{out}");
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate) => {
+            let db = app::open_database(&config).map_err(|e| e.to_string())?;
+            if config.migrate_on_start {
+                app::migrate(&db).await.map_err(|e| e.to_string())?;
+            }
+            let master = app::master_key(&config).map_err(|e| e.to_string())?;
+            let repo = ponte_identity::keys::SqlKeys::new(db);
+            let rotation = ponte_identity::keys::rotate(&repo, &master, &config.key_policy(), SystemClock.now())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string(&rotation).map_err(|e| e.to_string())?);
             Ok(())
         }
         Command::Openapi => {

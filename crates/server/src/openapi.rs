@@ -4,14 +4,14 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api, oauth, ops};
+use crate::routes::{api, oauth, ops, token};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Ponte", description = "Identity bridge for POS and e-invoicing: REST API for the POS backend, OAuth 2.0 / OpenID Connect endpoints, operations.", version = "0.1.0"),
     paths(
         ops::healthz, ops::readyz,
-        oauth::discovery, oauth::jwks, oauth::token,
+        oauth::discovery, oauth::jwks, token::token, token::introspect, token::revoke, token::userinfo,
         api::create_account, api::get_account,
         api::list_users, api::create_user, api::get_user, api::update_user, api::delete_user,
         api::list_sessions, api::revoke_session,
@@ -37,10 +37,8 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         let mut scheme = Http::new(HttpAuthScheme::Bearer);
         scheme.bearer_format = Some("JWT".into());
-        scheme.description = Some(
-            "An access token from POST /oauth2/token (client_credentials) with scope ponte.admin."
-                .into(),
-        );
+        scheme.description =
+            Some("An access token from POST /oauth2/token (client_credentials) with scope ponte.admin.".into());
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }

@@ -50,15 +50,7 @@ pub struct Problem {
 impl Problem {
     /// A problem with a status, a stable code and a title.
     pub fn new(status: StatusCode, code: &'static str, title: &'static str) -> Self {
-        Self {
-            status,
-            code,
-            title,
-            detail: None,
-            errors: Vec::new(),
-            www_authenticate: None,
-            retry_after: None,
-        }
+        Self { status, code, title, detail: None, errors: Vec::new(), www_authenticate: None, retry_after: None }
     }
 
     /// Adds the case-specific explanation.
@@ -69,10 +61,7 @@ impl Problem {
 
     /// Adds a field-level error.
     pub fn field(mut self, field: impl Into<String>, message: impl Into<String>) -> Self {
-        self.errors.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-        });
+        self.errors.push(FieldError { field: field.into(), message: message.into() });
         self
     }
 
@@ -95,13 +84,9 @@ impl Problem {
     /// 422 for a parsed request that breaks a rule.
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
         let message = message.into();
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            "Validation failed",
-        )
-        .detail(message.clone())
-        .field(field, message)
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "Validation failed")
+            .detail(message.clone())
+            .field(field, message)
     }
 
     /// 404 for a thing that does not exist (or is not the caller's to see).
@@ -112,18 +97,13 @@ impl Problem {
     /// 500; the cause goes to the log, never to the client.
     pub fn internal(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %cause, source = ?cause.source().map(ToString::to_string), "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "Internal error",
-        )
-        .detail("Something went wrong on our side; it has been logged.")
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error")
+            .detail("Something went wrong on our side; it has been logged.")
     }
 
     /// 503 for a dependency that is away.
     pub fn unavailable(code: &'static str, detail: impl Into<String>) -> Self {
-        let mut p =
-            Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "Service unavailable").detail(detail);
+        let mut p = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "Service unavailable").detail(detail);
         p.retry_after = Some(5);
         p
     }
@@ -175,17 +155,11 @@ impl From<ponte_identity::Error> for Problem {
         match e {
             E::DatabaseUnavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
-                Self::unavailable(
-                    "database_unavailable",
-                    "The database is not reachable; try again shortly.",
-                )
+                Self::unavailable("database_unavailable", "The database is not reachable; try again shortly.")
             }
             E::SessionStoreUnavailable(cause) => {
                 tracing::warn!(error = %cause, "session store unavailable");
-                Self::unavailable(
-                    "session_store_unavailable",
-                    "The session store is not reachable; try again shortly.",
-                )
+                Self::unavailable("session_store_unavailable", "The session store is not reachable; try again shortly.")
             }
             E::Invalid(message) => Self::validation("body", message),
             other => Self::internal(&other),
@@ -198,16 +172,12 @@ impl From<ponte_linking::Error> for Problem {
         use ponte_linking::Error as E;
         match e {
             E::NotFound("account") => Self::not_found("account_not_found", "No such account."),
-            E::NotFound("user") => {
-                Self::not_found("user_not_found", "No such user in this account.")
-            }
+            E::NotFound("user") => Self::not_found("user_not_found", "No such user in this account."),
             E::NotFound(what) => Self::not_found("not_found", format!("No such {what}.")),
             E::EmailTaken => Self::new(StatusCode::CONFLICT, "email_taken", "Conflict")
                 .detail("A user with this email already exists."),
             E::Invalid { field, message } => Self::validation(field, message),
-            E::Conflict { code, message } => {
-                Self::new(StatusCode::CONFLICT, code, "Conflict").detail(message)
-            }
+            E::Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, "Conflict").detail(message),
             E::Identity(inner) => inner.into(),
         }
     }
@@ -224,43 +194,23 @@ mod tests {
 
     #[test]
     fn domain_errors_map_to_stable_statuses_and_codes() {
-        assert_eq!(
-            status_and_code(L::NotFound("user").into()),
-            (404, "user_not_found")
-        );
-        assert_eq!(
-            status_and_code(L::NotFound("account").into()),
-            (404, "account_not_found")
-        );
+        assert_eq!(status_and_code(L::NotFound("user").into()), (404, "user_not_found"));
+        assert_eq!(status_and_code(L::NotFound("account").into()), (404, "account_not_found"));
         assert_eq!(status_and_code(L::EmailTaken.into()), (409, "email_taken"));
+        assert_eq!(status_and_code(L::invalid("email", "bad").into()), (422, "validation_failed"));
         assert_eq!(
-            status_and_code(L::invalid("email", "bad").into()),
-            (422, "validation_failed")
-        );
-        assert_eq!(
-            status_and_code(
-                L::Conflict {
-                    code: "owner_cannot_be_deleted",
-                    message: String::new()
-                }
-                .into()
-            ),
+            status_and_code(L::Conflict { code: "owner_cannot_be_deleted", message: String::new() }.into()),
             (409, "owner_cannot_be_deleted")
         );
         let away = ponte_identity::Error::SessionStoreUnavailable("refused".into());
-        assert_eq!(
-            status_and_code(away.into()),
-            (503, "session_store_unavailable")
-        );
+        assert_eq!(status_and_code(away.into()), (503, "session_store_unavailable"));
         let away = ponte_identity::Error::DatabaseUnavailable(sqlx::Error::PoolTimedOut);
         assert_eq!(status_and_code(away.into()), (503, "database_unavailable"));
     }
 
     #[test]
     fn database_text_never_reaches_the_body() {
-        let e = ponte_identity::Error::Database(sqlx::Error::Protocol(
-            "relation \"users\" secret detail".into(),
-        ));
+        let e = ponte_identity::Error::Database(sqlx::Error::Protocol("relation \"users\" secret detail".into()));
         let p: Problem = e.into();
         let body = serde_json::to_string(&p.body()).unwrap();
         assert_eq!(p.status.as_u16(), 500);
@@ -273,9 +223,6 @@ mod tests {
             .www_authenticate("Bearer realm=\"ponte\"");
         let r = p.error_response();
         assert_eq!(r.headers().get(header::CONTENT_TYPE).unwrap(), PROBLEM_JSON);
-        assert_eq!(
-            r.headers().get(header::WWW_AUTHENTICATE).unwrap(),
-            "Bearer realm=\"ponte\""
-        );
+        assert_eq!(r.headers().get(header::WWW_AUTHENTICATE).unwrap(), "Bearer realm=\"ponte\"");
     }
 }

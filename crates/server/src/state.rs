@@ -5,7 +5,10 @@ use std::sync::Arc;
 use ponte_identity::client::ClientRepo;
 use ponte_identity::clock::Clock;
 use ponte_identity::db::Database;
-use ponte_identity::keys::KeyRing;
+use ponte_identity::keys::Keys;
+use ponte_identity::oidc::ConsentRepo;
+use ponte_identity::refresh::RefreshRepo;
+use ponte_identity::seal::MasterKey;
 use ponte_identity::session::Sessions;
 use ponte_linking::store::Directory;
 use time::OffsetDateTime;
@@ -27,8 +30,14 @@ pub struct AppState {
     pub clients: Arc<dyn ClientRepo>,
     /// Browser sessions.
     pub sessions: Sessions,
-    /// Signing and verification keys.
-    pub keys: Arc<KeyRing>,
+    /// Signing and verification keys, reloaded as they rotate.
+    pub keys: Arc<Keys>,
+    /// Seals secrets at rest.
+    pub master: MasterKey,
+    /// Refresh-token families.
+    pub refresh: Arc<dyn RefreshRepo>,
+    /// Consents to third-party clients.
+    pub consents: Arc<dyn ConsentRepo>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
 }

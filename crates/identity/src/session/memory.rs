@@ -20,11 +20,7 @@ struct Inner {
 impl Inner {
     fn live(&mut self, key: &str) -> Option<&String> {
         let now = Instant::now();
-        if self
-            .values
-            .get(key)
-            .is_some_and(|(_, deadline)| *deadline <= now)
-        {
+        if self.values.get(key).is_some_and(|(_, deadline)| *deadline <= now) {
             self.values.remove(key);
         }
         self.values.get(key).map(|(v, _)| v)
@@ -72,24 +68,11 @@ fn deadline(ttl: u64) -> Instant {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn insert(
-        &self,
-        id: &str,
-        user_id: &str,
-        value: &str,
-        ttl: u64,
-        _index_ttl: u64,
-    ) -> Result<()> {
+    async fn insert(&self, id: &str, user_id: &str, value: &str, ttl: u64, _index_ttl: u64) -> Result<()> {
         let mut inner = self.lock();
         inner.sweep();
-        inner
-            .values
-            .insert(session_key(id), (value.to_owned(), deadline(ttl)));
-        inner
-            .user_index
-            .entry(user_id.to_owned())
-            .or_default()
-            .insert(id.to_owned());
+        inner.values.insert(session_key(id), (value.to_owned(), deadline(ttl)));
+        inner.user_index.entry(user_id.to_owned()).or_default().insert(id.to_owned());
         Ok(())
     }
 
@@ -120,21 +103,18 @@ impl SessionStore for MemoryStore {
     }
 
     async fn ids_for_user(&self, user_id: &str) -> Result<Vec<String>> {
-        Ok(self
-            .lock()
-            .user_index
-            .get(user_id)
-            .map(|ids| ids.iter().cloned().collect())
-            .unwrap_or_default())
+        Ok(self.lock().user_index.get(user_id).map(|ids| ids.iter().cloned().collect()).unwrap_or_default())
     }
 
     async fn put_once(&self, key: &str, value: &str, ttl: u64) -> Result<()> {
         let mut inner = self.lock();
         inner.sweep();
-        inner
-            .values
-            .insert(format!("o:{key}"), (value.to_owned(), deadline(ttl)));
+        inner.values.insert(format!("o:{key}"), (value.to_owned(), deadline(ttl)));
         Ok(())
+    }
+
+    async fn peek(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.lock().live(&format!("o:{key}")).cloned())
     }
 
     async fn take_once(&self, key: &str) -> Result<Option<String>> {
@@ -149,10 +129,7 @@ impl SessionStore for MemoryStore {
         let mut inner = self.lock();
         inner.sweep();
         let now = Instant::now();
-        let entry = inner
-            .counters
-            .entry(key.to_owned())
-            .or_insert((0, deadline(ttl)));
+        let entry = inner.counters.entry(key.to_owned()).or_insert((0, deadline(ttl)));
         if entry.1 <= now {
             *entry = (0, deadline(ttl));
         }

@@ -33,10 +33,7 @@ pub struct SessionPolicy {
 
 impl Default for SessionPolicy {
     fn default() -> Self {
-        Self {
-            idle: Duration::minutes(30),
-            absolute: Duration::hours(12),
-        }
+        Self { idle: Duration::minutes(30), absolute: Duration::hours(12) }
     }
 }
 
@@ -163,11 +160,7 @@ impl Sessions {
     }
 
     /// Starts a session and returns the token for the cookie.
-    pub async fn create(
-        &self,
-        new: NewSession,
-        now: OffsetDateTime,
-    ) -> Result<(SessionToken, Session)> {
+    pub async fn create(&self, new: NewSession, now: OffsetDateTime) -> Result<(SessionToken, Session)> {
         let token = random_token();
         let id = session_id_for(&token);
         let now_s = to_unix(now);
@@ -185,15 +178,7 @@ impl Sessions {
         };
         let json = encode(&record)?;
         let ttl = record.ttl(now_s);
-        self.store
-            .insert(
-                &id,
-                &record.user_id,
-                &json,
-                ttl,
-                self.policy.absolute.whole_seconds().max(1) as u64,
-            )
-            .await?;
+        self.store.insert(&id, &record.user_id, &json, ttl, self.policy.absolute.whole_seconds().max(1) as u64).await?;
         Ok((SessionToken(token), record.into_session(id)))
     }
 
@@ -215,8 +200,7 @@ impl Sessions {
         }
         if now_s - record.last_seen_at >= TOUCH_EVERY_SECS {
             record.last_seen_at = now_s;
-            record.idle_expires_at =
-                to_unix(now + self.policy.idle).min(record.absolute_expires_at);
+            record.idle_expires_at = to_unix(now + self.policy.idle).min(record.absolute_expires_at);
             let ttl = record.ttl(now_s);
             // Only if still there: a concurrent logout must not be undone by a touch.
             if !self.store.replace(id, &encode(&record)?, ttl).await? {
@@ -228,11 +212,7 @@ impl Sessions {
 
     /// Replaces the session a token names with a new id carrying the same data (used when
     /// privileges change). The old token stops working.
-    pub async fn rotate(
-        &self,
-        token: &str,
-        now: OffsetDateTime,
-    ) -> Result<Option<(SessionToken, Session)>> {
+    pub async fn rotate(&self, token: &str, now: OffsetDateTime) -> Result<Option<(SessionToken, Session)>> {
         let Some(old) = self.get(token, now).await? else {
             return Ok(None);
         };
@@ -253,9 +233,7 @@ impl Sessions {
         };
         let ttl = record.ttl(now_s);
         let index_ttl = (record.absolute_expires_at - now_s).max(1) as u64;
-        self.store
-            .insert(&id, &record.user_id, &encode(&record)?, ttl, index_ttl)
-            .await?;
+        self.store.insert(&id, &record.user_id, &encode(&record)?, ttl, index_ttl).await?;
         Ok(Some((SessionToken(new_token), record.into_session(id))))
     }
 

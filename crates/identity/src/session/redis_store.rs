@@ -23,9 +23,7 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -39,10 +37,7 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
         let manager = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self {
-            manager,
-            prefix: prefix.to_owned(),
-        })
+        Ok(Self { manager, prefix: prefix.to_owned() })
     }
 
     fn key(&self, kind: &str, rest: &str) -> String {
@@ -73,14 +68,7 @@ impl RedisStore {
 
 #[async_trait]
 impl SessionStore for RedisStore {
-    async fn insert(
-        &self,
-        id: &str,
-        user_id: &str,
-        value: &str,
-        ttl: u64,
-        index_ttl: u64,
-    ) -> Result<()> {
+    async fn insert(&self, id: &str, user_id: &str, value: &str, ttl: u64, index_ttl: u64) -> Result<()> {
         let index = self.key("u", user_id);
         let _: () = redis::pipe()
             .set_ex(self.key("s", id), value, ttl)
@@ -99,13 +87,8 @@ impl SessionStore for RedisStore {
     }
 
     async fn replace(&self, id: &str, value: &str, ttl: u64) -> Result<bool> {
-        let options = SetOptions::default()
-            .conditional_set(ExistenceCheck::XX)
-            .with_expiration(SetExpiry::EX(ttl));
-        let done: Option<String> = self
-            .conn()
-            .set_options(self.key("s", id), value, options)
-            .await?;
+        let options = SetOptions::default().conditional_set(ExistenceCheck::XX).with_expiration(SetExpiry::EX(ttl));
+        let done: Option<String> = self.conn().set_options(self.key("s", id), value, options).await?;
         Ok(done.is_some())
     }
 
@@ -127,6 +110,10 @@ impl SessionStore for RedisStore {
     async fn put_once(&self, key: &str, value: &str, ttl: u64) -> Result<()> {
         let _: () = self.conn().set_ex(self.key("o", key), value, ttl).await?;
         Ok(())
+    }
+
+    async fn peek(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn().get(self.key("o", key)).await?)
     }
 
     async fn take_once(&self, key: &str) -> Result<Option<String>> {

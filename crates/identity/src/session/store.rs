@@ -11,14 +11,7 @@ use crate::Result;
 pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Stores a session under `id` and adds it to `user_id`'s index. The index lives at
     /// least `index_ttl` seconds.
-    async fn insert(
-        &self,
-        id: &str,
-        user_id: &str,
-        value: &str,
-        ttl: u64,
-        index_ttl: u64,
-    ) -> Result<()>;
+    async fn insert(&self, id: &str, user_id: &str, value: &str, ttl: u64, index_ttl: u64) -> Result<()>;
     /// The stored session, if any.
     async fn get(&self, id: &str) -> Result<Option<String>>;
     /// Overwrites a session only if it still exists; `false` if it was gone.
@@ -30,6 +23,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
     /// Stores a one-time value (flow state, codes) for `ttl` seconds.
     async fn put_once(&self, key: &str, value: &str, ttl: u64) -> Result<()>;
+    /// Reads a one-time value without consuming it (deny-lists).
+    async fn peek(&self, key: &str) -> Result<Option<String>>;
     /// Reads and deletes a one-time value atomically: only one caller ever gets it.
     async fn take_once(&self, key: &str) -> Result<Option<String>>;
     /// Adds one to a counter that disappears after `ttl` seconds; returns the new count.

@@ -4,18 +4,15 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::password;
 use ponte_identity::session::Session;
-use ponte_linking::account::{
-    Account, NewUser, Role, User, UserPatch, UserStatus, check_new_user_role, parse_name,
-};
-use ponte_linking::audit::{Actor, AuditEntry};
+use ponte_linking::account::{Account, NewUser, Role, User, UserPatch, UserStatus, check_new_user_role, parse_name};
+use ponte_linking::audit::AuditEntry;
 use ponte_linking::email::Email;
 use ponte_linking::ids::{AccountId, UserId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::AdminToken;
-use crate::extract::client_ip;
+use crate::auth::{Caller, Need};
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -25,21 +22,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/api/v1/accounts")
             .service(web::resource("").post(create_account))
             .service(web::resource("/{account}").get(get_account))
-            .service(
-                web::resource("/{account}/users")
-                    .get(list_users)
-                    .post(create_user),
-            )
-            .service(
-                web::resource("/{account}/users/{user}")
-                    .get(get_user)
-                    .patch(update_user)
-                    .delete(delete_user),
-            )
+            .service(web::resource("/{account}/users").get(list_users).post(create_user))
+            .service(web::resource("/{account}/users/{user}").get(get_user).patch(update_user).delete(delete_user))
             .service(web::resource("/{account}/users/{user}/sessions").get(list_sessions))
-            .service(
-                web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session),
-            )
+            .service(web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session))
             .service(web::resource("/{account}/audit").get(list_audit)),
     );
 }
@@ -253,14 +239,7 @@ pub struct AuditView {
 
 impl From<AuditEntry> for AuditView {
     fn from(e: AuditEntry) -> Self {
-        Self {
-            actor: e.actor.who,
-            action: e.action,
-            target: e.target,
-            detail: e.detail,
-            ip: e.actor.ip,
-            at: e.at,
-        }
+        Self { actor: e.actor.who, action: e.action, target: e.target, detail: e.detail, ip: e.actor.ip, at: e.at }
     }
 }
 
@@ -313,10 +292,6 @@ pub struct SessionPath {
 
 // ---- helpers ----
 
-fn actor(token: &AdminToken, req: &HttpRequest) -> Actor {
-    Actor::client(&token.0.client_id, client_ip(req))
-}
-
 /// Re-labels a domain validation error with the field name the request used.
 fn refield(field: &'static str, e: ponte_linking::Error) -> Problem {
     match e {
@@ -326,16 +301,12 @@ fn refield(field: &'static str, e: ponte_linking::Error) -> Problem {
 }
 
 fn parse_role(input: &str) -> Result<Role, Problem> {
-    let role = Role::parse(input)
-        .ok_or_else(|| Problem::validation("role", "role must be admin or member"))?;
+    let role = Role::parse(input).ok_or_else(|| Problem::validation("role", "role must be admin or member"))?;
     check_new_user_role(role)?;
     Ok(role)
 }
 
-async fn hash_optional_password(
-    password: Option<String>,
-    field: &'static str,
-) -> Result<Option<String>, Problem> {
+async fn hash_optional_password(password: Option<String>, field: &'static str) -> Result<Option<String>, Problem> {
     match password {
         None => Ok(None),
         Some(p) => {
@@ -347,12 +318,19 @@ async fn hash_optional_password(
     }
 }
 
+/// Only the owner (or the POS backend) may change or remove the owner: an admin must not
+/// be able to take the account over by resetting the owner's email or password.
+fn guard_owner(caller: &Caller, target: &User) -> Result<(), Problem> {
+    match caller {
+        Caller::User { role, .. } if target.role == Role::Owner && *role != Role::Owner => {
+            Err(Problem::new(actix_web::http::StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail("Only the owner may change the owner."))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn require_account(state: &AppState, account: AccountId) -> Result<Account, Problem> {
-    state
-        .directory
-        .account(account)
-        .await?
-        .ok_or_else(|| Problem::not_found("account_not_found", "No such account."))
+    state.directory.account(account).await?.ok_or_else(|| Problem::not_found("account_not_found", "No such account."))
 }
 
 async fn require_user(state: &AppState, account: AccountId, user: UserId) -> Result<User, Problem> {
@@ -382,64 +360,43 @@ const PROBLEM: &str = "application/problem+json";
         (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn create_account(
-    token: AdminToken,
+    caller: Caller,
     req: HttpRequest,
     body: web::Json<CreateAccount>,
     state: web::Data<AppState>,
 ) -> ApiResult {
+    caller.check(None, Need::Backend)?;
     let body = body.into_inner();
     let name = parse_name("name", &body.name)?;
     let owner_name = parse_name("owner.name", &body.owner.name)?;
     let email = Email::parse(&body.owner.email).map_err(|e| refield("owner.email", e))?;
     let password_hash = hash_optional_password(body.owner.password, "owner.password").await?;
-    let owner = NewUser {
-        email,
-        name: owner_name,
-        role: Role::Owner,
-        password_hash,
-    };
-    let (account, owner) = state
-        .directory
-        .create_account(name, owner, &actor(&token, &req), state.now())
-        .await?;
+    let owner = NewUser { email, name: owner_name, role: Role::Owner, password_hash };
+    let (account, owner) = state.directory.create_account(name, owner, &caller.actor(&req), state.now()).await?;
     let id = account.id.to_string();
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/accounts/{id}")))
-        .json(CreatedAccount {
-            id,
-            account: account.into(),
-            owner: owner.into(),
-        }))
+        .json(CreatedAccount { id, account: account.into(), owner: owner.into() }))
 }
 
 /// One account.
 #[utoipa::path(get, path = "/api/v1/accounts/{account}", tag = "accounts", params(AccountPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = AccountView), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
-pub async fn get_account(
-    _token: AdminToken,
-    path: web::Path<AccountPath>,
-    state: web::Data<AppState>,
-) -> ApiResult {
-    Ok(HttpResponse::Ok().json(AccountView::from(
-        require_account(&state, path.account).await?,
-    )))
+pub async fn get_account(caller: Caller, path: web::Path<AccountPath>, state: web::Data<AppState>) -> ApiResult {
+    caller.check(Some(path.account), Need::Member)?;
+    Ok(HttpResponse::Ok().json(AccountView::from(require_account(&state, path.account).await?)))
 }
 
 /// The account's users.
 #[utoipa::path(get, path = "/api/v1/accounts/{account}/users", tag = "users", params(AccountPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = UserList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
-pub async fn list_users(
-    _token: AdminToken,
-    path: web::Path<AccountPath>,
-    state: web::Data<AppState>,
-) -> ApiResult {
+pub async fn list_users(caller: Caller, path: web::Path<AccountPath>, state: web::Data<AppState>) -> ApiResult {
+    caller.check(Some(path.account), Need::Manage)?;
     require_account(&state, path.account).await?;
     let users = state.directory.users(path.account).await?;
-    Ok(HttpResponse::Ok().json(UserList {
-        users: users.into_iter().map(Into::into).collect(),
-    }))
+    Ok(HttpResponse::Ok().json(UserList { users: users.into_iter().map(Into::into).collect() }))
 }
 
 /// Adds an admin or a member to the account.
@@ -452,12 +409,13 @@ pub async fn list_users(
         (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn create_user(
-    token: AdminToken,
+    caller: Caller,
     req: HttpRequest,
     path: web::Path<AccountPath>,
     body: web::Json<CreateUser>,
     state: web::Data<AppState>,
 ) -> ApiResult {
+    caller.check(Some(path.account), Need::Manage)?;
     let body = body.into_inner();
     let email = Email::parse(&body.email)?;
     let name = parse_name("name", &body.name)?;
@@ -466,23 +424,10 @@ pub async fn create_user(
     let password_hash = hash_optional_password(body.password, "password").await?;
     let user = state
         .directory
-        .create_user(
-            path.account,
-            NewUser {
-                email,
-                name,
-                role,
-                password_hash,
-            },
-            &actor(&token, &req),
-            state.now(),
-        )
+        .create_user(path.account, NewUser { email, name, role, password_hash }, &caller.actor(&req), state.now())
         .await?;
     Ok(HttpResponse::Created()
-        .insert_header((
-            header::LOCATION,
-            format!("/api/v1/accounts/{}/users/{}", path.account, user.id),
-        ))
+        .insert_header((header::LOCATION, format!("/api/v1/accounts/{}/users/{}", path.account, user.id)))
         .json(UserView::from(user)))
 }
 
@@ -490,14 +435,9 @@ pub async fn create_user(
 #[utoipa::path(get, path = "/api/v1/accounts/{account}/users/{user}", tag = "users", params(UserPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = UserView), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
-pub async fn get_user(
-    _token: AdminToken,
-    path: web::Path<UserPath>,
-    state: web::Data<AppState>,
-) -> ApiResult {
-    Ok(HttpResponse::Ok().json(UserView::from(
-        require_user(&state, path.account, path.user).await?,
-    )))
+pub async fn get_user(caller: Caller, path: web::Path<UserPath>, state: web::Data<AppState>) -> ApiResult {
+    caller.check(Some(path.account), Need::ManageOrSelf(path.user))?;
+    Ok(HttpResponse::Ok().json(UserView::from(require_user(&state, path.account, path.user).await?)))
 }
 
 /// Changes a user. Disabling a user or setting a password ends its sessions.
@@ -510,57 +450,37 @@ pub async fn get_user(
         (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn update_user(
-    token: AdminToken,
+    caller: Caller,
     req: HttpRequest,
     path: web::Path<UserPath>,
     body: web::Json<UpdateUser>,
     state: web::Data<AppState>,
 ) -> ApiResult {
+    caller.check(Some(path.account), Need::Manage)?;
     let body = body.into_inner();
     let patch = UserPatch {
         email: body.email.as_deref().map(Email::parse).transpose()?,
-        name: body
-            .name
-            .as_deref()
-            .map(|n| parse_name("name", n))
-            .transpose()?,
+        name: body.name.as_deref().map(|n| parse_name("name", n)).transpose()?,
         role: body
             .role
             .as_deref()
-            .map(|r| {
-                Role::parse(r)
-                    .ok_or_else(|| Problem::validation("role", "role must be admin or member"))
-            })
+            .map(|r| Role::parse(r).ok_or_else(|| Problem::validation("role", "role must be admin or member")))
             .transpose()?,
         status: body
             .status
             .as_deref()
             .map(|s| {
-                UserStatus::parse(s).ok_or_else(|| {
-                    Problem::validation("status", "status must be active or disabled")
-                })
+                UserStatus::parse(s).ok_or_else(|| Problem::validation("status", "status must be active or disabled"))
             })
             .transpose()?,
         password_hash: hash_optional_password(body.password, "password").await?,
     };
-    require_account(&state, path.account).await?;
-    let ends_sessions =
-        patch.password_hash.is_some() || patch.status.is_some_and(|s| s != UserStatus::Active);
-    let user = state
-        .directory
-        .update_user(
-            path.account,
-            path.user,
-            patch,
-            &actor(&token, &req),
-            state.now(),
-        )
-        .await?;
+    guard_owner(&caller, &require_user(&state, path.account, path.user).await?)?;
+    let ends_sessions = patch.password_hash.is_some() || patch.status.is_some_and(|s| s != UserStatus::Active);
+    let user = state.directory.update_user(path.account, path.user, patch, &caller.actor(&req), state.now()).await?;
     if ends_sessions {
-        state
-            .sessions
-            .revoke_all_for_user(&user.id.to_string())
-            .await?;
+        state.sessions.revoke_all_for_user(&user.id.to_string()).await?;
+        state.refresh.revoke_user(&user.id.to_string(), state.now()).await?;
     }
     Ok(HttpResponse::Ok().json(UserView::from(user)))
 }
@@ -574,20 +494,16 @@ pub async fn update_user(
         (status = 409, description = "owner_cannot_be_deleted", body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn delete_user(
-    token: AdminToken,
+    caller: Caller,
     req: HttpRequest,
     path: web::Path<UserPath>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    require_account(&state, path.account).await?;
-    state
-        .directory
-        .delete_user(path.account, path.user, &actor(&token, &req), state.now())
-        .await?;
-    state
-        .sessions
-        .revoke_all_for_user(&path.user.to_string())
-        .await?;
+    caller.check(Some(path.account), Need::Manage)?;
+    guard_owner(&caller, &require_user(&state, path.account, path.user).await?)?;
+    state.directory.delete_user(path.account, path.user, &caller.actor(&req), state.now()).await?;
+    state.sessions.revoke_all_for_user(&path.user.to_string()).await?;
+    state.refresh.revoke_user(&path.user.to_string(), state.now()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -595,19 +511,11 @@ pub async fn delete_user(
 #[utoipa::path(get, path = "/api/v1/accounts/{account}/users/{user}/sessions", tag = "sessions", params(UserPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = SessionList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
-pub async fn list_sessions(
-    _token: AdminToken,
-    path: web::Path<UserPath>,
-    state: web::Data<AppState>,
-) -> ApiResult {
+pub async fn list_sessions(caller: Caller, path: web::Path<UserPath>, state: web::Data<AppState>) -> ApiResult {
+    caller.check(Some(path.account), Need::ManageOrSelf(path.user))?;
     let user = require_user(&state, path.account, path.user).await?;
-    let sessions = state
-        .sessions
-        .list_for_user(&user.id.to_string(), state.now())
-        .await?;
-    Ok(HttpResponse::Ok().json(SessionList {
-        sessions: sessions.into_iter().map(Into::into).collect(),
-    }))
+    let sessions = state.sessions.list_for_user(&user.id.to_string(), state.now()).await?;
+    Ok(HttpResponse::Ok().json(SessionList { sessions: sessions.into_iter().map(Into::into).collect() }))
 }
 
 /// Ends one session of the user.
@@ -615,28 +523,21 @@ pub async fn list_sessions(
     security(("bearer" = ["ponte.admin"])),
     responses((status = 204, description = "Ended"), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
 pub async fn revoke_session(
-    token: AdminToken,
+    caller: Caller,
     req: HttpRequest,
     path: web::Path<SessionPath>,
     state: web::Data<AppState>,
 ) -> ApiResult {
+    caller.check(Some(path.account), Need::ManageOrSelf(path.user))?;
     let user = require_user(&state, path.account, path.user).await?;
-    if path.session.len() > 64
-        || !state
-            .sessions
-            .revoke(&user.id.to_string(), &path.session)
-            .await?
-    {
-        return Err(Problem::not_found(
-            "session_not_found",
-            "No such live session for this user.",
-        ));
+    if path.session.len() > 64 || !state.sessions.revoke(&user.id.to_string(), &path.session).await? {
+        return Err(Problem::not_found("session_not_found", "No such live session for this user."));
     }
     state
         .directory
         .record(&AuditEntry {
             account_id: Some(path.account),
-            actor: actor(&token, &req),
+            actor: caller.actor(&req),
             action: "session.revoked".into(),
             target: Some(format!("user:{}", user.id)),
             detail: None,
@@ -651,21 +552,17 @@ pub async fn revoke_session(
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = AuditList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
 pub async fn list_audit(
-    _token: AdminToken,
+    caller: Caller,
     path: web::Path<AccountPath>,
     query: web::Query<AuditQuery>,
     state: web::Data<AppState>,
 ) -> ApiResult {
+    caller.check(Some(path.account), Need::Manage)?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(Problem::validation(
-            "limit",
-            "limit must be between 1 and 500",
-        ));
+        return Err(Problem::validation("limit", "limit must be between 1 and 500"));
     }
     require_account(&state, path.account).await?;
     let entries = state.directory.audit(path.account, limit).await?;
-    Ok(HttpResponse::Ok().json(AuditList {
-        entries: entries.into_iter().map(Into::into).collect(),
-    }))
+    Ok(HttpResponse::Ok().json(AuditList { entries: entries.into_iter().map(Into::into).collect() }))
 }

@@ -1,9 +1,11 @@
 //! Every route Ponte serves, in one place.
 
 pub mod api;
+pub mod authorize;
 pub mod oauth;
 pub mod ops;
 pub mod pages;
+pub mod token;
 
 use actix_web::{HttpResponse, web};
 
@@ -13,6 +15,8 @@ use crate::problem::Problem;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     ops::configure(cfg);
     oauth::configure(cfg);
+    token::configure(cfg);
+    authorize::configure(cfg);
     pages::configure(cfg);
     api::configure(cfg);
 }

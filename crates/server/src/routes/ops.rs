@@ -49,20 +49,14 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, Problem>
     if down.is_empty() {
         Ok(HttpResponse::Ok().json(Health { status: "ok" }))
     } else {
-        Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "Service unavailable",
-        )
-        .detail(format!("Unreachable: {}.", down.join(", "))))
+        Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Service unavailable")
+            .detail(format!("Unreachable: {}.", down.join(", "))))
     }
 }
 
 /// Prometheus text exposition.
 pub async fn metrics() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(metrics_handle().render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics_handle().render())
 }
 
 /// The REST contract (the same document as `openapi/openapi.json`).

@@ -1,20 +1,19 @@
 //! Browser pages: sign in, the signed-in page, sign out.
 
-use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::password;
 use ponte_identity::ratelimit::RateLimit;
-use ponte_identity::secret::{constant_time_eq, random_token};
 use ponte_identity::session::NewSession;
 use ponte_linking::account::{AccountStatus, UserStatus};
 use ponte_linking::audit::{Actor, AuditEntry};
 use serde::Deserialize;
 use time::Duration;
 
+use crate::browser::{CSRF, SESSION, cookie, csrf_ok, csrf_token, end_session, page, removal, session_token};
 use crate::extract::{client_ip, page_headers};
-use crate::html::{Lang, escape, layout};
+use crate::html::{Lang, escape};
 use crate::problem::Problem;
 use crate::state::AppState;
 
@@ -26,70 +25,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Sign-in attempts per email address.
-const LOGIN_PER_EMAIL: RateLimit = RateLimit {
-    name: "login-email",
-    max: 10,
-    window: Duration::minutes(15),
-};
+const LOGIN_PER_EMAIL: RateLimit = RateLimit { name: "login-email", max: 10, window: Duration::minutes(15) };
 /// Sign-in attempts per client address.
-const LOGIN_PER_IP: RateLimit = RateLimit {
-    name: "login-ip",
-    max: 100,
-    window: Duration::minutes(15),
-};
+const LOGIN_PER_IP: RateLimit = RateLimit { name: "login-ip", max: 100, window: Duration::minutes(15) };
 
-fn cookie_name(state: &AppState, base: &'static str) -> String {
-    if state.config.is_https() {
-        format!("__Host-{base}")
-    } else {
-        base.to_owned()
-    }
-}
-
-fn cookie<'a>(state: &AppState, base: &'static str, value: String) -> Cookie<'a> {
-    Cookie::build(cookie_name(state, base), value)
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(state.config.is_https())
-        .finish()
-}
-
-fn page(status: StatusCode, lang: Lang, title: &str, body: &str) -> HttpResponse {
-    let mut response = HttpResponse::build(status)
-        .content_type("text/html; charset=utf-8")
-        .body(layout(lang, title, body));
-    page_headers(&mut response);
-    response
-}
-
-/// The CSRF token in the browser's cookie, or a fresh one to set.
-fn csrf_token(req: &HttpRequest, state: &AppState) -> (String, bool) {
-    match req.cookie(&cookie_name(state, "ponte_csrf")) {
-        Some(c) if c.value().len() == 43 => (c.value().to_owned(), false),
-        _ => (random_token(), true),
-    }
-}
-
-/// Double-submit check: the form must carry the value of the browser's CSRF cookie.
-fn csrf_ok(req: &HttpRequest, state: &AppState, submitted: Option<&str>) -> bool {
-    match (req.cookie(&cookie_name(state, "ponte_csrf")), submitted) {
-        (Some(cookie), Some(form)) => {
-            !form.is_empty() && constant_time_eq(cookie.value().as_bytes(), form.as_bytes())
-        }
-        _ => false,
-    }
-}
-
-fn login_form(lang: Lang, csrf: &str, email: &str, error: Option<&str>) -> String {
-    let error = error
-        .map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e)))
-        .unwrap_or_default();
+fn login_form(lang: Lang, csrf: &str, authz: Option<&str>, email: &str, error: Option<&str>) -> String {
+    let authz =
+        authz.map(|a| format!(r#"<input type="hidden" name="authz" value="{}">"#, escape(a))).unwrap_or_default();
+    let error = error.map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e))).unwrap_or_default();
     format!(
         r#"<h1>{heading}</h1>
 {error}
 <form method="post" action="/login">
 <input type="hidden" name="csrf_token" value="{csrf}">
+{authz}
 <label for="email">{email_label}</label>
 <input id="email" name="email" type="email" autocomplete="username" required value="{email}">
 <label for="password">{password_label}</label>
@@ -108,6 +57,7 @@ fn login_form(lang: Lang, csrf: &str, email: &str, error: Option<&str>) -> Strin
 fn login_response(
     req: &HttpRequest,
     state: &AppState,
+    authz: Option<&str>,
     status: StatusCode,
     email: &str,
     error: Option<&str>,
@@ -118,17 +68,34 @@ fn login_response(
         status,
         lang,
         lang.pick("Accedi", "Sign in"),
-        &login_form(lang, &csrf, email, error),
+        &login_form(lang, &csrf, authz.filter(|a| is_authz_id(a)), email, error),
     );
     if fresh {
-        let _ = response.add_cookie(&cookie(state, "ponte_csrf", csrf));
+        let _ = response.add_cookie(&cookie(state, CSRF, csrf));
     }
     response
 }
 
 /// The sign-in form.
-pub async fn login_page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    login_response(&req, &state, StatusCode::OK, "", None)
+pub async fn login_page(req: HttpRequest, query: web::Query<LoginQuery>, state: web::Data<AppState>) -> HttpResponse {
+    let authz = query.authz.as_deref().filter(|a| is_authz_id(a));
+    // Prefill the email an application suggested with login_hint.
+    let hint = match authz {
+        Some(id) => crate::routes::authorize::login_hint(&state, id).await,
+        None => None,
+    };
+    login_response(&req, &state, authz, StatusCode::OK, hint.as_deref().unwrap_or(""), None)
+}
+
+/// `/login?authz=…`: the authorization request waiting for this sign-in.
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    authz: Option<String>,
+}
+
+/// Pending authorization ids are 256-bit random tokens; anything else is ignored.
+fn is_authz_id(s: &str) -> bool {
+    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// What the sign-in form posts.
@@ -139,6 +106,7 @@ pub struct LoginForm {
     #[serde(default)]
     password: String,
     csrf_token: Option<String>,
+    authz: Option<String>,
 }
 
 /// Checks the password and starts a session with a new id.
@@ -153,6 +121,7 @@ pub async fn login(
         return Ok(login_response(
             &req,
             &state,
+            form.authz.as_deref(),
             StatusCode::FORBIDDEN,
             &form.email,
             Some(lang.pick(
@@ -166,13 +135,12 @@ pub async fn login(
     let email = form.email.trim().to_lowercase();
     let store = state.sessions.store().as_ref();
     let within_limits = LOGIN_PER_EMAIL.allow(store, &email, now).await?
-        & LOGIN_PER_IP
-            .allow(store, ip.as_deref().unwrap_or("unknown"), now)
-            .await?;
+        & LOGIN_PER_IP.allow(store, ip.as_deref().unwrap_or("unknown"), now).await?;
     if !within_limits {
         return Ok(login_response(
             &req,
             &state,
+            form.authz.as_deref(),
             StatusCode::TOO_MANY_REQUESTS,
             &form.email,
             Some(lang.pick(
@@ -181,34 +149,25 @@ pub async fn login(
             )),
         ));
     }
-    let candidate = if email.is_empty() {
-        None
-    } else {
-        state.directory.login_candidate(&email).await?
-    };
+    let candidate = if email.is_empty() { None } else { state.directory.login_candidate(&email).await? };
     let stored_hash = candidate.as_ref().and_then(|c| c.password_hash.clone());
     let password_ok = password::verify(form.password, stored_hash).await;
-    let candidate = candidate.filter(|c| {
-        password_ok
-            && c.user.status == UserStatus::Active
-            && c.account_status == AccountStatus::Active
-    });
+    let candidate = candidate
+        .filter(|c| password_ok && c.user.status == UserStatus::Active && c.account_status == AccountStatus::Active);
     let Some(candidate) = candidate else {
         metrics::counter!("login_failures_total").increment(1);
         return Ok(login_response(
             &req,
             &state,
+            form.authz.as_deref(),
             StatusCode::UNAUTHORIZED,
             &form.email,
-            Some(lang.pick(
-                "Email o password non corretti.",
-                "Email or password is incorrect.",
-            )),
+            Some(lang.pick("Email o password non corretti.", "Email or password is incorrect.")),
         ));
     };
     // Rotate: whatever session this browser had ends, and a new id is issued.
-    if let Some(old) = req.cookie(&cookie_name(&state, "ponte_session")) {
-        state.sessions.revoke_token(old.value()).await?;
+    if let Some(old) = session_token(&req, &state) {
+        state.sessions.revoke_token(&old).await?;
     }
     let user = &candidate.user;
     let (token, _) = state
@@ -218,11 +177,7 @@ pub async fn login(
                 user_id: user.id.to_string(),
                 account_id: user.account_id.to_string(),
                 amr: vec!["pwd".into()],
-                user_agent: req
-                    .headers()
-                    .get(header::USER_AGENT)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
+                user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
                 ip: ip.clone(),
             },
             now,
@@ -240,48 +195,36 @@ pub async fn login(
             at: now,
         })
         .await?;
-    let mut response = HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, "/"))
-        .finish();
+    let next = match form.authz.as_deref().filter(|a| is_authz_id(a)) {
+        Some(authz) => format!("/oauth2/authorize/continue?authz={authz}"),
+        None => "/".to_owned(),
+    };
+    let mut response = HttpResponse::SeeOther().insert_header((header::LOCATION, next)).finish();
     page_headers(&mut response);
-    let _ = response.add_cookie(&cookie(&state, "ponte_session", token.expose().to_owned()));
+    let _ = response.add_cookie(&cookie(&state, SESSION, token.expose().to_owned()));
     Ok(response)
 }
 
 /// Who is signed in, with a sign-out button.
 pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let lang = Lang::from_request(&req);
-    let token = req
-        .cookie(&cookie_name(&state, "ponte_session"))
-        .map(|c| c.value().to_owned());
+    let token = session_token(&req, &state);
     let session = match &token {
         Some(t) => state.sessions.get(t, state.now()).await?,
         None => None,
     };
     let Some(session) = session else {
-        return Ok(HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, "/login"))
-            .finish());
+        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
     };
-    let (Ok(account_id), Ok(user_id)) = (session.account_id.parse(), session.user_id.parse())
-    else {
-        return Ok(HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, "/login"))
-            .finish());
+    let (Ok(account_id), Ok(user_id)) = (session.account_id.parse(), session.user_id.parse()) else {
+        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
     };
-    let (user, account) = tokio::try_join!(
-        state.directory.user(account_id, user_id),
-        state.directory.account(account_id)
-    )?;
+    let (user, account) =
+        tokio::try_join!(state.directory.user(account_id, user_id), state.directory.account(account_id))?;
     let (Some(user), Some(account)) = (user, account) else {
         // The user or account is gone: the session goes with it.
-        state
-            .sessions
-            .revoke_token(token.as_deref().unwrap_or_default())
-            .await?;
-        return Ok(HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, "/login"))
-            .finish());
+        state.sessions.revoke_token(token.as_deref().unwrap_or_default()).await?;
+        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
     };
     let (csrf, fresh) = csrf_token(&req, &state);
     let body = format!(
@@ -307,14 +250,9 @@ pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         account = escape(&account.name),
         csrf = escape(&csrf),
     );
-    let mut response = page(
-        StatusCode::OK,
-        lang,
-        lang.pick("Il tuo account", "Your account"),
-        &body,
-    );
+    let mut response = page(StatusCode::OK, lang, lang.pick("Il tuo account", "Your account"), &body);
     if fresh {
-        let _ = response.add_cookie(&cookie(&state, "ponte_csrf", csrf));
+        let _ = response.add_cookie(&cookie(&state, CSRF, csrf));
     }
     Ok(response)
 }
@@ -333,18 +271,11 @@ pub async fn logout(
 ) -> Result<HttpResponse, Problem> {
     if !csrf_ok(&req, &state, form.csrf_token.as_deref()) {
         return Err(
-            Problem::new(StatusCode::FORBIDDEN, "csrf_failed", "Forbidden")
-                .detail("The form did not come from Ponte."),
+            Problem::new(StatusCode::FORBIDDEN, "csrf_failed", "Forbidden").detail("The form did not come from Ponte.")
         );
     }
-    if let Some(c) = req.cookie(&cookie_name(&state, "ponte_session")) {
-        state.sessions.revoke_token(c.value()).await?;
-    }
-    let mut response = HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, "/login"))
-        .finish();
-    let mut removal = cookie(&state, "ponte_session", String::new());
-    removal.make_removal();
-    let _ = response.add_cookie(&removal);
+    end_session(&req, &state).await?;
+    let mut response = HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish();
+    let _ = response.add_cookie(&removal(&state, SESSION));
     Ok(response)
 }

@@ -15,73 +15,32 @@ async fn missing_bad_or_underscoped_tokens_are_refused() {
     assert_eq!(none.headers()["www-authenticate"], "Bearer realm=\"ponte\"");
     assert_eq!(none.headers()["content-type"], "application/problem+json");
 
-    let bad = app
-        .browser()
-        .post(&url)
-        .bearer_auth("eyJhbGciOiJub25lIn0.e30.")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let bad = app.browser().post(&url).bearer_auth("eyJhbGciOiJub25lIn0.e30.").json(&body).send().await.unwrap();
     assert_eq!(bad.status(), 401);
-    assert_eq!(
-        bad.headers()["www-authenticate"],
-        "Bearer realm=\"ponte\", error=\"invalid_token\""
-    );
+    assert_eq!(bad.headers()["www-authenticate"], "Bearer realm=\"ponte\", error=\"invalid_token\"");
 
     let weak = app.token_with_scopes(&["ponte.read"]).await;
-    let forbidden = app
-        .browser()
-        .post(&url)
-        .bearer_auth(&weak)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let forbidden = app.browser().post(&url).bearer_auth(&weak).json(&body).send().await.unwrap();
     assert_eq!(forbidden.status(), 403);
-    assert!(
-        forbidden.headers()["www-authenticate"]
-            .to_str()
-            .unwrap()
-            .contains("insufficient_scope")
-    );
-    assert_eq!(
-        forbidden.json::<Value>().await.unwrap()["code"],
-        "insufficient_scope"
-    );
+    assert!(forbidden.headers()["www-authenticate"].to_str().unwrap().contains("insufficient_scope"));
+    assert_eq!(forbidden.json::<Value>().await.unwrap()["code"], "insufficient_scope");
 
     let token = app.admin_token().await;
     app.clock.advance(time::Duration::minutes(11));
-    let expired = app
-        .browser()
-        .post(&url)
-        .bearer_auth(&token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        expired.status(),
-        401,
-        "tokens expire after access_token_ttl_secs"
-    );
+    let expired = app.browser().post(&url).bearer_auth(&token).json(&body).send().await.unwrap();
+    assert_eq!(expired.status(), 401, "tokens expire after access_token_ttl_secs");
 }
 
 #[tokio::test]
 async fn accounts_and_users_lifecycle() {
     let app = TestApp::spawn().await;
     let token = app.admin_token().await;
-    let created = app
-        .create_account(&token, "mario@esempio.it", "correct horse battery")
-        .await;
+    let created = app.create_account(&token, "mario@esempio.it", "correct horse battery").await;
     let account = created["id"].as_str().unwrap();
     assert_eq!(created["account"]["id"], account);
     assert_eq!(created["owner"]["role"], "owner");
     assert_eq!(created["owner"]["has_password"], true);
-    assert!(
-        created["owner"].get("password").is_none()
-            && created["owner"].get("password_hash").is_none()
-    );
+    assert!(created["owner"].get("password").is_none() && created["owner"].get("password_hash").is_none());
 
     let http = app.browser();
     let got: Value = http
@@ -126,24 +85,14 @@ async fn accounts_and_users_lifecycle() {
         .unwrap();
     assert_eq!(owner_role.status(), 422);
 
-    let list: Value = http
-        .get(&users_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = http.get(&users_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     assert_eq!(list["users"].as_array().unwrap().len(), 2);
 
     let member_url = format!("{users_url}/{}", member["id"].as_str().unwrap());
     let patched: Value = http
         .patch(&member_url)
         .bearer_auth(&token)
-        .json(
-            &json!({"name": "Anna Bianchi", "role": "admin", "password": "another good password"}),
-        )
+        .json(&json!({"name": "Anna Bianchi", "role": "admin", "password": "another good password"}))
         .send()
         .await
         .unwrap()
@@ -151,69 +100,22 @@ async fn accounts_and_users_lifecycle() {
         .await
         .unwrap();
     assert_eq!(
-        (
-            patched["name"].as_str(),
-            patched["role"].as_str(),
-            patched["has_password"].as_bool()
-        ),
+        (patched["name"].as_str(), patched["role"].as_str(), patched["has_password"].as_bool()),
         (Some("Anna Bianchi"), Some("admin"), Some(true))
     );
-    assert_eq!(
-        sign_in(
-            &app,
-            &app.browser(),
-            "anna@esempio.it",
-            "another good password"
-        )
-        .await
-        .status(),
-        303
-    );
+    assert_eq!(sign_in(&app, &app.browser(), "anna@esempio.it", "another good password").await.status(), 303);
 
     let owner_url = format!("{users_url}/{}", created["owner"]["id"].as_str().unwrap());
-    let demote = http
-        .patch(&owner_url)
-        .bearer_auth(&token)
-        .json(&json!({"role": "member"}))
-        .send()
-        .await
-        .unwrap();
+    let demote = http.patch(&owner_url).bearer_auth(&token).json(&json!({"role": "member"})).send().await.unwrap();
     assert_eq!(demote.status(), 409);
-    assert_eq!(
-        demote.json::<Value>().await.unwrap()["code"],
-        "owner_role_fixed"
-    );
-    let delete_owner = http
-        .delete(&owner_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        delete_owner.json::<Value>().await.unwrap()["code"],
-        "owner_cannot_be_deleted"
-    );
+    assert_eq!(demote.json::<Value>().await.unwrap()["code"], "owner_role_fixed");
+    let delete_owner = http.delete(&owner_url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(delete_owner.json::<Value>().await.unwrap()["code"], "owner_cannot_be_deleted");
 
-    assert_eq!(
-        http.delete(&member_url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    let gone = http
-        .get(&member_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(http.delete(&member_url).bearer_auth(&token).send().await.unwrap().status(), 204);
+    let gone = http.get(&member_url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(gone.status(), 404);
-    assert_eq!(
-        gone.json::<Value>().await.unwrap()["code"],
-        "user_not_found"
-    );
+    assert_eq!(gone.json::<Value>().await.unwrap()["code"], "user_not_found");
 
     let audit: Value = http
         .get(app.url(&format!("/api/v1/accounts/{account}/audit?limit=50")))
@@ -224,12 +126,8 @@ async fn accounts_and_users_lifecycle() {
         .json()
         .await
         .unwrap();
-    let actions: Vec<&str> = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    let actions: Vec<&str> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert!(
         actions.contains(&"user.deleted")
             && actions.contains(&"login.succeeded")
@@ -242,16 +140,9 @@ async fn accounts_and_users_lifecycle() {
 async fn no_route_reaches_another_accounts_users() {
     let app = TestApp::spawn().await;
     let token = app.admin_token().await;
-    let a = app
-        .create_account(&token, "a@esempio.it", "correct horse battery")
-        .await;
-    let b = app
-        .create_account(&token, "b@esempio.it", "correct horse battery")
-        .await;
-    let (a_id, b_owner) = (
-        a["id"].as_str().unwrap(),
-        b["owner"]["id"].as_str().unwrap(),
-    );
+    let a = app.create_account(&token, "a@esempio.it", "correct horse battery").await;
+    let b = app.create_account(&token, "b@esempio.it", "correct horse battery").await;
+    let (a_id, b_owner) = (a["id"].as_str().unwrap(), b["owner"]["id"].as_str().unwrap());
     let http = app.browser();
     let cross = format!("/api/v1/accounts/{a_id}/users/{b_owner}");
     for request in [
@@ -264,10 +155,7 @@ async fn no_route_reaches_another_accounts_users() {
         assert_eq!(response.status(), 404);
     }
     let b_owner_view: Value = http
-        .get(app.url(&format!(
-            "/api/v1/accounts/{}/users/{b_owner}",
-            b["id"].as_str().unwrap()
-        )))
+        .get(app.url(&format!("/api/v1/accounts/{}/users/{b_owner}", b["id"].as_str().unwrap())))
         .bearer_auth(&token)
         .send()
         .await
@@ -282,58 +170,23 @@ async fn no_route_reaches_another_accounts_users() {
 async fn sessions_are_listed_and_revoked_through_the_api() {
     let app = TestApp::spawn().await;
     let token = app.admin_token().await;
-    let account = app
-        .create_account(&token, "mario@esempio.it", "correct horse battery")
-        .await;
+    let account = app.create_account(&token, "mario@esempio.it", "correct horse battery").await;
     let browser = app.browser();
-    assert_eq!(
-        sign_in(&app, &browser, "mario@esempio.it", "correct horse battery")
-            .await
-            .status(),
-        303
-    );
+    assert_eq!(sign_in(&app, &browser, "mario@esempio.it", "correct horse battery").await.status(), 303);
     let sessions_url = app.url(&format!(
         "/api/v1/accounts/{}/users/{}/sessions",
         account["id"].as_str().unwrap(),
         account["owner"]["id"].as_str().unwrap()
     ));
     let http = app.browser();
-    let listed: Value = http
-        .get(&sessions_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = http.get(&sessions_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     let session = &listed["sessions"][0];
     assert_eq!(session["amr"], json!(["pwd"]));
     assert_eq!(session["ip"], "127.0.0.1");
     let id = session["id"].as_str().unwrap();
-    assert_eq!(
-        http.delete(format!("{sessions_url}/{id}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    assert_eq!(
-        browser.get(app.url("/")).send().await.unwrap().status(),
-        303,
-        "the browser is signed out"
-    );
-    let again = http
-        .delete(format!("{sessions_url}/{id}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(http.delete(format!("{sessions_url}/{id}")).bearer_auth(&token).send().await.unwrap().status(), 204);
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 303, "the browser is signed out");
+    let again = http.delete(format!("{sessions_url}/{id}")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(again.status(), 404);
-    assert_eq!(
-        again.json::<Value>().await.unwrap()["code"],
-        "session_not_found"
-    );
+    assert_eq!(again.json::<Value>().await.unwrap()["code"], "session_not_found");
 }

@@ -6,19 +6,10 @@ use crate::harness::TestApp;
 
 async fn problem(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json",
-        "status {status}"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json", "status {status}");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], status);
-    assert!(
-        body["type"]
-            .as_str()
-            .unwrap()
-            .starts_with("urn:ponte:problem:")
-    );
+    assert!(body["type"].as_str().unwrap().starts_with("urn:ponte:problem:"));
     (status, body)
 }
 
@@ -41,53 +32,30 @@ async fn malformed_bodies_ids_and_sizes() {
     .await;
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_json")));
 
-    let (status, body) = problem(http.post(&accounts).bearer_auth(&token).json(&json!({"name": "X", "owner": {"email": "x@esempio.it", "name": "X"}, "admin": true})).send().await.unwrap()).await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (400, Some("invalid_json")),
-        "unknown fields are refused, not ignored"
-    );
+    let (status, body) = problem(
+        http.post(&accounts)
+            .bearer_auth(&token)
+            .json(&json!({"name": "X", "owner": {"email": "x@esempio.it", "name": "X"}, "admin": true}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_json")), "unknown fields are refused, not ignored");
     assert!(body["detail"].as_str().unwrap().contains("admin"));
 
     let (status, body) = problem(
-        http.post(&accounts)
-            .bearer_auth(&token)
-            .header("content-type", "text/plain")
-            .body("{}")
-            .send()
-            .await
-            .unwrap(),
+        http.post(&accounts).bearer_auth(&token).header("content-type", "text/plain").body("{}").send().await.unwrap(),
     )
     .await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (415, Some("unsupported_media_type"))
-    );
+    assert_eq!((status, body["code"].as_str()), (415, Some("unsupported_media_type")));
 
-    let huge =
-        json!({"name": "x".repeat(70 * 1024), "owner": {"email": "x@esempio.it", "name": "X"}});
-    let (status, body) = problem(
-        http.post(&accounts)
-            .bearer_auth(&token)
-            .json(&huge)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (413, Some("payload_too_large"))
-    );
+    let huge = json!({"name": "x".repeat(70 * 1024), "owner": {"email": "x@esempio.it", "name": "X"}});
+    let (status, body) = problem(http.post(&accounts).bearer_auth(&token).json(&huge).send().await.unwrap()).await;
+    assert_eq!((status, body["code"].as_str()), (413, Some("payload_too_large")));
 
-    let (status, body) = problem(
-        http.get(app.url("/api/v1/accounts/not-a-uuid"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) =
+        problem(http.get(app.url("/api/v1/accounts/not-a-uuid")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_path")));
 
     let (status, body) = problem(
@@ -98,100 +66,36 @@ async fn malformed_bodies_ids_and_sizes() {
             .unwrap(),
     )
     .await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (404, Some("account_not_found"))
-    );
+    assert_eq!((status, body["code"].as_str()), (404, Some("account_not_found")));
 
     let bad_email = json!({"name": "X", "owner": {"email": "not an email", "name": "X"}});
-    let (status, body) = problem(
-        http.post(&accounts)
-            .bearer_auth(&token)
-            .json(&bad_email)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (422, Some("validation_failed"))
-    );
+    let (status, body) = problem(http.post(&accounts).bearer_auth(&token).json(&bad_email).send().await.unwrap()).await;
+    assert_eq!((status, body["code"].as_str()), (422, Some("validation_failed")));
     assert_eq!(body["errors"][0]["field"], "owner.email");
 
-    let short =
-        json!({"name": "X", "owner": {"email": "x@esempio.it", "name": "X", "password": "short"}});
-    let (status, body) = problem(
-        http.post(&accounts)
-            .bearer_auth(&token)
-            .json(&short)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, body["errors"][0]["field"].as_str()),
-        (422, Some("owner.password"))
-    );
+    let short = json!({"name": "X", "owner": {"email": "x@esempio.it", "name": "X", "password": "short"}});
+    let (status, body) = problem(http.post(&accounts).bearer_auth(&token).json(&short).send().await.unwrap()).await;
+    assert_eq!((status, body["errors"][0]["field"].as_str()), (422, Some("owner.password")));
 
     let blank = json!({"name": "   ", "owner": {"email": "x@esempio.it", "name": "X"}});
-    let (status, body) = problem(
-        http.post(&accounts)
-            .bearer_auth(&token)
-            .json(&blank)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, body["errors"][0]["field"].as_str()),
-        (422, Some("name"))
-    );
+    let (status, body) = problem(http.post(&accounts).bearer_auth(&token).json(&blank).send().await.unwrap()).await;
+    assert_eq!((status, body["errors"][0]["field"].as_str()), (422, Some("name")));
 
-    let account = app
-        .create_account(&token, "mario@esempio.it", "correct horse battery")
-        .await;
-    let audit = app.url(&format!(
-        "/api/v1/accounts/{}/audit",
-        account["id"].as_str().unwrap()
-    ));
-    let (status, body) = problem(
-        http.get(format!("{audit}?limit=abc"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (400, Some("invalid_query"))
-    );
-    let (status, _) = problem(
-        http.get(format!("{audit}?limit=100000"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let account = app.create_account(&token, "mario@esempio.it", "correct horse battery").await;
+    let audit = app.url(&format!("/api/v1/accounts/{}/audit", account["id"].as_str().unwrap()));
+    let (status, body) =
+        problem(http.get(format!("{audit}?limit=abc")).bearer_auth(&token).send().await.unwrap()).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_query")));
+    let (status, _) =
+        problem(http.get(format!("{audit}?limit=100000")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(status, 422);
     let empty_patch = app.url(&format!(
         "/api/v1/accounts/{}/users/{}",
         account["id"].as_str().unwrap(),
         account["owner"]["id"].as_str().unwrap()
     ));
-    let (status, _) = problem(
-        http.patch(&empty_patch)
-            .bearer_auth(&token)
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _) =
+        problem(http.patch(&empty_patch).bearer_auth(&token).json(&json!({})).send().await.unwrap()).await;
     assert_eq!(status, 422);
 }
 
@@ -202,10 +106,7 @@ async fn unknown_paths_and_methods() {
     let (status, body) = problem(http.get(app.url("/nowhere")).send().await.unwrap()).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
     let (status, body) = problem(http.put(app.url("/healthz")).send().await.unwrap()).await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (405, Some("method_not_allowed"))
-    );
+    assert_eq!((status, body["code"].as_str()), (405, Some("method_not_allowed")));
     let (status, _) = problem(http.get(app.url("/oauth2/token")).send().await.unwrap()).await;
     assert_eq!(status, 405);
 }

@@ -42,31 +42,19 @@ pub struct TestDb {
 impl TestDb {
     pub fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("ponte.db").display()
-        );
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("ponte.db").display());
         Self { url, dir, pg: None }
     }
 
     pub async fn postgres() -> Option<Self> {
         let admin = backend_env("PONTE_TEST_DATABASE_URL")?;
         let name = unique("ponte_test_");
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("connect to PONTE_TEST_DATABASE_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to PONTE_TEST_DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
         conn.close().await.ok();
         let mut url = url::Url::parse(&admin).expect("PONTE_TEST_DATABASE_URL is a URL");
         url.set_path(&format!("/{name}"));
-        Some(Self {
-            url: url.to_string(),
-            dir: tempfile::tempdir().expect("temp dir"),
-            pg: Some((admin, name)),
-        })
+        Some(Self { url: url.to_string(), dir: tempfile::tempdir().expect("temp dir"), pg: Some((admin, name)) })
     }
 
     /// Both engines this run has: SQLite always, PostgreSQL when configured.
@@ -88,9 +76,8 @@ impl Drop for TestDb {
         if let Some((admin, name)) = self.pg.take() {
             run_blocking(async move {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut conn)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
                 }
             });
         }
@@ -106,10 +93,7 @@ pub struct TestRedis {
 impl TestRedis {
     pub fn new() -> Option<Self> {
         let url = backend_env("PONTE_TEST_REDIS_URL")?;
-        Some(Self {
-            url,
-            prefix: unique("ponte-test-") + ":",
-        })
+        Some(Self { url, prefix: unique("ponte-test-") + ":" })
     }
 
     pub fn store(&self) -> RedisStore {
@@ -129,10 +113,7 @@ impl Drop for TestRedis {
 /// Runs cleanup on a thread of its own: `Drop` may run inside or outside a runtime.
 fn run_blocking(fut: impl std::future::Future<Output = ()> + Send + 'static) {
     let _ = std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
             rt.block_on(fut);
         }
     })
@@ -162,61 +143,36 @@ pub fn now() -> OffsetDateTime {
 impl TestApp {
     /// On the embedded defaults: SQLite and the in-process session store.
     pub async fn spawn() -> Self {
-        Self::spawn_on(Parts::default())
-            .await
-            .expect("embedded parts are always there")
+        Self::spawn_on(Parts::default()).await.expect("embedded parts are always there")
     }
 
     /// On the parts asked for; `None` when one is not configured.
     pub async fn spawn_on(parts: Parts) -> Option<Self> {
-        let db = if parts.postgres {
-            TestDb::postgres().await?
-        } else {
-            TestDb::sqlite()
-        };
-        let redis = if parts.redis {
-            Some(TestRedis::new()?)
-        } else {
-            None
-        };
+        let db = if parts.postgres { TestDb::postgres().await? } else { TestDb::sqlite() };
+        let redis = if parts.redis { Some(TestRedis::new()?) } else { None };
         Some(Self::spawn_with(db, redis, |_| {}).await)
     }
 
     /// With a configuration the test adjusts.
-    pub async fn spawn_with(
-        db: TestDb,
-        redis: Option<TestRedis>,
-        adjust: impl FnOnce(&mut Config),
-    ) -> Self {
+    pub async fn spawn_with(db: TestDb, redis: Option<TestRedis>, adjust: impl FnOnce(&mut Config)) -> Self {
         ponte_server::install_crypto_provider();
         let mut config = Config {
             bind: "127.0.0.1:0".into(),
             data_dir: db.dir.path().to_owned(),
             database_url: Some(Secret::from(db.url.as_str())),
             redis_url: redis.as_ref().map(|r| Secret::from(r.url.as_str())),
-            redis_key_prefix: redis
-                .as_ref()
-                .map(|r| r.prefix.clone())
-                .unwrap_or_else(|| "ponte:".into()),
+            redis_key_prefix: redis.as_ref().map(|r| r.prefix.clone()).unwrap_or_else(|| "ponte:".into()),
             workers: Some(1),
             log_level: "warn".into(),
             ..Config::default()
         };
         adjust(&mut config);
         let clock = Arc::new(ManualClock::new(now()));
-        let app = Application::build_with_clock(config, clock.clone())
-            .await
-            .expect("application builds");
+        let app = Application::build_with_clock(config, clock.clone()).await.expect("application builds");
         let port = app.port();
         let state = app.state().clone();
         tokio::spawn(app.run_until_stopped());
-        Self {
-            base: format!("http://127.0.0.1:{port}"),
-            state,
-            clock,
-            db,
-            redis,
-        }
+        Self { base: format!("http://127.0.0.1:{port}"), state, clock, db, redis }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -243,6 +199,8 @@ impl TestApp {
                     grants: grants.to_vec(),
                     scopes: scopes.iter().map(|s| s.to_string()).collect(),
                     redirect_uris: vec![],
+                    post_logout_redirect_uris: vec![],
+                    first_party: false,
                     public: false,
                 },
                 self.clock.now_for_test(),
@@ -258,9 +216,7 @@ impl TestApp {
     }
 
     pub async fn token_with_scopes(&self, scopes: &[&str]) -> String {
-        let (id, secret) = self
-            .register_client(&[GrantType::ClientCredentials], scopes)
-            .await;
+        let (id, secret) = self.register_client(&[GrantType::ClientCredentials], scopes).await;
         let response = self
             .browser()
             .post(self.url("/oauth2/token"))
@@ -271,10 +227,7 @@ impl TestApp {
             .expect("token request");
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.expect("token json");
-        body["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_owned()
+        body["access_token"].as_str().expect("access_token").to_owned()
     }
 
     /// Creates an account whose owner has `email` and `password`; returns the response body.
@@ -307,35 +260,15 @@ impl NowForTest for ManualClock {
 pub fn csrf_from(html: &str) -> String {
     let marker = "name=\"csrf_token\" value=\"";
     let start = html.find(marker).expect("page has a csrf field") + marker.len();
-    html[start..]
-        .split('"')
-        .next()
-        .expect("csrf value")
-        .to_owned()
+    html[start..].split('"').next().expect("csrf value").to_owned()
 }
 
 /// Signs in through the form with a fresh GET first; returns the POST response.
-pub async fn sign_in(
-    app: &TestApp,
-    browser: &reqwest::Client,
-    email: &str,
-    password: &str,
-) -> reqwest::Response {
-    let page = browser
-        .get(app.url("/login"))
-        .send()
-        .await
-        .expect("login page")
-        .text()
-        .await
-        .expect("html");
+pub async fn sign_in(app: &TestApp, browser: &reqwest::Client, email: &str, password: &str) -> reqwest::Response {
+    let page = browser.get(app.url("/login")).send().await.expect("login page").text().await.expect("html");
     browser
         .post(app.url("/login"))
-        .form(&[
-            ("email", email),
-            ("password", password),
-            ("csrf_token", &csrf_from(&page)),
-        ])
+        .form(&[("email", email), ("password", password), ("csrf_token", &csrf_from(&page))])
         .send()
         .await
         .expect("login post")

@@ -7,9 +7,7 @@ const PASSWORD: &str = "correct horse battery";
 async fn app_with_owner() -> (TestApp, serde_json::Value) {
     let app = TestApp::spawn().await;
     let token = app.admin_token().await;
-    let account = app
-        .create_account(&token, "mario@esempio.it", PASSWORD)
-        .await;
+    let account = app.create_account(&token, "mario@esempio.it", PASSWORD).await;
     (app, account)
 }
 
@@ -31,41 +29,21 @@ async fn owner_signs_in_and_sees_who_they_are() {
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()["location"], "/");
     let cookie = session_cookie(&response).expect("session cookie set");
-    assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"),
-        "{cookie}"
-    );
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax") && cookie.contains("Path=/"), "{cookie}");
 
-    let home = browser
-        .get(app.url("/"))
-        .header("accept-language", "it-IT,it;q=0.9")
-        .send()
-        .await
-        .unwrap();
+    let home = browser.get(app.url("/")).header("accept-language", "it-IT,it;q=0.9").send().await.unwrap();
     assert_eq!(home.status(), 200);
     let html = home.text().await.unwrap();
-    assert!(
-        html.contains("Mario Rossi") && html.contains("mario@esempio.it"),
-        "{html}"
-    );
+    assert!(html.contains("Mario Rossi") && html.contains("mario@esempio.it"), "{html}");
     assert!(html.contains(">owner<") && html.contains("Bar Sport"));
-    assert!(
-        html.contains("Hai effettuato l'accesso"),
-        "Italian when the browser asks for it"
-    );
+    assert!(html.contains("Hai effettuato l'accesso"), "Italian when the browser asks for it");
 }
 
 #[tokio::test]
 async fn wrong_password_and_unknown_email_get_the_same_answer() {
     let (app, _) = app_with_owner().await;
     let wrong = sign_in(&app, &app.browser(), "mario@esempio.it", "not the password").await;
-    let unknown = sign_in(
-        &app,
-        &app.browser(),
-        "nobody@esempio.it",
-        "not the password",
-    )
-    .await;
+    let unknown = sign_in(&app, &app.browser(), "nobody@esempio.it", "not the password").await;
     assert_eq!(wrong.status(), 401);
     assert_eq!(unknown.status(), 401);
     assert!(session_cookie(&wrong).is_none() && session_cookie(&unknown).is_none());
@@ -74,9 +52,7 @@ async fn wrong_password_and_unknown_email_get_the_same_answer() {
     assert!(wrong.contains(message) && unknown.contains(message));
     // Apart from the echoed email and the CSRF token, the pages are the same.
     let strip = |html: &str| {
-        html.replace(&csrf_from(html), "")
-            .replace("nobody@esempio.it", "")
-            .replace("mario@esempio.it", "")
+        html.replace(&csrf_from(html), "").replace("nobody@esempio.it", "").replace("mario@esempio.it", "")
     };
     assert_eq!(strip(&wrong), strip(&unknown));
 }
@@ -96,11 +72,7 @@ async fn a_form_without_the_csrf_token_is_refused() {
     assert!(session_cookie(&missing).is_none());
     let forged = browser
         .post(app.url("/login"))
-        .form(&[
-            ("email", "mario@esempio.it"),
-            ("password", PASSWORD),
-            ("csrf_token", "A".repeat(43).as_str()),
-        ])
+        .form(&[("email", "mario@esempio.it"), ("password", PASSWORD), ("csrf_token", "A".repeat(43).as_str())])
         .send()
         .await
         .unwrap();
@@ -109,11 +81,7 @@ async fn a_form_without_the_csrf_token_is_refused() {
     let cold = app
         .browser()
         .post(app.url("/login"))
-        .form(&[
-            ("email", "mario@esempio.it"),
-            ("password", PASSWORD),
-            ("csrf_token", "x"),
-        ])
+        .form(&[("email", "mario@esempio.it"), ("password", PASSWORD), ("csrf_token", "x")])
         .send()
         .await
         .unwrap();
@@ -124,10 +92,8 @@ async fn a_form_without_the_csrf_token_is_refused() {
 async fn signing_in_again_rotates_the_session_id_and_logout_ends_it() {
     let (app, account) = app_with_owner().await;
     let browser = app.browser();
-    let first =
-        session_cookie(&sign_in(&app, &browser, "mario@esempio.it", PASSWORD).await).unwrap();
-    let second =
-        session_cookie(&sign_in(&app, &browser, "mario@esempio.it", PASSWORD).await).unwrap();
+    let first = session_cookie(&sign_in(&app, &browser, "mario@esempio.it", PASSWORD).await).unwrap();
+    let second = session_cookie(&sign_in(&app, &browser, "mario@esempio.it", PASSWORD).await).unwrap();
     assert_ne!(first, second, "a new id at every sign-in");
     let token = app.admin_token().await;
     let sessions_url = app.url(&format!(
@@ -135,50 +101,18 @@ async fn signing_in_again_rotates_the_session_id_and_logout_ends_it() {
         account["id"].as_str().unwrap(),
         account["owner"]["id"].as_str().unwrap()
     ));
-    let listed: serde_json::Value = app
-        .browser()
-        .get(&sessions_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        listed["sessions"].as_array().unwrap().len(),
-        1,
-        "the first session ended at the second sign-in"
-    );
+    let listed: serde_json::Value =
+        app.browser().get(&sessions_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 1, "the first session ended at the second sign-in");
 
-    let home = browser
-        .get(app.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let logout = browser
-        .post(app.url("/logout"))
-        .form(&[("csrf_token", csrf_from(&home))])
-        .send()
-        .await
-        .unwrap();
+    let home = browser.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    let logout = browser.post(app.url("/logout")).form(&[("csrf_token", csrf_from(&home))]).send().await.unwrap();
     assert_eq!(logout.status(), 303);
     let after = browser.get(app.url("/")).send().await.unwrap();
     assert_eq!(after.status(), 303, "signed out: back to the login page");
     assert_eq!(after.headers()["location"], "/login");
-    let listed: serde_json::Value = app
-        .browser()
-        .get(&sessions_url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: serde_json::Value =
+        app.browser().get(&sessions_url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     assert!(listed["sessions"].as_array().unwrap().is_empty());
 }
 
@@ -198,21 +132,10 @@ async fn disabled_users_cannot_sign_in_and_lose_their_sessions() {
     assert_eq!(created.status(), 201);
     let user: serde_json::Value = created.json().await.unwrap();
     let browser = app.browser();
-    assert_eq!(
-        sign_in(&app, &browser, "anna@esempio.it", PASSWORD)
-            .await
-            .status(),
-        303
-    );
-    assert_eq!(
-        browser.get(app.url("/")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(sign_in(&app, &browser, "anna@esempio.it", PASSWORD).await.status(), 303);
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 200);
 
-    let user_url = app.url(&format!(
-        "/api/v1/accounts/{account_id}/users/{}",
-        user["id"].as_str().unwrap()
-    ));
+    let user_url = app.url(&format!("/api/v1/accounts/{account_id}/users/{}", user["id"].as_str().unwrap()));
     let disabled = app
         .browser()
         .patch(&user_url)
@@ -222,17 +145,8 @@ async fn disabled_users_cannot_sign_in_and_lose_their_sessions() {
         .await
         .unwrap();
     assert_eq!(disabled.status(), 200);
-    assert_eq!(
-        browser.get(app.url("/")).send().await.unwrap().status(),
-        303,
-        "session ended"
-    );
-    assert_eq!(
-        sign_in(&app, &app.browser(), "anna@esempio.it", PASSWORD)
-            .await
-            .status(),
-        401
-    );
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 303, "session ended");
+    assert_eq!(sign_in(&app, &app.browser(), "anna@esempio.it", PASSWORD).await.status(), 401);
 }
 
 #[tokio::test]
@@ -240,58 +154,26 @@ async fn guessing_passwords_is_rate_limited_per_email() {
     let (app, _) = app_with_owner().await;
     let browser = app.browser();
     for _ in 0..10 {
-        assert_eq!(
-            sign_in(&app, &browser, "mario@esempio.it", "guess guess guess")
-                .await
-                .status(),
-            401
-        );
+        assert_eq!(sign_in(&app, &browser, "mario@esempio.it", "guess guess guess").await.status(), 401);
     }
     let limited = sign_in(&app, &browser, "mario@esempio.it", PASSWORD).await;
-    assert_eq!(
-        limited.status(),
-        429,
-        "even the right password waits once the limit is hit"
-    );
+    assert_eq!(limited.status(), 429, "even the right password waits once the limit is hit");
     app.clock.advance(time::Duration::minutes(15));
-    assert_eq!(
-        sign_in(&app, &browser, "mario@esempio.it", PASSWORD)
-            .await
-            .status(),
-        303,
-        "the window passes"
-    );
+    assert_eq!(sign_in(&app, &browser, "mario@esempio.it", PASSWORD).await.status(), 303, "the window passes");
 }
 
 #[tokio::test]
 async fn the_walkthrough_stores_rows_in_postgres_and_sessions_in_redis() {
-    let Some(app) = TestApp::spawn_on(Parts {
-        postgres: true,
-        redis: true,
-    })
-    .await
-    else {
+    let Some(app) = TestApp::spawn_on(Parts { postgres: true, redis: true }).await else {
         return;
     };
     let token = app.admin_token().await;
-    let account = app
-        .create_account(&token, "mario@esempio.it", PASSWORD)
-        .await;
+    let account = app.create_account(&token, "mario@esempio.it", PASSWORD).await;
     let browser = app.browser();
-    assert_eq!(
-        sign_in(&app, &browser, "mario@esempio.it", PASSWORD)
-            .await
-            .status(),
-        303
-    );
-    assert_eq!(
-        browser.get(app.url("/")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(sign_in(&app, &browser, "mario@esempio.it", PASSWORD).await.status(), 303);
+    assert_eq!(browser.get(app.url("/")).send().await.unwrap().status(), 200);
 
-    let mut pg = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url)
-        .await
-        .unwrap();
+    let mut pg = <sqlx::PgConnection as sqlx::Connection>::connect(&app.db.url).await.unwrap();
     let (name,): (String,) = sqlx::query_as("SELECT name FROM accounts WHERE id = $1")
         .bind(account["id"].as_str().unwrap())
         .fetch_one(&mut pg)
@@ -302,20 +184,16 @@ async fn the_walkthrough_stores_rows_in_postgres_and_sessions_in_redis() {
     let redis = app.redis.as_ref().unwrap();
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}s:*", redis.prefix))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}s:*", redis.prefix)).query_async(&mut conn).await.unwrap();
     assert_eq!(keys.len(), 1, "one session in Redis: {keys:?}");
 }
 
 #[tokio::test]
 async fn https_deployments_use_host_prefixed_secure_cookies() {
-    let app = TestApp::spawn_with(crate::harness::TestDb::sqlite(), None, |c| {
-        c.public_url = "https://id.example.com".into()
-    })
-    .await;
+    let app =
+        TestApp::spawn_with(crate::harness::TestDb::sqlite(), None, |c| c.public_url = "https://id.example.com".into())
+            .await;
     let page = app.browser().get(app.url("/login")).send().await.unwrap();
     let cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("__Host-ponte_csrf="), "{cookie}");
@@ -329,25 +207,17 @@ async fn https_deployments_use_host_prefixed_secure_cookies() {
     let html = page.text().await.unwrap();
     let csrf = crate::harness::csrf_from(&html);
     let token = app.admin_token().await;
-    app.create_account(&token, "mario@esempio.it", PASSWORD)
-        .await;
+    app.create_account(&token, "mario@esempio.it", PASSWORD).await;
     // The browser would only send it over https; the test hands it over itself.
     let signed_in = app
         .browser()
         .post(app.url("/login"))
         .header("cookie", format!("__Host-ponte_csrf={csrf}"))
-        .form(&[
-            ("email", "mario@esempio.it"),
-            ("password", PASSWORD),
-            ("csrf_token", csrf.as_str()),
-        ])
+        .form(&[("email", "mario@esempio.it"), ("password", PASSWORD), ("csrf_token", csrf.as_str())])
         .send()
         .await
         .unwrap();
     assert_eq!(signed_in.status(), 303);
     let session = signed_in.headers()["set-cookie"].to_str().unwrap();
-    assert!(
-        session.starts_with("__Host-ponte_session=") && session.contains("Secure"),
-        "{session}"
-    );
+    assert!(session.starts_with("__Host-ponte_session=") && session.contains("Secure"), "{session}");
 }

@@ -15,24 +15,10 @@ async fn checked_in_openapi_matches_the_code() {
         "openapi/openapi.json differs from the code; regenerate it with `cargo run -q --bin ponte -- openapi > openapi/openapi.json`"
     );
     let app = TestApp::spawn().await;
-    let served: serde_json::Value = app
-        .browser()
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        served,
-        serde_json::from_str::<serde_json::Value>(&generated).unwrap()
-    );
-    for path in [
-        "/api/v1/accounts",
-        "/api/v1/accounts/{account}/users/{user}",
-        "/oauth2/token",
-    ] {
+    let served: serde_json::Value =
+        app.browser().get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(served, serde_json::from_str::<serde_json::Value>(&generated).unwrap());
+    for path in ["/api/v1/accounts", "/api/v1/accounts/{account}/users/{user}", "/oauth2/token"] {
         assert!(served["paths"].get(path).is_some(), "{path} documented");
     }
 }

@@ -5,24 +5,8 @@ use crate::harness::{TestApp, TestDb};
 #[tokio::test]
 async fn healthy_and_ready_on_the_embedded_defaults() {
     let app = TestApp::spawn().await;
-    assert_eq!(
-        app.browser()
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.browser()
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.browser().get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(app.browser().get(app.url("/readyz")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -34,26 +18,13 @@ async fn not_ready_while_redis_is_unreachable() {
     .await;
     let response = app.browser().get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(response.status(), 503);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "not_ready");
     assert!(body["detail"].as_str().unwrap().contains("session store"));
-    assert_eq!(
-        app.browser()
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200,
-        "the process itself is up"
-    );
+    assert_eq!(app.browser().get(app.url("/healthz")).send().await.unwrap().status(), 200, "the process itself is up");
     // A page that needs the store answers 503, not 500.
-    let login =
-        crate::harness::sign_in(&app, &app.browser(), "a@esempio.it", "whatever password").await;
+    let login = crate::harness::sign_in(&app, &app.browser(), "a@esempio.it", "whatever password").await;
     assert_eq!(login.status(), 503);
 }
 
@@ -61,19 +32,8 @@ async fn not_ready_while_redis_is_unreachable() {
 async fn metrics_count_requests_by_route() {
     let app = TestApp::spawn().await;
     let _ = app.browser().get(app.url("/healthz")).send().await.unwrap();
-    let text = app
-        .browser()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.contains("http_requests_total") && text.contains("route=\"/healthz\""),
-        "{text}"
-    );
+    let text = app.browser().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("http_requests_total") && text.contains("route=\"/healthz\""), "{text}");
     assert!(text.contains("http_request_duration_seconds"));
 }
 
@@ -85,12 +45,7 @@ async fn database_away_means_503_not_500() {
     app.state.db.close().await;
     let ready = app.browser().get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
-    assert!(
-        ready.json::<serde_json::Value>().await.unwrap()["detail"]
-            .as_str()
-            .unwrap()
-            .contains("database")
-    );
+    assert!(ready.json::<serde_json::Value>().await.unwrap()["detail"].as_str().unwrap().contains("database"));
     let response = app
         .browser()
         .get(app.url("/api/v1/accounts/00000000-0000-0000-0000-000000000000"))
@@ -100,8 +55,5 @@ async fn database_away_means_503_not_500() {
         .unwrap();
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
-    assert_eq!(
-        response.json::<serde_json::Value>().await.unwrap()["code"],
-        "database_unavailable"
-    );
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["code"], "database_unavailable");
 }

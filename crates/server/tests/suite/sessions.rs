@@ -18,10 +18,7 @@ fn new_session(user: &str) -> NewSession {
     }
 }
 
-const POLICY: SessionPolicy = SessionPolicy {
-    idle: Duration::minutes(30),
-    absolute: Duration::hours(8),
-};
+const POLICY: SessionPolicy = SessionPolicy { idle: Duration::minutes(30), absolute: Duration::hours(8) };
 
 /// Runs `suite` on every store this run has.
 async fn on_every_store<F, Fut>(suite: F)
@@ -40,60 +37,22 @@ async fn create_get_and_idle_expiry() {
     on_every_store(|store| async move {
         let sessions = Sessions::new(store, POLICY);
         let clock = ManualClock::new(now());
-        let (token, created) = sessions
-            .create(new_session("u1"), clock.now())
-            .await
-            .unwrap();
+        let (token, created) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
         assert_eq!(token.expose().len(), 43, "256-bit token");
-        assert_ne!(
-            created.id,
-            token.expose(),
-            "the public id is not the cookie value"
-        );
-        assert_eq!(
-            sessions
-                .get(token.expose(), clock.now())
-                .await
-                .unwrap()
-                .unwrap()
-                .user_id,
-            "u1"
-        );
+        assert_ne!(created.id, token.expose(), "the public id is not the cookie value");
+        assert_eq!(sessions.get(token.expose(), clock.now()).await.unwrap().unwrap().user_id, "u1");
 
         // Used again before the idle timeout: the idle expiry moves forward.
         clock.advance(Duration::minutes(20));
-        let seen = sessions
-            .get(token.expose(), clock.now())
-            .await
-            .unwrap()
-            .expect("still live");
+        let seen = sessions.get(token.expose(), clock.now()).await.unwrap().expect("still live");
         assert!(seen.idle_expires_at > created.idle_expires_at);
         clock.advance(Duration::minutes(25));
-        assert!(
-            sessions
-                .get(token.expose(), clock.now())
-                .await
-                .unwrap()
-                .is_some(),
-            "45 min old but used 25 min ago"
-        );
+        assert!(sessions.get(token.expose(), clock.now()).await.unwrap().is_some(), "45 min old but used 25 min ago");
 
         // Then left alone for longer than the idle timeout.
         clock.advance(Duration::minutes(31));
-        assert!(
-            sessions
-                .get(token.expose(), clock.now())
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            sessions
-                .get("not-a-token", clock.now())
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(sessions.get(token.expose(), clock.now()).await.unwrap().is_none());
+        assert!(sessions.get("not-a-token", clock.now()).await.unwrap().is_none());
     })
     .await;
 }
@@ -103,32 +62,16 @@ async fn absolute_expiry_ends_even_a_busy_session() {
     on_every_store(|store| async move {
         let sessions = Sessions::new(store, POLICY);
         let clock = ManualClock::new(now());
-        let (token, _) = sessions
-            .create(new_session("u1"), clock.now())
-            .await
-            .unwrap();
+        let (token, _) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
         for _ in 0..31 {
             clock.advance(Duration::minutes(15));
             if clock.now() >= now() + Duration::hours(8) {
                 break;
             }
-            assert!(
-                sessions
-                    .get(token.expose(), clock.now())
-                    .await
-                    .unwrap()
-                    .is_some()
-            );
+            assert!(sessions.get(token.expose(), clock.now()).await.unwrap().is_some());
         }
         clock.advance(Duration::minutes(15));
-        assert!(
-            sessions
-                .get(token.expose(), clock.now())
-                .await
-                .unwrap()
-                .is_none(),
-            "past 8 hours however busy"
-        );
+        assert!(sessions.get(token.expose(), clock.now()).await.unwrap().is_none(), "past 8 hours however busy");
     })
     .await;
 }
@@ -138,74 +81,28 @@ async fn list_revoke_and_revoke_all() {
     on_every_store(|store| async move {
         let sessions = Sessions::new(store, POLICY);
         let clock = ManualClock::new(now());
-        let (a, _) = sessions
-            .create(new_session("u1"), clock.now())
-            .await
-            .unwrap();
+        let (a, _) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
         clock.advance(Duration::seconds(5));
-        let (b, sb) = sessions
-            .create(new_session("u1"), clock.now())
-            .await
-            .unwrap();
-        let (other, _) = sessions
-            .create(new_session("u2"), clock.now())
-            .await
-            .unwrap();
+        let (b, sb) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
+        let (other, _) = sessions.create(new_session("u2"), clock.now()).await.unwrap();
 
         let listed = sessions.list_for_user("u1", clock.now()).await.unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].id, sb.id, "newest first");
 
-        assert!(
-            !sessions.revoke("u2", &sb.id).await.unwrap(),
-            "cannot revoke another user's session"
-        );
+        assert!(!sessions.revoke("u2", &sb.id).await.unwrap(), "cannot revoke another user's session");
         assert!(sessions.revoke("u1", &sb.id).await.unwrap());
-        assert!(
-            sessions
-                .get(b.expose(), clock.now())
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            !sessions.revoke("u1", &sb.id).await.unwrap(),
-            "already gone"
-        );
+        assert!(sessions.get(b.expose(), clock.now()).await.unwrap().is_none());
+        assert!(!sessions.revoke("u1", &sb.id).await.unwrap(), "already gone");
 
         assert_eq!(sessions.revoke_all_for_user("u1").await.unwrap(), 1);
-        assert!(
-            sessions
-                .get(a.expose(), clock.now())
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            sessions
-                .list_for_user("u1", clock.now())
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert!(
-            sessions
-                .get(other.expose(), clock.now())
-                .await
-                .unwrap()
-                .is_some(),
-            "other users keep theirs"
-        );
+        assert!(sessions.get(a.expose(), clock.now()).await.unwrap().is_none());
+        assert!(sessions.list_for_user("u1", clock.now()).await.unwrap().is_empty());
+        assert!(sessions.get(other.expose(), clock.now()).await.unwrap().is_some(), "other users keep theirs");
 
         // Expired sessions drop out of the list.
         clock.advance(Duration::minutes(31));
-        assert!(
-            sessions
-                .list_for_user("u2", clock.now())
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(sessions.list_for_user("u2", clock.now()).await.unwrap().is_empty());
     })
     .await;
 }
@@ -215,52 +112,15 @@ async fn rotation_issues_a_new_id_and_kills_the_old_one() {
     on_every_store(|store| async move {
         let sessions = Sessions::new(store, POLICY);
         let clock = ManualClock::new(now());
-        let (old, old_session) = sessions
-            .create(new_session("u1"), clock.now())
-            .await
-            .unwrap();
-        let (new, new_session) = sessions
-            .rotate(old.expose(), clock.now())
-            .await
-            .unwrap()
-            .expect("rotated");
+        let (old, old_session) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
+        let (new, new_session) = sessions.rotate(old.expose(), clock.now()).await.unwrap().expect("rotated");
         assert_ne!(old.expose(), new.expose());
         assert_ne!(old_session.id, new_session.id);
-        assert_eq!(
-            new_session.created_at, old_session.created_at,
-            "rotation keeps the sign-in time"
-        );
-        assert!(
-            sessions
-                .get(old.expose(), clock.now())
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert_eq!(
-            sessions
-                .get(new.expose(), clock.now())
-                .await
-                .unwrap()
-                .unwrap()
-                .user_id,
-            "u1"
-        );
-        assert_eq!(
-            sessions
-                .list_for_user("u1", clock.now())
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
-        assert!(
-            sessions
-                .rotate(old.expose(), clock.now())
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert_eq!(new_session.created_at, old_session.created_at, "rotation keeps the sign-in time");
+        assert!(sessions.get(old.expose(), clock.now()).await.unwrap().is_none());
+        assert_eq!(sessions.get(new.expose(), clock.now()).await.unwrap().unwrap().user_id, "u1");
+        assert_eq!(sessions.list_for_user("u1", clock.now()).await.unwrap().len(), 1);
+        assert!(sessions.rotate(old.expose(), clock.now()).await.unwrap().is_none());
     })
     .await;
 }
@@ -269,15 +129,8 @@ async fn rotation_issues_a_new_id_and_kills_the_old_one() {
 async fn one_time_values_are_taken_once_and_counters_count() {
     on_every_store(|store| async move {
         store.put_once("flow-1", "state", 60).await.unwrap();
-        assert_eq!(
-            store.take_once("flow-1").await.unwrap().as_deref(),
-            Some("state")
-        );
-        assert_eq!(
-            store.take_once("flow-1").await.unwrap(),
-            None,
-            "a replay gets nothing"
-        );
+        assert_eq!(store.take_once("flow-1").await.unwrap().as_deref(), Some("state"));
+        assert_eq!(store.take_once("flow-1").await.unwrap(), None, "a replay gets nothing");
         assert_eq!(store.incr("counter", 60).await.unwrap(), 1);
         assert_eq!(store.incr("counter", 60).await.unwrap(), 2);
         store.ping().await.unwrap();
@@ -290,23 +143,11 @@ async fn a_logout_racing_a_touch_stays_logged_out() {
     on_every_store(|store| async move {
         let sessions = Sessions::new(store.clone(), POLICY);
         let clock = ManualClock::new(now());
-        let (token, session) = sessions
-            .create(new_session("u1"), clock.now())
-            .await
-            .unwrap();
+        let (token, session) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
         store.remove(&session.id, "u1").await.unwrap();
-        assert!(
-            !store.replace(&session.id, "{}", 60).await.unwrap(),
-            "replace must not resurrect"
-        );
+        assert!(!store.replace(&session.id, "{}", 60).await.unwrap(), "replace must not resurrect");
         clock.advance(Duration::minutes(2));
-        assert!(
-            sessions
-                .get(token.expose(), clock.now())
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(sessions.get(token.expose(), clock.now()).await.unwrap().is_none());
     })
     .await;
 }

@@ -1,0 +1,102 @@
+//! What every browser-facing route shares: cookies, CSRF, the current session, pages.
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use ponte_identity::secret::{constant_time_eq, random_token};
+use ponte_identity::session::Session;
+
+use crate::extract::page_headers;
+use crate::html::{Lang, escape, layout};
+use crate::problem::Problem;
+use crate::state::AppState;
+
+/// Name of the session cookie.
+pub const SESSION: &str = "ponte_session";
+/// Name of the CSRF cookie.
+pub const CSRF: &str = "ponte_csrf";
+
+/// A cookie's name as sent: `__Host-` prefixed on https.
+pub fn cookie_name(state: &AppState, base: &'static str) -> String {
+    if state.config.is_https() { format!("__Host-{base}") } else { base.to_owned() }
+}
+
+/// A host-only, HttpOnly, SameSite=Lax cookie (Secure on https).
+pub fn cookie<'a>(state: &AppState, base: &'static str, value: String) -> Cookie<'a> {
+    Cookie::build(cookie_name(state, base), value)
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(state.config.is_https())
+        .finish()
+}
+
+/// A cookie that deletes `base`.
+pub fn removal<'a>(state: &AppState, base: &'static str) -> Cookie<'a> {
+    let mut c = cookie(state, base, String::new());
+    c.make_removal();
+    c
+}
+
+/// The browser's CSRF token, or a fresh one that the response must set (`true`).
+pub fn csrf_token(req: &HttpRequest, state: &AppState) -> (String, bool) {
+    match req.cookie(&cookie_name(state, CSRF)) {
+        Some(c) if c.value().len() == 43 => (c.value().to_owned(), false),
+        _ => (random_token(), true),
+    }
+}
+
+/// Double-submit check: the form must carry the value of the browser's CSRF cookie.
+pub fn csrf_ok(req: &HttpRequest, state: &AppState, submitted: Option<&str>) -> bool {
+    match (req.cookie(&cookie_name(state, CSRF)), submitted) {
+        (Some(cookie), Some(form)) => !form.is_empty() && constant_time_eq(cookie.value().as_bytes(), form.as_bytes()),
+        _ => false,
+    }
+}
+
+/// The session cookie's value, if any.
+pub fn session_token(req: &HttpRequest, state: &AppState) -> Option<String> {
+    req.cookie(&cookie_name(state, SESSION)).map(|c| c.value().to_owned())
+}
+
+/// The live session of this browser, if any.
+pub async fn current_session(req: &HttpRequest, state: &AppState) -> Result<Option<Session>, Problem> {
+    match session_token(req, state) {
+        Some(token) => Ok(state.sessions.get(&token, state.now()).await?),
+        None => Ok(None),
+    }
+}
+
+/// Ends this browser's session and every refresh token that came from it.
+pub async fn end_session(req: &HttpRequest, state: &AppState) -> Result<(), Problem> {
+    if let Some(token) = session_token(req, state) {
+        if let Some(session) = state.sessions.get(&token, state.now()).await? {
+            state.refresh.revoke_session(&session.id, state.now()).await?;
+        }
+        state.sessions.revoke_token(&token).await?;
+    }
+    Ok(())
+}
+
+/// A server-rendered page with the security headers.
+pub fn page(status: StatusCode, lang: Lang, title: &str, body: &str) -> HttpResponse {
+    let mut response =
+        HttpResponse::build(status).content_type("text/html; charset=utf-8").body(layout(lang, title, body));
+    page_headers(&mut response);
+    response
+}
+
+/// A page that explains a refusal, in the browser's language.
+pub fn error_page(req: &HttpRequest, status: StatusCode, code: &str, it: &str, en: &str) -> HttpResponse {
+    let lang = Lang::from_request(req);
+    let title = lang.pick("Impossibile continuare", "Cannot continue");
+    let body = format!(
+        r#"<h1>{title}</h1><p class="error" role="alert" data-code="{code}">{message}</p>"#,
+        code = escape(code),
+        message = escape(match lang {
+            Lang::It => it,
+            Lang::En => en,
+        }),
+    );
+    page(status, lang, title, &body)
+}
