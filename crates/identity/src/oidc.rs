@@ -51,6 +51,18 @@ pub struct AuthorizationRequest {
     pub login_hint: Option<String>,
     /// When the request arrived (Unix seconds): a forced login must be newer.
     pub received_at: i64,
+    /// Set when the browser was sent to the login page for this request: the session it
+    /// had then (if any). A different session on return is a fresh sign-in, even within
+    /// the same second.
+    #[serde(default)]
+    pub sent_to_login: Option<SentToLogin>,
+}
+
+/// The session a browser had when it was sent to sign in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentToLogin {
+    /// The session id then, if there was one.
+    pub stale_sid: Option<String>,
 }
 
 /// Why an authorization request is refused.
@@ -172,6 +184,7 @@ pub fn validate_request(
         max_age,
         login_hint,
         received_at: to_unix(now),
+        sent_to_login: None,
     })
 }
 
@@ -197,19 +210,20 @@ pub enum LoginNeed {
     Required,
 }
 
-/// Decides whether the session (signed in at `auth_time`, if any) satisfies the request:
-/// `prompt=login` and `max_age=0` need a sign-in after the request arrived; `max_age=N`
-/// needs one in the last N seconds.
-pub fn login_need(request: &AuthorizationRequest, auth_time: Option<i64>, now: OffsetDateTime) -> LoginNeed {
-    let Some(auth_time) = auth_time else { return LoginNeed::Required };
-    let fresh_after = if request.prompt.contains(&Prompt::Login) { Some(request.received_at) } else { None };
-    let max_age_after = request.max_age.map(|age| to_unix(now) - age);
-    let needed_after = match (fresh_after, max_age_after) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
-    match needed_after {
-        Some(after) if auth_time < after => LoginNeed::Required,
+/// Decides whether the session (`sid`, signed in at `auth_time`) satisfies the request.
+/// `prompt=login` needs a sign-in made for this request: a session that is new since the
+/// browser was sent to the login page. `max_age=N` needs a sign-in in the last N seconds.
+pub fn login_need(request: &AuthorizationRequest, session: Option<(&str, i64)>, now: OffsetDateTime) -> LoginNeed {
+    let Some((sid, auth_time)) = session else { return LoginNeed::Required };
+    let signed_in_for_this = request.sent_to_login.as_ref().is_some_and(|sent| sent.stale_sid.as_deref() != Some(sid));
+    if signed_in_for_this {
+        return LoginNeed::Satisfied;
+    }
+    if request.prompt.contains(&Prompt::Login) {
+        return LoginNeed::Required;
+    }
+    match request.max_age {
+        Some(age) if auth_time < to_unix(now) - age => LoginNeed::Required,
         _ => LoginNeed::Satisfied,
     }
 }
@@ -445,13 +459,16 @@ mod tests {
         let mut req = validate_request(&params(&good()), Some(&client()), NOW).unwrap();
         let t = NOW.unix_timestamp();
         assert_eq!(login_need(&req, None, NOW), LoginNeed::Required);
-        assert_eq!(login_need(&req, Some(t - 86_400), NOW), LoginNeed::Satisfied);
+        assert_eq!(login_need(&req, Some(("s1", t - 86_400)), NOW), LoginNeed::Satisfied);
         req.prompt = vec![Prompt::Login];
-        assert_eq!(login_need(&req, Some(t - 1), NOW), LoginNeed::Required, "a session older than the request");
-        assert_eq!(login_need(&req, Some(t), NOW), LoginNeed::Satisfied, "signed in after the request");
+        assert_eq!(login_need(&req, Some(("s1", t)), NOW), LoginNeed::Required, "even a session from this very second");
+        req.sent_to_login = Some(SentToLogin { stale_sid: Some("s1".into()) });
+        assert_eq!(login_need(&req, Some(("s1", t)), NOW), LoginNeed::Required, "the same session came back");
+        assert_eq!(login_need(&req, Some(("s2", t)), NOW), LoginNeed::Satisfied, "signed in anew for this request");
         req.prompt = vec![];
+        req.sent_to_login = None;
         req.max_age = Some(300);
-        assert_eq!(login_need(&req, Some(t - 301), NOW), LoginNeed::Required);
-        assert_eq!(login_need(&req, Some(t - 299), NOW), LoginNeed::Satisfied);
+        assert_eq!(login_need(&req, Some(("s1", t - 301)), NOW), LoginNeed::Required);
+        assert_eq!(login_need(&req, Some(("s1", t - 299)), NOW), LoginNeed::Satisfied);
     }
 }

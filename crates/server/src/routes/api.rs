@@ -323,7 +323,8 @@ async fn hash_optional_password(password: Option<String>, field: &'static str) -
 fn guard_owner(caller: &Caller, target: &User) -> Result<(), Problem> {
     match caller {
         Caller::User { role, .. } if target.role == Role::Owner && *role != Role::Owner => {
-            Err(Problem::new(actix_web::http::StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail("Only the owner may change the owner."))
+            Err(Problem::new(actix_web::http::StatusCode::FORBIDDEN, "forbidden", "Forbidden")
+                .detail("Only the owner may change the owner."))
         }
         _ => Ok(()),
     }

@@ -8,7 +8,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::client::Client;
 use ponte_identity::oidc::{
-    AuthorizationRequest, CodeGrant, LoginNeed, Prompt, RequestError, login_need, validate_request,
+    AuthorizationRequest, CodeGrant, LoginNeed, Prompt, RequestError, SentToLogin, login_need, validate_request,
 };
 use ponte_identity::secret::{digest, random_token};
 use ponte_identity::session::Session;
@@ -180,8 +180,9 @@ async fn proceed(
             session = None;
         }
     }
-    let auth_time = session.as_ref().map(|s| s.created_at.unix_timestamp());
-    let session = match (login_need(&request, auth_time, now), session) {
+    let current = session.as_ref().map(|s| (s.id.as_str(), s.created_at.unix_timestamp()));
+    let need = login_need(&request, current, now);
+    let session = match (need, session) {
         (LoginNeed::Satisfied, Some(s)) => s,
         _ if request.prompt.contains(&Prompt::None) => {
             return Ok(redirect_error(
@@ -192,7 +193,9 @@ async fn proceed(
                 "The user is not signed in.",
             ));
         }
-        _ => {
+        (_, stale) => {
+            let mut request = request;
+            request.sent_to_login = Some(SentToLogin { stale_sid: stale.map(|s| s.id) });
             let id = store_pending(state, &request).await?;
             return Ok(HttpResponse::SeeOther()
                 .insert_header((header::LOCATION, format!("/login?authz={id}")))

@@ -31,6 +31,11 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Where test browser clients are sent back (nothing listens: tests read the redirect).
+pub const REDIRECT_URI: &str = "http://127.0.0.1:9/callback";
+/// Where test browser clients go after logout.
+pub const POST_LOGOUT_URI: &str = "http://127.0.0.1:9/logged-out";
+
 /// A database of the test's own: a SQLite file in a temp folder, or a fresh PostgreSQL
 /// database dropped afterwards.
 pub struct TestDb {
@@ -208,6 +213,29 @@ impl TestApp {
             .await
             .expect("client registered");
         (client.id, secret.expect("confidential client has a secret"))
+    }
+
+    /// Registers a browser client (authorization_code + refresh_token) and returns
+    /// (id, secret); `None` secret for a public client.
+    pub async fn register_browser_client(&self, first_party: bool, public: bool) -> (String, Option<String>) {
+        let (client, secret) = self
+            .state
+            .clients
+            .create(
+                NewClient {
+                    name: "Shop".into(),
+                    grants: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+                    scopes: vec![],
+                    redirect_uris: vec![REDIRECT_URI.into()],
+                    post_logout_redirect_uris: vec![POST_LOGOUT_URI.into()],
+                    first_party,
+                    public,
+                },
+                self.clock.now_for_test(),
+            )
+            .await
+            .expect("client registered");
+        (client.id, secret)
     }
 
     /// A `ponte.admin` access token from the token endpoint.

@@ -13,6 +13,7 @@ mod api;
 mod errors;
 mod login;
 mod oauth;
+mod oidc;
 mod openapi;
 mod ops;
 mod sessions;

@@ -38,7 +38,8 @@ async fn client_credentials_with_basic_or_post_gives_an_at_jwt() {
         .unwrap();
     assert_eq!(post.status(), 200);
     let token = post.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
-    let claims = app.state.keys.ring().verify_access_token(&token, &app.state.issuer, "ponte-api", app.state.now()).unwrap();
+    let claims =
+        app.state.keys.ring().verify_access_token(&token, &app.state.issuer, "ponte-api", app.state.now()).unwrap();
     assert_eq!(claims.sub, id);
     assert_eq!(claims.client_id, id);
     assert!(!claims.jti.is_empty() && claims.exp - claims.iat == 600);

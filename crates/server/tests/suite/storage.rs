@@ -158,8 +158,11 @@ async fn clients_keep_only_a_digest_of_their_secret() {
     }
 }
 
-const POLICY: KeyPolicy =
-    KeyPolicy { alg: SigningAlg::ES256, max_token_lifetime: time::Duration::minutes(10), rotate_after: time::Duration::days(30) };
+const POLICY: KeyPolicy = KeyPolicy {
+    alg: SigningAlg::ES256,
+    max_token_lifetime: time::Duration::minutes(10),
+    rotate_after: time::Duration::days(30),
+};
 
 #[tokio::test]
 async fn signing_keys_are_made_once_sealed_and_rotated() {
@@ -175,7 +178,10 @@ async fn signing_keys_are_made_once_sealed_and_rotated() {
         let statuses: Vec<KeyStatus> = published.iter().map(|k| k.status).collect();
         assert_eq!(statuses, vec![KeyStatus::Current, KeyStatus::Next], "the next key is published ahead of use");
         assert!(published[0].private_sealed.starts_with(&format!("v1.{}.", master.id())));
-        assert!(KeyRing::load_or_create(&repo, &MasterKey::generate(), &POLICY, t0).await.is_err(), "another master key cannot open it");
+        assert!(
+            KeyRing::load_or_create(&repo, &MasterKey::generate(), &POLICY, t0).await.is_err(),
+            "another master key cannot open it"
+        );
 
         let next = published[1].kid.clone();
         let rotation = rotate(&repo, &master, &POLICY, t0).await.unwrap();
