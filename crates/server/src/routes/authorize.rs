@@ -174,11 +174,11 @@ async fn proceed(
     let now = state.now();
     let mut session = current_session(req, state).await?;
     // A session whose user or account was turned off does not count.
-    if let Some(s) = &session {
-        if !user_may_sign_in(state, s).await? {
-            end_session(req, state).await?;
-            session = None;
-        }
+    if let Some(s) = &session
+        && !user_may_sign_in(state, s).await?
+    {
+        end_session(req, state).await?;
+        session = None;
     }
     let current = session.as_ref().map(|s| (s.id.as_str(), s.created_at.unix_timestamp()));
     let need = login_need(&request, current, now);

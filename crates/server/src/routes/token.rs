@@ -361,14 +361,14 @@ async fn authorization_code(
     let store = state.sessions.store();
     let Some(json) = store.take_once(&code_key(code)).await.map_err(Problem::from)? else {
         // A replayed code: whatever its first redemption issued is revoked (RFC 9700 §4.5).
-        if let Some(redeemed) = store.take_once(&redeemed_key(code)).await.map_err(Problem::from)? {
-            if let Ok(redeemed) = serde_json::from_str::<RedeemedCode>(&redeemed) {
-                if let Some(family) = &redeemed.family_id {
-                    state.refresh.revoke(family, state.now()).await.map_err(Problem::from)?;
-                }
-                deny_access_token(state, &redeemed.access_jti, redeemed.access_exp).await?;
-                tracing::warn!(client_id = %client.id, "authorization code replayed; its tokens were revoked");
+        if let Some(redeemed) = store.take_once(&redeemed_key(code)).await.map_err(Problem::from)?
+            && let Ok(redeemed) = serde_json::from_str::<RedeemedCode>(&redeemed)
+        {
+            if let Some(family) = &redeemed.family_id {
+                state.refresh.revoke(family, state.now()).await.map_err(Problem::from)?;
             }
+            deny_access_token(state, &redeemed.access_jti, redeemed.access_exp).await?;
+            tracing::warn!(client_id = %client.id, "authorization code replayed; its tokens were revoked");
         }
         return Err(OAuthError::invalid_grant("The code is invalid, expired or already used.").into());
     };
@@ -508,21 +508,21 @@ pub async fn introspect(
         return Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(body));
     }
     // Refresh tokens are only described to the client they were issued to.
-    if let Some(id) = family_of(token) {
-        if let Some(family) = state.refresh.find(id).await.map_err(Problem::from)? {
-            if family.client_id == client.id && judge(&family, token, state.now()) == Verdict::Rotate {
-                return Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
-                    "active": true,
-                    "token_type": "refresh_token",
-                    "client_id": family.client_id,
-                    "sub": family.user_id,
-                    "scope": family.scope,
-                    "exp": family.expires_at.unix_timestamp(),
-                    "iat": family.rotated_at.unix_timestamp(),
-                    "iss": state.issuer,
-                })));
-            }
-        }
+    if let Some(id) = family_of(token)
+        && let Some(family) = state.refresh.find(id).await.map_err(Problem::from)?
+        && family.client_id == client.id
+        && judge(&family, token, state.now()) == Verdict::Rotate
+    {
+        return Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
+            "active": true,
+            "token_type": "refresh_token",
+            "client_id": family.client_id,
+            "sub": family.user_id,
+            "scope": family.scope,
+            "exp": family.expires_at.unix_timestamp(),
+            "iat": family.rotated_at.unix_timestamp(),
+            "iss": state.issuer,
+        })));
     }
     Ok(inactive())
 }
@@ -543,15 +543,16 @@ pub async fn revoke(
         return Err(OAuthError::new("invalid_request", "token is required.").into());
     };
     if let Some(id) = family_of(token) {
-        if let Some(family) = state.refresh.find(id).await.map_err(Problem::from)? {
-            if family.client_id == client.id && judge(&family, token, state.now()) != Verdict::Dead {
-                state.refresh.revoke(&family.id, state.now()).await.map_err(Problem::from)?;
-            }
+        if let Some(family) = state.refresh.find(id).await.map_err(Problem::from)?
+            && family.client_id == client.id
+            && judge(&family, token, state.now()) != Verdict::Dead
+        {
+            state.refresh.revoke(&family.id, state.now()).await.map_err(Problem::from)?;
         }
-    } else if let Some(claims) = verify_access(&state, token).await? {
-        if claims.client_id == client.id {
-            deny_access_token(&state, &claims.jti, claims.exp).await?;
-        }
+    } else if let Some(claims) = verify_access(&state, token).await?
+        && claims.client_id == client.id
+    {
+        deny_access_token(&state, &claims.jti, claims.exp).await?;
     }
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish())
 }
