@@ -38,35 +38,96 @@ export async function startPonte(extraEnv = {}) {
   let stderr = '';
   child.stderr.on('data', (chunk) => { stderr += chunk; });
   const exited = new Promise((ok) => child.once('exit', (code, signal) => ok({ code, signal })));
+  const spawned = new Promise((ok) => { child.once('spawn', () => ok(null)); child.once('error', ok); });
 
+  async function stop() {
+    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+      child.kill('SIGTERM');
+      const killer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(killer);
+    }
+    await rm(dataDir, { recursive: true, force: true });
+    return child.pid === undefined ? { code: null, signal: null } : exited;
+  }
+
+  const spawnError = await spawned;
+  if (spawnError) {
+    await rm(dataDir, { recursive: true, force: true });
+    throw new Error(`cannot start ${ponteBin}: ${spawnError.message}`);
+  }
   const deadline = Date.now() + 20_000;
   for (;;) {
     try {
-      const r = await fetch(`${base}/healthz`);
+      const r = await fetch(`${base}/healthz`, { signal: AbortSignal.timeout(2_000) });
       if (r.ok) break;
     } catch { /* not listening yet */ }
-    if (child.exitCode !== null) throw new Error(`ponte exited early:\n${stderr}`);
-    if (Date.now() > deadline) throw new Error(`ponte did not become healthy:\n${stderr}`);
+    if (child.exitCode !== null) {
+      await stop();
+      throw new Error(`ponte exited early (code ${child.exitCode}):\n${stderr}`);
+    }
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`ponte did not become healthy within 20 s:\n${stderr}`);
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
 
-  return {
+  let admin;
+  let users = 0;
+  const ponte = {
     base,
     dataDir,
     env,
     /** Runs `ponte <args>` against the same configuration and returns stdout. */
     async cli(...args) {
-      const { stdout } = await run(ponteBin, args, { env });
-      return stdout;
+      try {
+        const { stdout } = await run(ponteBin, args, { env, timeout: 30_000 });
+        return stdout;
+      } catch (error) {
+        throw new Error(`\`ponte ${args.join(' ')}\` failed (code ${error.code}, signal ${error.signal}):\n${error.stderr ?? error.message}`);
+      }
     },
     stderr: () => stderr,
-    async stop() {
-      child.kill('SIGTERM');
-      const result = await exited;
-      await rm(dataDir, { recursive: true, force: true });
-      return result;
+    /** A bearer token with scope ponte.admin, from a client_credentials client made once. */
+    async adminToken() {
+      if (!admin) {
+        const created = JSON.parse(await ponte.cli('client', 'create', '--name', 'pos-backend', '--grant', 'client_credentials', '--scope', 'ponte.admin'));
+        const response = await fetch(`${base}/oauth2/token`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/x-www-form-urlencoded' },
+          body: new URLSearchParams({ grant_type: 'client_credentials', client_id: created.client_id, client_secret: created.client_secret }),
+          signal: AbortSignal.timeout(10_000),
+        });
+        if (response.status !== 200) throw new Error(`admin token: ${response.status} ${await response.text()}`);
+        admin = { ...created, ...(await response.json()) };
+      }
+      return admin.access_token;
     },
+    /**
+     * A new account with its owner, who can sign in with the returned email and
+     * password. Each call makes a different person (the login rate limit is per email).
+     */
+    async newUser(label = 'user') {
+      const n = ++users;
+      const person = {
+        email: `${label}-${n}@esempio.it`,
+        name: `Utente ${label} ${n}`,
+        password: `una password lunga ${n}`,
+      };
+      const response = await fetch(`${base}/api/v1/accounts`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${await ponte.adminToken()}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ name: `Negozio ${label} ${n}`, owner: person }),
+        signal: AbortSignal.timeout(10_000),
+      });
+      if (response.status !== 201) throw new Error(`create account: ${response.status} ${await response.text()}`);
+      const created = await response.json();
+      return { ...person, accountId: created.id, userId: created.owner.id, role: created.owner.role };
+    },
+    stop,
   };
+  return ponte;
 }
 
 /** The value of a form's hidden csrf_token field. */
