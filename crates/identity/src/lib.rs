@@ -16,5 +16,6 @@ pub mod seal;
 pub mod secret;
 pub mod session;
 pub mod token;
+pub mod upstream;
 
 pub use error::{Error, Result};

@@ -146,7 +146,9 @@ pub struct IdTokenClaims {
 }
 
 impl KeyRing {
-    fn sign<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String> {
+    /// Signs arbitrary claims with the current key and the given `typ` (logout tokens,
+    /// tests).
+    pub fn sign<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String> {
         let (key, alg) = self.signing_key();
         let mut header = Header::new(alg);
         header.typ = Some(typ.to_owned());

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod email;
 pub mod error;
 pub mod ids;
+pub mod links;
 pub mod store;
 
 pub use error::{Error, Result};

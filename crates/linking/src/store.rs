@@ -135,7 +135,7 @@ async fn insert_user(
     }
 }
 
-async fn insert_audit(executor: impl sqlx::Executor<'_, Database = Any>, entry: &AuditEntry) -> Result<()> {
+pub(crate) async fn insert_audit(executor: impl sqlx::Executor<'_, Database = Any>, entry: &AuditEntry) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_entries (id, account_id, actor, action, target, detail, ip, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )

@@ -15,6 +15,8 @@ use ponte_identity::oidc::SqlConsents;
 use ponte_identity::refresh::SqlRefresh;
 use ponte_identity::seal::MasterKey;
 use ponte_identity::session::{MemoryStore, RedisStore, SessionPolicy, SessionStore, Sessions};
+use ponte_identity::upstream::{Upstream, http_client};
+use ponte_linking::links::SqlLinks;
 use ponte_linking::store::SqlDirectory;
 use time::Duration;
 use tracing_actix_web::TracingLogger;
@@ -112,8 +114,19 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         idle: Duration::seconds(config.session_idle_secs as i64),
         absolute: Duration::seconds(config.session_absolute_secs as i64),
     };
+    let http = http_client().map_err(|e| StartError::Setup(e.to_string()))?;
+    let mut providers = std::collections::BTreeMap::new();
+    for (id, provider) in &config.providers {
+        let upstream = Upstream::new(id, provider.clone(), http.clone())
+            .map_err(|e| StartError::Setup(format!("providers.{id}: {e}")))?;
+        providers.insert(id.clone(), Arc::new(upstream));
+    }
+    let mailer = Arc::new(crate::mail::FileOutbox::new(config.data_dir.join("outbox")));
     Ok(AppState {
         issuer: config.issuer(),
+        providers: Arc::new(providers),
+        links: Arc::new(SqlLinks::new(db.clone())),
+        mailer,
         sessions: Sessions::new(session_store(&config)?, policy),
         directory: Arc::new(SqlDirectory::new(db.clone())),
         clients: Arc::new(SqlClients::new(db.clone())),
@@ -164,9 +177,15 @@ impl Application {
 
     /// Builds with an injected clock (tests), binding `config.bind` (port 0 picks one).
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(&config.bind)?;
+        Self::build_on(listener, config, clock).await
+    }
+
+    /// Builds on a listener bound by the caller (tests that need the port before the
+    /// configuration, e.g. to make it the issuer).
+    pub async fn build_on(listener: TcpListener, config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         // Install the recorder before the first request so nothing is counted into the void.
         telemetry::metrics_handle();
-        let listener = TcpListener::bind(&config.bind)?;
         let port = listener.local_addr()?.port();
         let workers = config.workers;
         let state = build_state(config, clock).await?;

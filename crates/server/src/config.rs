@@ -87,6 +87,11 @@ pub struct Config {
     pub key_reload_secs: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Assert `email_verified: true` for users' emails in ID tokens and userinfo (set it
+    /// when the POS backend only provisions verified addresses).
+    pub assert_email_verified: bool,
+    /// Upstream OpenID Providers by id (`[providers.<id>]`).
+    pub providers: std::collections::BTreeMap<String, ponte_identity::upstream::ProviderConfig>,
 }
 
 impl Default for Config {
@@ -112,6 +117,8 @@ impl Default for Config {
             key_rotation_days: 30,
             key_reload_secs: 30,
             max_body_bytes: 64 * 1024,
+            assert_email_verified: false,
+            providers: Default::default(),
         }
     }
 }
@@ -156,7 +163,11 @@ impl Config {
         figment = figment.merge(
             Env::prefixed("PONTE_")
                 // PONTE_CONFIG names the file itself; PONTE_TEST_* belong to the test suites.
-                .filter(|k| k != "config" && !k.starts_with("test_") && !k.as_str().ends_with("_file"))
+                .filter(|k| {
+                    k != "config"
+                        && !k.starts_with("test_")
+                        && !SECRET_KEYS.iter().any(|s| k.as_str() == format!("{s}_file"))
+                })
                 .split("__"),
         );
         for key in SECRET_KEYS {
@@ -200,6 +211,19 @@ impl Config {
             return Err(ConfigError::Invalid("token lifetimes and key intervals must be greater than zero".into()));
         }
         ponte_identity::keys::SigningAlg::parse(&self.signing_alg).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (id, provider) in &self.providers {
+            let id_ok = !id.is_empty()
+                && id.len() <= 32
+                && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !id_ok {
+                return Err(ConfigError::Invalid(format!("provider id {id:?}: use lowercase letters, digits and '-'")));
+            }
+            if provider.client_secret.is_none() && provider.client_secret_file.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "providers.{id}: client_secret or client_secret_file is required"
+                )));
+            }
+        }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid("max_body_bytes must be at least 1024".into()));
         }
@@ -275,6 +299,29 @@ mod tests {
         assert_eq!(from_toml("public_url = \"https://id.example.com/\"").unwrap().issuer(), "https://id.example.com");
         assert!(from_toml("public_url = \"http://localhost:8080\"").is_ok());
         assert!(from_toml("bind = \"nowhere\"").is_err());
+    }
+
+    #[test]
+    fn providers_are_read_from_their_tables() {
+        let c = from_toml(
+            "[providers.tsid]\nissuer = \"https://id.example.com\"\nclient_id = \"ponte\"\nclient_secret = \"s3cr3t-value\"\ndisplay_name = \"TeamSystem ID\"\n",
+        )
+        .unwrap();
+        let p = &c.providers["tsid"];
+        assert_eq!(
+            (p.issuer.as_str(), p.client_id.as_str(), p.display_name.as_str()),
+            ("https://id.example.com", "ponte", "TeamSystem ID")
+        );
+        assert_eq!(p.scopes, vec!["openid", "email", "profile"]);
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+        let typo = from_toml(
+            "[providers.tsid]\nissuer = \"https://id.example.com\"\nclient_id = \"p\"\nclient_secret = \"s\"\ndisplay_name = \"X\"\nscope = []\n",
+        );
+        assert!(typo.unwrap_err().to_string().contains("scope"));
+        let no_secret = from_toml(
+            "[providers.tsid]\nissuer = \"https://id.example.com\"\nclient_id = \"p\"\ndisplay_name = \"X\"\n",
+        );
+        assert!(no_secret.is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod browser;
 pub mod config;
 pub mod extract;
 pub mod html;
+pub mod mail;
 pub mod openapi;
 pub mod problem;
 pub mod routes;

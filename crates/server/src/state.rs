@@ -10,6 +10,8 @@ use ponte_identity::oidc::ConsentRepo;
 use ponte_identity::refresh::RefreshRepo;
 use ponte_identity::seal::MasterKey;
 use ponte_identity::session::Sessions;
+use ponte_identity::upstream::Upstream;
+use ponte_linking::links::Links;
 use ponte_linking::store::Directory;
 use time::OffsetDateTime;
 
@@ -38,6 +40,12 @@ pub struct AppState {
     pub refresh: Arc<dyn RefreshRepo>,
     /// Consents to third-party clients.
     pub consents: Arc<dyn ConsentRepo>,
+    /// Upstream providers by id.
+    pub providers: Arc<std::collections::BTreeMap<String, Arc<Upstream>>>,
+    /// External-identity links.
+    pub links: Arc<dyn Links>,
+    /// Where emails go.
+    pub mailer: Arc<dyn crate::mail::Mailer>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
 }

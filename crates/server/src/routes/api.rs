@@ -26,6 +26,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(web::resource("/{account}/users/{user}").get(get_user).patch(update_user).delete(delete_user))
             .service(web::resource("/{account}/users/{user}/sessions").get(list_sessions))
             .service(web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session))
+            .service(web::resource("/{account}/users/{user}/identities").get(list_identities))
+            .service(web::resource("/{account}/users/{user}/identities/{provider}").delete(unlink_identity))
             .service(web::resource("/{account}/audit").get(list_audit)),
     );
 }
@@ -163,6 +165,47 @@ pub struct UpdateUser {
     pub status: Option<String>,
     /// New password; setting one ends the user's sessions.
     pub password: Option<String>,
+}
+
+/// An upstream identity linked to a user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentityView {
+    /// The configured provider id.
+    pub provider: String,
+    /// The upstream issuer.
+    pub issuer: String,
+    /// The upstream subject.
+    pub subject: String,
+    /// Upstream email, as of the last sign-in.
+    pub email: Option<String>,
+    /// Upstream name, as of the last sign-in.
+    pub name: Option<String>,
+    /// When it was linked (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub linked_at: OffsetDateTime,
+    /// Last sign-in through it (RFC 3339).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_login_at: Option<OffsetDateTime>,
+}
+
+/// A user's linked identities.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentityList {
+    /// Oldest first.
+    pub identities: Vec<IdentityView>,
+}
+
+/// `{account}/users/{user}/identities/{provider}` in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct IdentityPath {
+    /// Account id (UUID).
+    #[param(value_type = String, format = Uuid)]
+    pub account: AccountId,
+    /// User id (UUID).
+    #[param(value_type = String, format = Uuid)]
+    pub user: UserId,
+    /// The configured provider id.
+    pub provider: String,
 }
 
 /// A list of users.
@@ -566,4 +609,48 @@ pub async fn list_audit(
     require_account(&state, path.account).await?;
     let entries = state.directory.audit(path.account, limit).await?;
     Ok(HttpResponse::Ok().json(AuditList { entries: entries.into_iter().map(Into::into).collect() }))
+}
+
+/// The user's linked upstream identities.
+#[utoipa::path(get, path = "/api/v1/accounts/{account}/users/{user}/identities", tag = "identities", params(UserPath),
+    security(("bearer" = ["ponte.admin"])),
+    responses((status = 200, body = IdentityList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
+pub async fn list_identities(caller: Caller, path: web::Path<UserPath>, state: web::Data<AppState>) -> ApiResult {
+    caller.check(Some(path.account), Need::ManageOrSelf(path.user))?;
+    require_user(&state, path.account, path.user).await?;
+    let links = state.links.for_user(path.account, path.user).await?;
+    let identities = links
+        .into_iter()
+        .map(|l| IdentityView {
+            provider: l.provider,
+            issuer: l.issuer,
+            subject: l.subject,
+            email: l.email,
+            name: l.name,
+            linked_at: l.linked_at,
+            last_login_at: l.last_login_at,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(IdentityList { identities }))
+}
+
+/// Unlinks the user's identity at a provider; pending link proofs for the user are voided.
+#[utoipa::path(delete, path = "/api/v1/accounts/{account}/users/{user}/identities/{provider}", tag = "identities", params(IdentityPath),
+    security(("bearer" = ["ponte.admin"])),
+    responses((status = 204, description = "Unlinked"), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
+pub async fn unlink_identity(
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<IdentityPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
+    caller.check(Some(path.account), Need::Manage)?;
+    require_user(&state, path.account, path.user).await?;
+    if path.provider.len() > 64
+        || !state.links.unlink(path.account, path.user, &path.provider, &caller.actor(&req), state.now()).await?
+    {
+        return Err(Problem::not_found("identity_not_found", "This user has no identity linked at that provider."));
+    }
+    crate::routes::federation::void_pending_links(&state, &path.user.to_string()).await?;
+    Ok(HttpResponse::NoContent().finish())
 }

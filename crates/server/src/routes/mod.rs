@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod authorize;
+pub mod federation;
 pub mod oauth;
 pub mod ops;
 pub mod pages;
@@ -17,6 +18,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     oauth::configure(cfg);
     token::configure(cfg);
     authorize::configure(cfg);
+    federation::configure(cfg);
     pages::configure(cfg);
     api::configure(cfg);
 }

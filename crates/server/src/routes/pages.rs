@@ -29,7 +29,31 @@ const LOGIN_PER_EMAIL: RateLimit = RateLimit { name: "login-email", max: 10, win
 /// Sign-in attempts per client address.
 const LOGIN_PER_IP: RateLimit = RateLimit { name: "login-ip", max: 100, window: Duration::minutes(15) };
 
-fn login_form(lang: Lang, csrf: &str, authz: Option<&str>, email: &str, error: Option<&str>) -> String {
+/// "Sign in with …" links for every configured provider, returning to `return_to`.
+fn provider_buttons(state: &AppState, lang: Lang, return_to: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+    state
+        .providers
+        .values()
+        .map(|p| {
+            format!(
+                r#"<p><a class="provider" id="login-with-{id}" href="/federation/{id}/start?intent=login&amp;return_to={encoded}">{label} {name}</a></p>"#,
+                id = escape(&p.id),
+                label = lang.pick("Accedi con", "Sign in with"),
+                name = escape(&p.config.display_name),
+            )
+        })
+        .collect()
+}
+
+fn login_form(
+    lang: Lang,
+    csrf: &str,
+    authz: Option<&str>,
+    email: &str,
+    error: Option<&str>,
+    providers: &str,
+) -> String {
     let authz =
         authz.map(|a| format!(r#"<input type="hidden" name="authz" value="{}">"#, escape(a))).unwrap_or_default();
     let error = error.map(|e| format!(r#"<p class="error" role="alert">{}</p>"#, escape(e))).unwrap_or_default();
@@ -44,7 +68,8 @@ fn login_form(lang: Lang, csrf: &str, authz: Option<&str>, email: &str, error: O
 <label for="password">{password_label}</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required>
 <button type="submit">{submit}</button>
-</form>"#,
+</form>
+{providers}"#,
         heading = lang.pick("Accedi a Ponte", "Sign in to Ponte"),
         email_label = lang.pick("Email", "Email"),
         password_label = lang.pick("Password", "Password"),
@@ -52,6 +77,49 @@ fn login_form(lang: Lang, csrf: &str, authz: Option<&str>, email: &str, error: O
         csrf = escape(csrf),
         email = escape(email),
     )
+}
+
+/// The signed-in user's linked identities, with unlink buttons, and for owners and admins
+/// the "connect" links.
+async fn identities_section(
+    state: &AppState,
+    lang: Lang,
+    csrf: &str,
+    user: &ponte_linking::account::User,
+) -> Result<String, Problem> {
+    if state.providers.is_empty() {
+        return Ok(String::new());
+    }
+    let links = state.links.for_user(user.account_id, user.id).await?;
+    let mut html = format!("<h2>{}</h2><ul id=\"identities\">", lang.pick("ID collegati", "Linked IDs"));
+    for link in &links {
+        let name = state
+            .providers
+            .get(&link.provider)
+            .map(|p| p.config.display_name.clone())
+            .unwrap_or_else(|| link.provider.clone());
+        html.push_str(&format!(
+            r#"<li data-provider="{id}">{name}: {email} <form method="post" action="/link/unlink" style="display:inline"><input type="hidden" name="csrf_token" value="{csrf}"><input type="hidden" name="provider" value="{id}"><button type="submit" id="unlink-{id}" style="width:auto;margin:0 0 0 .5rem;padding:.2rem .6rem">{unlink}</button></form></li>"#,
+            id = escape(&link.provider),
+            name = escape(&name),
+            email = escape(link.email.as_deref().unwrap_or("")),
+            csrf = escape(csrf),
+            unlink = lang.pick("Scollega", "Unlink"),
+        ));
+    }
+    html.push_str("</ul>");
+    if user.role.is_admin() {
+        for p in state.providers.values().filter(|p| !links.iter().any(|l| l.provider == p.id)) {
+            html.push_str(&format!(
+                r#"<p><a id="connect-{id}" href="/federation/{id}/start?intent=link">{connect} {name}</a> · <a id="register-{id}" href="/federation/{id}/start?intent=register">{create}</a></p>"#,
+                id = escape(&p.id),
+                name = escape(&p.config.display_name),
+                connect = lang.pick("Collega", "Connect"),
+                create = lang.pick("Non ho ancora un ID", "I don't have one yet"),
+            ));
+        }
+    }
+    Ok(html)
 }
 
 fn login_response(
@@ -64,11 +132,13 @@ fn login_response(
 ) -> HttpResponse {
     let lang = Lang::from_request(req);
     let (csrf, fresh) = csrf_token(req, state);
+    let authz = authz.filter(|a| is_authz_id(a));
+    let return_to = authz.map_or_else(|| "/".to_owned(), |a| format!("/oauth2/authorize/continue?authz={a}"));
     let mut response = page(
         status,
         lang,
         lang.pick("Accedi", "Sign in"),
-        &login_form(lang, &csrf, authz.filter(|a| is_authz_id(a)), email, error),
+        &login_form(lang, &csrf, authz, email, error, &provider_buttons(state, lang, &return_to)),
     );
     if fresh {
         let _ = response.add_cookie(&cookie(state, CSRF, csrf));
@@ -235,10 +305,12 @@ pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 <dt>{role_l}</dt><dd id="user-role">{role}</dd>
 <dt>{account_l}</dt><dd id="account-name">{account}</dd>
 </dl>
+{identities}
 <form method="post" action="/logout">
 <input type="hidden" name="csrf_token" value="{csrf}">
 <button type="submit">{logout}</button>
 </form>"#,
+        identities = identities_section(&state, lang, &csrf, &user).await?,
         heading = lang.pick("Hai effettuato l'accesso", "You are signed in"),
         name_l = lang.pick("Nome", "Name"),
         role_l = lang.pick("Ruolo", "Role"),

@@ -303,7 +303,7 @@ fn mint(
             sid: grant.sid.map(str::to_owned),
             azp: client.id.clone(),
             email: email.then(|| user.email.clone()),
-            email_verified: email.then_some(false),
+            email_verified: email.then_some(state.config.assert_email_verified),
             name: scopes.contains(&"profile").then(|| user.name.clone()),
             account_id: Some(user.account_id.to_string()),
         };
@@ -605,7 +605,7 @@ pub async fn userinfo(req: HttpRequest, state: web::Data<AppState>) -> Result<Ht
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(UserInfo {
         sub: user.id.to_string(),
         email: email.then(|| user.email.clone()),
-        email_verified: email.then_some(false),
+        email_verified: email.then_some(state.config.assert_email_verified),
         name: claims.has_scope("profile").then(|| user.name.clone()),
         account_id: user.account_id.to_string(),
         role: user.role.as_str().into(),

@@ -41,7 +41,7 @@ pub const POST_LOGOUT_URI: &str = "http://127.0.0.1:9/logged-out";
 pub struct TestDb {
     pub url: String,
     pub dir: TempDir,
-    pg: Option<(String, String)>,
+    pub pg: Option<(String, String)>,
 }
 
 impl TestDb {
@@ -160,9 +160,22 @@ impl TestApp {
 
     /// With a configuration the test adjusts.
     pub async fn spawn_with(db: TestDb, redis: Option<TestRedis>, adjust: impl FnOnce(&mut Config)) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        Self::spawn_on_listener(listener, db, redis, adjust).await
+    }
+
+    /// On a listener the test bound already (its issuer is that address).
+    pub async fn spawn_on_listener(
+        listener: std::net::TcpListener,
+        db: TestDb,
+        redis: Option<TestRedis>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         ponte_server::install_crypto_provider();
+        let addr = listener.local_addr().expect("address");
         let mut config = Config {
-            bind: "127.0.0.1:0".into(),
+            bind: addr.to_string(),
+            public_url: format!("http://{addr}"),
             data_dir: db.dir.path().to_owned(),
             database_url: Some(Secret::from(db.url.as_str())),
             redis_url: redis.as_ref().map(|r| Secret::from(r.url.as_str())),
@@ -173,11 +186,10 @@ impl TestApp {
         };
         adjust(&mut config);
         let clock = Arc::new(ManualClock::new(now()));
-        let app = Application::build_with_clock(config, clock.clone()).await.expect("application builds");
-        let port = app.port();
+        let app = Application::build_on(listener, config, clock.clone()).await.expect("application builds");
         let state = app.state().clone();
         tokio::spawn(app.run_until_stopped());
-        Self { base: format!("http://127.0.0.1:{port}"), state, clock, db, redis }
+        Self { base: format!("http://{addr}"), state, clock, db, redis }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -11,6 +11,7 @@ mod harness;
 
 mod api;
 mod errors;
+mod federation;
 mod login;
 mod oauth;
 mod oidc;
