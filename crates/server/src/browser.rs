@@ -100,3 +100,14 @@ pub fn error_page(req: &HttpRequest, status: StatusCode, code: &str, it: &str, e
     );
     page(status, lang, title, &body)
 }
+
+/// The page for a form whose CSRF token did not match.
+pub fn csrf_failed_page(req: &HttpRequest) -> HttpResponse {
+    error_page(
+        req,
+        StatusCode::FORBIDDEN,
+        "csrf_failed",
+        "Il modulo non proviene da Ponte.",
+        "The form did not come from Ponte.",
+    )
+}

@@ -15,7 +15,10 @@ use ponte_linking::links::Links;
 use ponte_linking::store::Directory;
 use time::OffsetDateTime;
 
+use ponte_linking::account::{AccountStatus, User, UserStatus};
+
 use crate::config::Config;
+use crate::problem::Problem;
 
 /// Shared application state, cheap to clone.
 #[derive(Debug, Clone)]
@@ -54,5 +57,17 @@ impl AppState {
     /// The current time from the injected clock.
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()
+    }
+
+    /// The user, if it and its account may still sign in (both active). Ids come from
+    /// sessions, grants and links as text.
+    pub async fn active_user(&self, account_id: &str, user_id: &str) -> Result<Option<User>, Problem> {
+        let (Ok(account_id), Ok(user_id)) = (account_id.parse(), user_id.parse()) else { return Ok(None) };
+        let (user, account) =
+            tokio::try_join!(self.directory.user(account_id, user_id), self.directory.account(account_id))?;
+        Ok(match (user, account) {
+            (Some(u), Some(a)) if u.status == UserStatus::Active && a.status == AccountStatus::Active => Some(u),
+            _ => None,
+        })
     }
 }

@@ -12,11 +12,11 @@ use ponte_identity::oidc::{
 };
 use ponte_identity::secret::{digest, random_token};
 use ponte_identity::session::Session;
-use ponte_linking::account::{AccountStatus, UserStatus};
 use serde::Deserialize;
 
 use crate::browser::{
-    CSRF, SESSION, cookie, csrf_ok, csrf_token, current_session, end_session, error_page, page, removal,
+    CSRF, SESSION, cookie, csrf_failed_page, csrf_ok, csrf_token, current_session, end_session, error_page, page,
+    removal,
 };
 use crate::html::{Lang, escape};
 use crate::problem::Problem;
@@ -175,7 +175,7 @@ async fn proceed(
     let mut session = current_session(req, state).await?;
     // A session whose user or account was turned off does not count.
     if let Some(s) = &session
-        && !user_may_sign_in(state, s).await?
+        && state.active_user(&s.account_id, &s.user_id).await?.is_none()
     {
         end_session(req, state).await?;
         session = None;
@@ -220,15 +220,6 @@ async fn proceed(
         }
     }
     issue_code(state, &request, &session).await
-}
-
-async fn user_may_sign_in(state: &AppState, session: &Session) -> Result<bool, Problem> {
-    let (Ok(account_id), Ok(user_id)) = (session.account_id.parse(), session.user_id.parse()) else { return Ok(false) };
-    let (user, account) =
-        tokio::try_join!(state.directory.user(account_id, user_id), state.directory.account(account_id))?;
-    Ok(
-        matches!((user, account), (Some(u), Some(a)) if u.status == UserStatus::Active && a.status == AccountStatus::Active),
-    )
 }
 
 async fn issue_code(
@@ -313,13 +304,7 @@ pub async fn consent(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     if !csrf_ok(&req, &state, form.csrf_token.as_deref()) {
-        return Ok(error_page(
-            &req,
-            StatusCode::FORBIDDEN,
-            "csrf_failed",
-            "Il modulo non proviene da Ponte.",
-            "The form did not come from Ponte.",
-        ));
+        return Ok(csrf_failed_page(&req));
     }
     let Some(request) = take_pending(&state, &form.authz).await? else { return Ok(expired_page(&req)) };
     if form.decision != "allow" {
@@ -457,13 +442,7 @@ pub async fn logout_confirmed(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     if !csrf_ok(&req, &state, form.csrf_token.as_deref()) {
-        return Ok(error_page(
-            &req,
-            StatusCode::FORBIDDEN,
-            "csrf_failed",
-            "Il modulo non proviene da Ponte.",
-            "The form did not come from Ponte.",
-        ));
+        return Ok(csrf_failed_page(&req));
     }
     let target = match logout_target(&state, &form, None).await? {
         Ok(t) => t,

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use time::Duration;
 
-use crate::browser::{CSRF, SESSION, cookie, csrf_ok, csrf_token, current_session, error_page, page, session_token};
+use crate::browser::{
+    CSRF, SESSION, cookie, csrf_failed_page, csrf_ok, csrf_token, current_session, error_page, page, session_token,
+};
 use crate::extract::client_ip;
 use crate::html::{Lang, escape};
 use crate::problem::Problem;
@@ -241,7 +243,7 @@ pub async fn start(
         let Some(session) = current_session(&req, &state).await? else {
             return Ok(refuse(&req, StatusCode::UNAUTHORIZED, "sign_in_first"));
         };
-        match active_user(&state, &session.account_id, &session.user_id).await? {
+        match state.active_user(&session.account_id, &session.user_id).await? {
             Some(user) if user.role.is_admin() => {}
             Some(_) => return Ok(refuse(&req, StatusCode::FORBIDDEN, "link_not_allowed")),
             None => return Ok(refuse(&req, StatusCode::FORBIDDEN, "user_disabled")),
@@ -381,16 +383,6 @@ async fn save_pending(state: &AppState, id: &str, pending: &Pending) -> Result<(
     Ok(())
 }
 
-async fn active_user(state: &AppState, account_id: &str, user_id: &str) -> Result<Option<User>, Problem> {
-    let (Ok(account_id), Ok(user_id)) = (account_id.parse(), user_id.parse()) else { return Ok(None) };
-    let (user, account) =
-        tokio::try_join!(state.directory.user(account_id, user_id), state.directory.account(account_id))?;
-    Ok(match (user, account) {
-        (Some(u), Some(a)) if u.status == UserStatus::Active && a.status == AccountStatus::Active => Some(u),
-        _ => None,
-    })
-}
-
 async fn login_with(
     req: &HttpRequest,
     state: &AppState,
@@ -399,7 +391,7 @@ async fn login_with(
     return_to: String,
 ) -> Result<HttpResponse, Problem> {
     if let Some(link) = state.links.find(&identity.issuer, &identity.subject).await? {
-        let Some(user) = active_user(state, &link.account_id.to_string(), &link.user_id.to_string()).await? else {
+        let Some(user) = state.active_user(&link.account_id.to_string(), &link.user_id.to_string()).await? else {
             return Ok(refuse(req, StatusCode::FORBIDDEN, "user_disabled"));
         };
         state.links.record_login(&link, &identity, &Actor::user(user.id, client_ip(req)), state.now()).await?;
@@ -543,7 +535,7 @@ async fn render_confirm(
     let lang = Lang::from_request(req);
     let provider_name =
         provider(state, &pending.identity.provider).map(|p| p.config.display_name.clone()).unwrap_or_default();
-    let user = active_user(state, &pending.account_id, &pending.user_id).await?;
+    let user = state.active_user(&pending.account_id, &pending.user_id).await?;
     let Some(user) = user else { return Ok(refuse(req, StatusCode::FORBIDDEN, "user_disabled")) };
     let account = state.directory.account(user.account_id).await?.map(|a| a.name).unwrap_or_default();
     let (csrf, fresh) = csrf_token(req, state);
@@ -645,13 +637,7 @@ pub async fn confirm(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     if !csrf_ok(&req, &state, form.csrf_token.as_deref()) {
-        return Ok(error_page(
-            &req,
-            StatusCode::FORBIDDEN,
-            "csrf_failed",
-            "Il modulo non proviene da Ponte.",
-            "The form did not come from Ponte.",
-        ));
+        return Ok(csrf_failed_page(&req));
     }
     let mut pending = match load_pending(&req, &state, &form.id).await? {
         Ok(p) => p,
@@ -663,7 +649,7 @@ pub async fn confirm(
         store.take_once(&pending_key(&form.id)).await?;
         return Ok(see_other(&pending.return_to));
     }
-    let Some(user) = active_user(&state, &pending.account_id, &pending.user_id).await? else {
+    let Some(user) = state.active_user(&pending.account_id, &pending.user_id).await? else {
         return Ok(refuse(&req, StatusCode::FORBIDDEN, "user_disabled"));
     };
     let actor = Actor::user(user.id, client_ip(&req));
@@ -770,13 +756,7 @@ pub async fn unlink_page(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
     if !csrf_ok(&req, &state, form.csrf_token.as_deref()) {
-        return Ok(error_page(
-            &req,
-            StatusCode::FORBIDDEN,
-            "csrf_failed",
-            "Il modulo non proviene da Ponte.",
-            "The form did not come from Ponte.",
-        ));
+        return Ok(csrf_failed_page(&req));
     }
     let Some(session) = current_session(&req, &state).await? else { return Ok(see_other("/login")) };
     let (Ok(account), Ok(user)) = (session.account_id.parse(), session.user_id.parse()) else {

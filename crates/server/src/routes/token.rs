@@ -16,7 +16,7 @@ use ponte_identity::oidc::{CodeGrant, RedeemedCode, pkce_matches};
 use ponte_identity::refresh::{Family, NewFamily, Verdict, family_of, judge};
 use ponte_identity::secret::digest;
 use ponte_identity::token::{API_AUDIENCE, AccessTokenClaims, IdTokenClaims};
-use ponte_linking::account::{AccountStatus, User, UserStatus};
+use ponte_linking::account::User;
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::Duration;
@@ -322,17 +322,6 @@ fn mint(
     Ok((response, claims))
 }
 
-/// The user behind a grant, if they may still sign in.
-async fn active_user(state: &AppState, account_id: &str, user_id: &str) -> Result<Option<User>, Problem> {
-    let (Ok(account_id), Ok(user_id)) = (account_id.parse(), user_id.parse()) else { return Ok(None) };
-    let (user, account) =
-        tokio::try_join!(state.directory.user(account_id, user_id), state.directory.account(account_id))?;
-    Ok(match (user, account) {
-        (Some(u), Some(a)) if u.status == UserStatus::Active && a.status == AccountStatus::Active => Some(u),
-        _ => None,
-    })
-}
-
 fn redeemed_key(code: &str) -> String {
     format!("code-redeemed:{}", digest(code))
 }
@@ -379,7 +368,7 @@ async fn authorization_code(
     if !pkce_matches(verifier, &grant.code_challenge) {
         return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge.").into());
     }
-    let Some(user) = active_user(state, &grant.account_id, &grant.user_id).await? else {
+    let Some(user) = state.active_user(&grant.account_id, &grant.user_id).await? else {
         return Err(OAuthError::invalid_grant("The user can no longer sign in.").into());
     };
     let scope = grant.scope.join(" ");
@@ -450,7 +439,7 @@ async fn refresh_token(state: &AppState, client: &Client, params: &Params) -> Re
     let Some(new_token) = new_token else { return Err(invalid().into()) };
     let allowed: Vec<String> = family.scope.split(' ').map(str::to_owned).collect();
     let scope = granted_scope(&allowed, params.get("scope"))?;
-    let Some(user) = active_user(state, &family.account_id, &family.user_id).await? else {
+    let Some(user) = state.active_user(&family.account_id, &family.user_id).await? else {
         state.refresh.revoke(&family.id, state.now()).await.map_err(Problem::from)?;
         return Err(OAuthError::invalid_grant("The user can no longer sign in.").into());
     };
@@ -598,7 +587,7 @@ pub async fn userinfo(req: HttpRequest, state: web::Data<AppState>) -> Result<Ht
     if !claims.has_scope("openid") || !claims.is_user_token() {
         return Ok(bearer_error(StatusCode::FORBIDDEN, "insufficient_scope", "The token needs the openid scope."));
     }
-    let Some(user) = active_user(&state, claims.account_id.as_deref().unwrap_or_default(), &claims.sub).await? else {
+    let Some(user) = state.active_user(claims.account_id.as_deref().unwrap_or_default(), &claims.sub).await? else {
         return Ok(bearer_error(StatusCode::UNAUTHORIZED, "invalid_token", "The user can no longer sign in."));
     };
     let email = claims.has_scope("email");
