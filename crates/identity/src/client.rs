@@ -259,6 +259,52 @@ impl ClientRepo for SqlClients {
     }
 }
 
+/// Keeps recently used clients in memory, so the token and introspection endpoints do not
+/// query the database on every request (measured: the lookup was most of their cost).
+/// Clients are immutable once registered; a client removed from the store stays usable
+/// here for at most `ttl`.
+#[derive(Debug)]
+pub struct CachedClients<R> {
+    inner: R,
+    ttl: std::time::Duration,
+    cache: std::sync::RwLock<std::collections::HashMap<String, (Client, std::time::Instant)>>,
+}
+
+/// Most clients kept; beyond this the cache starts over (a deployment has a handful).
+const CACHE_CAPACITY: usize = 4096;
+
+impl<R: ClientRepo> CachedClients<R> {
+    /// Caches `inner`'s clients for `ttl`.
+    pub fn new(inner: R, ttl: std::time::Duration) -> Self {
+        Self { inner, ttl, cache: Default::default() }
+    }
+}
+
+#[async_trait]
+impl<R: ClientRepo> ClientRepo for CachedClients<R> {
+    async fn create(&self, new: NewClient, now: OffsetDateTime) -> Result<(Client, Option<String>)> {
+        self.inner.create(new, now).await
+    }
+
+    async fn find(&self, id: &str) -> Result<Option<Client>> {
+        if let Some((client, at)) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(id)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(Some(client.clone()));
+        }
+        // Unknown ids are not cached: they would let anyone fill memory.
+        let found = self.inner.find(id).await?;
+        if let Some(client) = &found {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(id.to_owned(), (client.clone(), std::time::Instant::now()));
+        }
+        Ok(found)
+    }
+}
+
 fn json_list(items: &[String]) -> Result<String> {
     serde_json::to_string(items).map_err(|e| Error::Corrupt(e.to_string()))
 }
@@ -293,6 +339,40 @@ pub(crate) mod tests {
         assert!(!is_valid_scope_token("a b"));
         assert!(!is_valid_scope_token("quote\"d"));
         assert!(!is_valid_scope_token("back\\slash"));
+    }
+
+    #[derive(Debug, Default)]
+    struct CountingRepo(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl ClientRepo for CountingRepo {
+        async fn create(&self, _: NewClient, _: OffsetDateTime) -> Result<(Client, Option<String>)> {
+            Err(Error::Invalid("not here".into()))
+        }
+
+        async fn find(&self, id: &str) -> Result<Option<Client>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok((id == "c").then(client_for_tests))
+        }
+    }
+
+    #[tokio::test]
+    async fn known_clients_are_cached_unknown_ones_are_not() {
+        let cached = CachedClients::new(CountingRepo::default(), std::time::Duration::from_secs(30));
+        assert!(cached.find("c").await.unwrap().is_some());
+        assert!(cached.find("c").await.unwrap().is_some());
+        assert_eq!(cached.inner.0.load(std::sync::atomic::Ordering::SeqCst), 1, "second lookup from memory");
+        assert!(cached.find("x").await.unwrap().is_none());
+        assert!(cached.find("x").await.unwrap().is_none());
+        assert_eq!(cached.inner.0.load(std::sync::atomic::Ordering::SeqCst), 3, "misses always ask the store");
+        let expired = CachedClients::new(CountingRepo::default(), std::time::Duration::ZERO);
+        expired.find("c").await.unwrap();
+        expired.find("c").await.unwrap();
+        assert_eq!(
+            expired.inner.0.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "after the ttl the store is asked again"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
-use ponte_identity::client::SqlClients;
+use ponte_identity::client::{CachedClients, SqlClients};
 use ponte_identity::clock::{Clock, SystemClock};
 use ponte_identity::db::{Backend, Database};
 use ponte_identity::keys::{KeyRing, Keys, SqlKeys};
@@ -129,7 +129,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         mailer,
         sessions: Sessions::new(session_store(&config)?, policy),
         directory: Arc::new(SqlDirectory::new(db.clone())),
-        clients: Arc::new(SqlClients::new(db.clone())),
+        clients: Arc::new(CachedClients::new(SqlClients::new(db.clone()), std::time::Duration::from_secs(30))),
         keys: Arc::new(Keys::new(keys)),
         master,
         refresh: Arc::new(SqlRefresh::new(db.clone())),
