@@ -64,6 +64,8 @@ pub enum SigningAlg {
     ES256,
     /// Ed25519.
     EdDSA,
+    /// RSA 2048 with PKCS#1 v1.5 and SHA-256, for verifiers that know nothing else.
+    RS256,
 }
 
 impl SigningAlg {
@@ -72,6 +74,7 @@ impl SigningAlg {
         match self {
             Self::ES256 => "ES256",
             Self::EdDSA => "EdDSA",
+            Self::RS256 => "RS256",
         }
     }
 
@@ -80,7 +83,8 @@ impl SigningAlg {
         match s {
             "ES256" => Ok(Self::ES256),
             "EdDSA" => Ok(Self::EdDSA),
-            other => Err(Error::Invalid(format!("signing algorithm {other:?} (use ES256 or EdDSA)"))),
+            "RS256" => Ok(Self::RS256),
+            other => Err(Error::Invalid(format!("signing algorithm {other:?} (use ES256, EdDSA or RS256)"))),
         }
     }
 
@@ -88,6 +92,7 @@ impl SigningAlg {
         match self {
             Self::ES256 => Algorithm::ES256,
             Self::EdDSA => Algorithm::EdDSA,
+            Self::RS256 => Algorithm::RS256,
         }
     }
 }
@@ -95,15 +100,23 @@ impl SigningAlg {
 /// The public half of a key, as published in the JWKS (RFC 7517, RFC 8037).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicJwk {
-    /// `EC` or `OKP`.
+    /// `EC`, `OKP` or `RSA`.
     pub kty: String,
-    /// `P-256` or `Ed25519`.
+    /// `P-256` or `Ed25519` (absent for RSA).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub crv: String,
-    /// X coordinate (or the Ed25519 public key), base64url.
+    /// X coordinate (or the Ed25519 public key), base64url (absent for RSA).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub x: String,
     /// Y coordinate (EC only), base64url.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y: Option<String>,
+    /// RSA modulus, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// RSA public exponent, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
     /// Key id.
     pub kid: String,
     /// Always `sig`.
@@ -118,6 +131,10 @@ impl PublicJwk {
         let key = match (self.kty.as_str(), &self.y) {
             ("EC", Some(y)) => DecodingKey::from_ec_components(&self.x, y),
             ("OKP", None) => DecodingKey::from_ed_components(&self.x),
+            ("RSA", None) => match (&self.n, &self.e) {
+                (Some(n), Some(e)) => DecodingKey::from_rsa_components(n, e),
+                _ => return Err(Error::Corrupt(format!("key {} lacks n or e", self.kid))),
+            },
             _ => return Err(Error::Corrupt(format!("key {} has an unknown shape", self.kid))),
         };
         key.map_err(|e| Error::Crypto(e.to_string()))
@@ -253,11 +270,31 @@ pub fn generate(master: &MasterKey, alg: SigningAlg, status: KeyStatus, now: Off
                 crv: "P-256".into(),
                 x: URL_SAFE_NO_PAD.encode(&point[1..33]),
                 y: Some(URL_SAFE_NO_PAD.encode(&point[33..65])),
+                n: None,
+                e: None,
                 kid: kid.clone(),
                 use_: "sig".into(),
                 alg: alg.as_str().into(),
             };
             (pair.to_pkcs8v1().map_err(crypto)?.as_ref().to_vec(), jwk)
+        }
+        SigningAlg::RS256 => {
+            use aws_lc_rs::encoding::AsDer;
+            let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(crypto)?;
+            let public = pair.public_key();
+            let jwk = PublicJwk {
+                kty: "RSA".into(),
+                crv: String::new(),
+                x: String::new(),
+                y: None,
+                n: Some(URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero())),
+                e: Some(URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero())),
+                kid: kid.clone(),
+                use_: "sig".into(),
+                alg: alg.as_str().into(),
+            };
+            let pkcs8: aws_lc_rs::encoding::Pkcs8V1Der<'_> = pair.as_der().map_err(crypto)?;
+            (pkcs8.as_ref().to_vec(), jwk)
         }
         SigningAlg::EdDSA => {
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).map_err(crypto)?;
@@ -267,6 +304,8 @@ pub fn generate(master: &MasterKey, alg: SigningAlg, status: KeyStatus, now: Off
                 crv: "Ed25519".into(),
                 x: URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
                 y: None,
+                n: None,
+                e: None,
                 kid: kid.clone(),
                 use_: "sig".into(),
                 alg: alg.as_str().into(),
@@ -368,6 +407,31 @@ fn oldest(keys: &[StoredKey], status: KeyStatus) -> Result<&StoredKey> {
         .ok_or_else(|| Error::Corrupt(format!("no {} signing key", status.as_str())))
 }
 
+/// The private key inside a PKCS#8 v1 `PrivateKeyInfo`:
+/// `SEQUENCE { INTEGER version, SEQUENCE algorithm, OCTET STRING privateKey }`.
+fn pkcs8_inner(der: &[u8]) -> Result<&[u8]> {
+    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            (rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    let bad = || Error::Corrupt("malformed PKCS#8 key".into());
+    let (0x30, body, _) = tlv(der).ok_or_else(bad)? else { return Err(bad()) };
+    let (0x02, _, rest) = tlv(body).ok_or_else(bad)? else { return Err(bad()) };
+    let (0x30, _, rest) = tlv(rest).ok_or_else(bad)? else { return Err(bad()) };
+    let (0x04, key, _) = tlv(rest).ok_or_else(bad)? else { return Err(bad()) };
+    Ok(key)
+}
+
 /// The keys in use: one to sign with, all published ones to verify with.
 pub struct KeyRing {
     signing_kid: String,
@@ -404,6 +468,8 @@ impl KeyRing {
         let signing = match current.alg {
             SigningAlg::ES256 => EncodingKey::from_ec_der(&pkcs8),
             SigningAlg::EdDSA => EncodingKey::from_ed_der(&pkcs8),
+            // jsonwebtoken wants the bare PKCS#1 RSAPrivateKey that PKCS#8 wraps.
+            SigningAlg::RS256 => EncodingKey::from_rsa_der(pkcs8_inner(&pkcs8)?),
         };
         let mut verifying = HashMap::new();
         for key in keys {

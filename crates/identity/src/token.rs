@@ -241,6 +241,19 @@ mod tests {
     }
 
     #[test]
+    fn rs256_deployments_sign_and_verify_too() {
+        let ring = ring_of(SigningAlg::RS256);
+        let now = datetime!(2026-01-01 10:00 UTC);
+        let claims = AccessTokenClaims::for_client(ISS, "cl_1", "ponte.admin", now, Duration::minutes(10));
+        let token = ring.sign_access_token(&claims).unwrap();
+        assert_eq!(decode_header(&token).unwrap().alg, Algorithm::RS256);
+        assert_eq!(ring.verify_access_token(&token, ISS, API_AUDIENCE, now).unwrap(), claims);
+        let jwk = &ring.jwks()[0];
+        assert_eq!((jwk.kty.as_str(), jwk.e.as_deref()), ("RSA", Some("AQAB")));
+        assert!(jwk.n.as_ref().unwrap().len() > 300, "2048-bit modulus");
+    }
+
+    #[test]
     fn eddsa_deployments_sign_and_verify_too() {
         let ring = ring_of(SigningAlg::EdDSA);
         let now = datetime!(2026-01-01 10:00 UTC);

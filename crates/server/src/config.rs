@@ -78,7 +78,7 @@ pub struct Config {
     pub id_token_ttl_secs: u64,
     /// Seconds a refresh-token family lives at most.
     pub refresh_token_ttl_secs: u64,
-    /// `ES256` or `EdDSA`: the algorithm of new signing keys.
+    /// `ES256`, `EdDSA` or `RS256`: the algorithm of new signing keys.
     pub signing_alg: String,
     /// Days a signing key signs before it is rotated.
     pub key_rotation_days: u64,
