@@ -285,8 +285,13 @@ impl Upstream {
             Ask::FreshLogin => {
                 request = request.add_prompt(CoreAuthPrompt::Login).set_max_age(Duration::ZERO);
             }
+            // max_age=0 makes the provider report auth_time (OIDC Core §2), which the
+            // callback checks against the start of the flow.
             Ask::Create if self.config.supports_prompt_create => {
-                request = request.add_prompt(CoreAuthPrompt::Extension("create".into()));
+                // Not set_max_age: openidconnect then adds prompt=login, which would turn
+                // the sign-up page into a sign-in page.
+                request =
+                    request.add_prompt(CoreAuthPrompt::Extension("create".into())).add_extra_param("max_age", "0");
             }
             Ask::Create => {
                 request = request.add_prompt(CoreAuthPrompt::Login).set_max_age(Duration::ZERO);
