@@ -53,7 +53,10 @@ const MISSING = (process.env.PONTE_TEST_CHROMIUM ? `PONTE_TEST_CHROMIUM=${proces
  */
 export const needsBrowser = chromiumPath || process.env.CI ? false : MISSING;
 
-/** The hosts a page may reach: loopback only. */
+/**
+ * The hosts a page may reach: loopback only, all of 127.0.0.0/8 (the federation tests'
+ * upstream provider lives on 127.0.0.2, so that its cookies stay apart from Ponte's).
+ */
 export function isLoopback(url) {
   const { hostname } = new URL(url);
   return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(hostname);

@@ -1,7 +1,7 @@
 // Starts the real `ponte` binary on a free loopback port with a data folder of its own,
 // and stops it afterwards. Shared by every end-to-end test.
 import { spawn, execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -29,9 +29,15 @@ function cleanEnv(extra) {
   return { ...env, RUST_LOG: 'warn', ...extra };
 }
 
-export async function startPonte(extraEnv = {}) {
+/**
+ * Starts `ponte serve` with `extraEnv` on top of a loopback bind, public URL and data
+ * folder of its own. `options.port` picks the port (a caller that must name Ponte's URL
+ * before it starts, e.g. to register it at an upstream provider); `base` is always the
+ * address this process answers on, even when `PONTE_PUBLIC_URL` names another replica.
+ */
+export async function startPonte(extraEnv = {}, options = {}) {
   const dataDir = await mkdtemp(join(tmpdir(), 'ponte-e2e-'));
-  const port = await freePort();
+  const port = options.port ?? await freePort();
   const base = `http://127.0.0.1:${port}`;
   const env = cleanEnv({ PONTE_BIND: `127.0.0.1:${port}`, PONTE_PUBLIC_URL: base, PONTE_DATA_DIR: dataDir, ...extraEnv });
   const child = spawn(ponteBin, ['serve'], { env, stdio: ['ignore', 'inherit', 'pipe'] });
@@ -105,15 +111,36 @@ export async function startPonte(extraEnv = {}) {
       return admin.access_token;
     },
     /**
+     * The REST API with the admin token: `{status, headers, body}` (body parsed when
+     * JSON, else text; null when empty).
+     */
+    async api(method, path, body) {
+      const response = await fetch(`${base}${path}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${await ponte.adminToken()}`,
+          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(10_000),
+      });
+      const text = await response.text();
+      let parsed = text || null;
+      if (text && /json/.test(response.headers.get('content-type') ?? '')) parsed = JSON.parse(text);
+      return { status: response.status, headers: response.headers, body: parsed };
+    },
+    /**
      * A new account with its owner, who can sign in with the returned email and
      * password. Each call makes a different person (the login rate limit is per email).
+     * `overrides` replaces the generated `email`, `name` or `password`.
      */
-    async newUser(label = 'user') {
+    async newUser(label = 'user', overrides = {}) {
       const n = ++users;
       const person = {
         email: `${label}-${n}@esempio.it`,
         name: `Utente ${label} ${n}`,
         password: `una password lunga ${n}`,
+        ...overrides,
       };
       const response = await fetch(`${base}/api/v1/accounts`, {
         method: 'POST',
@@ -124,6 +151,27 @@ export async function startPonte(extraEnv = {}) {
       if (response.status !== 201) throw new Error(`create account: ${response.status} ${await response.text()}`);
       const created = await response.json();
       return { ...person, accountId: created.id, userId: created.owner.id, role: created.owner.role };
+    },
+    /**
+     * The mail written to the embedded outbox (`<data_dir>/outbox/*.eml`), oldest first:
+     * `{file, to, subject, body}`.
+     */
+    async outbox() {
+      const dir = join(dataDir, 'outbox');
+      let names;
+      try {
+        names = (await readdir(dir)).filter((n) => n.endsWith('.eml')).sort();
+      } catch (error) {
+        if (error.code === 'ENOENT') return [];
+        throw error;
+      }
+      return Promise.all(names.map(async (name) => {
+        const text = await readFile(join(dir, name), 'utf8');
+        const split = text.indexOf('\r\n\r\n');
+        const head = split === -1 ? text : text.slice(0, split);
+        const header = (key) => head.match(new RegExp(`^${key}: (.*)$`, 'mi'))?.[1]?.trim();
+        return { file: name, to: header('To'), subject: header('Subject'), body: split === -1 ? '' : text.slice(split + 4) };
+      }));
     },
     stop,
   };
