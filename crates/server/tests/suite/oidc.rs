@@ -536,3 +536,16 @@ async fn user_tokens_act_within_their_account_by_role() {
     assert_eq!(list.status(), 403);
     assert_eq!(list.json::<Value>().await.unwrap()["code"], "forbidden");
 }
+
+#[tokio::test]
+async fn keys_rotate_on_schedule_when_the_current_one_is_old_enough() {
+    let app = TestApp::spawn().await;
+    let repo = ponte_identity::keys::SqlKeys::new(app.state.db.clone());
+    let policy = app.state.config.key_policy();
+    let before = app.state.keys.ring().signing_kid().to_owned();
+    app.state.keys.refresh(&repo, &app.state.master, &policy, app.state.now()).await.unwrap();
+    assert_eq!(app.state.keys.ring().signing_kid(), before, "not due yet");
+    app.clock.advance(time::Duration::days(31));
+    app.state.keys.refresh(&repo, &app.state.master, &policy, app.state.now()).await.unwrap();
+    assert_ne!(app.state.keys.ring().signing_kid(), before, "rotated after key_rotation_days");
+}
