@@ -369,7 +369,8 @@ impl Upstream {
                 claims.email().map(|e| e.as_str()),
                 claims.preferred_username().map(|u| u.as_str()),
             ),
-            email_verified: claims.email_verified().unwrap_or(false),
+            // email_verified speaks of the email claim only, never of preferred_username.
+            email_verified: self.config.email_claim == "email" && claims.email_verified().unwrap_or(false),
             name: pick_name(&self.config.name_claim, &raw),
             auth_time,
             sid: raw.get("sid").and_then(|v| v.as_str()).map(str::to_owned),
@@ -401,7 +402,7 @@ impl Upstream {
                 info.email().map(|e| e.as_str()),
                 info.preferred_username().map(|u| u.as_str()),
             );
-            identity.email_verified = info.email_verified().unwrap_or(false);
+            identity.email_verified = self.config.email_claim == "email" && info.email_verified().unwrap_or(false);
         }
         if identity.name.is_none() {
             let raw = serde_json::to_value(&info).unwrap_or_default();
@@ -469,8 +470,10 @@ impl Upstream {
         if iat > now_s + SKEW_SECS || iat < now_s - 300 {
             return Err(bad("iat is not recent"));
         }
-        if claims.get("exp").and_then(|e| e.as_i64()).is_some_and(|exp| exp + SKEW_SECS < now_s) {
-            return Err(bad("expired"));
+        match claims.get("exp").and_then(|e| e.as_i64()) {
+            Some(exp) if exp + SKEW_SECS >= now_s => {}
+            Some(_) => return Err(bad("expired")),
+            None => return Err(bad("exp is required")),
         }
         if claims.get("nonce").is_some() {
             return Err(bad("nonce is not allowed"));

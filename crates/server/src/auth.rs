@@ -20,6 +20,9 @@ use crate::state::AppState;
 /// The scope that lets a client administer every account (the POS backend).
 pub const ADMIN_SCOPE: &str = "ponte.admin";
 
+/// The scope a user's token needs to act on the REST API (within the user's account).
+pub const API_SCOPE: &str = "ponte.api";
+
 /// An authenticated REST caller.
 #[derive(Debug, Clone)]
 pub enum Caller {
@@ -110,11 +113,28 @@ async fn authenticate(state: web::Data<AppState>, authorization: Option<String>)
     let claims = verify_access(&state, token)
         .await?
         .ok_or_else(|| unauthorized(Some("invalid_token"), "The access token is invalid or expired."))?;
-    if let (Some(account), Some(role)) = (&claims.account_id, &claims.role) {
-        let (Ok(account), Ok(user), Some(role)) = (account.parse(), claims.sub.parse(), Role::parse(role)) else {
+    if let Some(account) = &claims.account_id {
+        // A user's token reaches the REST API only if the user consented to the API
+        // scope for that client: a third-party app signed in with "openid email" must not
+        // act as the user here.
+        if !claims.has_scope(API_SCOPE) {
+            return Err(Problem::new(StatusCode::FORBIDDEN, "insufficient_scope", "Forbidden")
+                .detail(format!("A user's token needs the {API_SCOPE} scope here."))
+                .www_authenticate(format!(
+                    "Bearer realm=\"ponte\", error=\"insufficient_scope\", scope=\"{API_SCOPE}\""
+                )));
+        }
+        // The role comes from the directory now, not from the token: a demoted, disabled
+        // or deleted user loses the API at once.
+        let Some(user) = state.active_user(account, &claims.sub).await? else {
             return Err(unauthorized(Some("invalid_token"), "The access token is invalid or expired."));
         };
-        return Ok(Caller::User { client_id: claims.client_id, account, user, role });
+        return Ok(Caller::User {
+            client_id: claims.client_id,
+            account: user.account_id,
+            user: user.id,
+            role: user.role,
+        });
     }
     if !claims.has_scope(ADMIN_SCOPE) {
         return Err(Problem::new(StatusCode::FORBIDDEN, "insufficient_scope", "Forbidden")

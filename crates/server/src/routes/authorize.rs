@@ -144,7 +144,28 @@ fn expired_page(req: &HttpRequest) -> HttpResponse {
     )
 }
 
-async fn store_pending(state: &AppState, request: &AuthorizationRequest) -> Result<String, Problem> {
+/// Refuses with 429 when one client address parks too much short-lived state (each
+/// record lives ten minutes in the session store, so unbounded creation would fill it).
+pub async fn limit_parked_state(
+    req: &HttpRequest,
+    state: &AppState,
+    limit: &ponte_identity::ratelimit::RateLimit,
+) -> Result<(), Problem> {
+    let ip = crate::extract::client_ip(req).unwrap_or_else(|| "unknown".into());
+    if limit.allow(state.sessions.store().as_ref(), &ip, state.now()).await? {
+        Ok(())
+    } else {
+        Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "Too many requests")
+            .detail("Slow down and try again in a minute."))
+    }
+}
+
+/// Pending requests one client address may park per minute (each lives ten minutes).
+pub const PENDING_PER_IP: ponte_identity::ratelimit::RateLimit =
+    ponte_identity::ratelimit::RateLimit { name: "pending-ip", max: 120, window: time::Duration::minutes(1) };
+
+async fn store_pending(req: &HttpRequest, state: &AppState, request: &AuthorizationRequest) -> Result<String, Problem> {
+    limit_parked_state(req, state, &PENDING_PER_IP).await?;
     let id = random_token();
     let json = serde_json::to_string(request).map_err(|e| Problem::internal(&e))?;
     state.sessions.store().put_once(&pending_key(&id), &json, PENDING_TTL_SECS).await?;
@@ -159,10 +180,15 @@ async fn take_pending(state: &AppState, id: &str) -> Result<Option<Authorization
     Ok(serde_json::from_str(&json).ok())
 }
 
+/// A waiting request, read without consuming it.
+pub async fn pending_request(state: &AppState, id: &str) -> Option<AuthorizationRequest> {
+    let json = state.sessions.store().peek(&pending_key(id)).await.ok().flatten()?;
+    serde_json::from_str(&json).ok()
+}
+
 /// The `login_hint` of a waiting request, to prefill the login page.
 pub async fn login_hint(state: &AppState, id: &str) -> Option<String> {
-    let json = state.sessions.store().peek(&pending_key(id)).await.ok().flatten()?;
-    serde_json::from_str::<AuthorizationRequest>(&json).ok()?.login_hint
+    pending_request(state, id).await?.login_hint
 }
 
 async fn proceed(
@@ -196,7 +222,7 @@ async fn proceed(
         (_, stale) => {
             let mut request = request;
             request.sent_to_login = Some(SentToLogin { stale_sid: stale.map(|s| s.id) });
-            let id = store_pending(state, &request).await?;
+            let id = store_pending(req, state, &request).await?;
             return Ok(HttpResponse::SeeOther()
                 .insert_header((header::LOCATION, format!("/login?authz={id}")))
                 .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -263,7 +289,7 @@ async fn consent_page(
     request: &AuthorizationRequest,
 ) -> Result<HttpResponse, Problem> {
     let lang = Lang::from_request(req);
-    let id = store_pending(state, request).await?;
+    let id = store_pending(req, state, request).await?;
     let (csrf, fresh) = csrf_token(req, state);
     let scopes: String = request.scope.iter().map(|s| format!("<li><code>{}</code></li>", escape(s))).collect();
     let body = format!(

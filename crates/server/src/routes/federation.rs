@@ -44,6 +44,8 @@ const BINDING: &str = "ponte_fed";
 const FLOW_TTL_SECS: u64 = 600;
 /// Password or code attempts on one proof page.
 const MAX_PROOF_ATTEMPTS: u32 = 5;
+/// Flows one client address may start per minute (each lives ten minutes).
+const FLOWS_PER_IP: RateLimit = RateLimit { name: "fed-flow-ip", max: 120, window: Duration::minutes(1) };
 /// Proof attempts per user, across flows.
 const PROOF_PER_USER: RateLimit = RateLimit { name: "link-proof", max: 10, window: Duration::minutes(15) };
 
@@ -66,6 +68,10 @@ struct Flow {
     binding: String,
     return_to: String,
     started_at: i64,
+    /// The sign-in must be fresh upstream (an application asked for prompt=login or
+    /// max_age), so a silent upstream session cannot stand in for it.
+    #[serde(default)]
+    fresh: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,11 +258,14 @@ pub async fn start(
     }
     // Link and register force a fresh upstream sign-in: a stale upstream session in this
     // browser must never answer for someone else.
+    let step_up = intent == Intent::Login && wants_fresh_login(&state, &return_to).await;
     let ask = match intent {
+        Intent::Login if step_up => Ask::FreshLogin,
         Intent::Login => Ask::Login,
         Intent::Link => Ask::FreshLogin,
         Intent::Register => Ask::Create,
     };
+    crate::routes::authorize::limit_parked_state(&req, &state, &FLOWS_PER_IP).await?;
     let started = match upstream.start(&redirect_uri(&state, &upstream.id), ask, None).await {
         Ok(s) => s,
         Err(e) => return Ok(upstream_failure(&req, &e)),
@@ -272,12 +281,22 @@ pub async fn start(
         binding: digest(&binding),
         return_to,
         started_at: state.now().unix_timestamp(),
+        fresh: step_up,
     };
     let json = serde_json::to_string(&flow).map_err(|e| Problem::internal(&e))?;
     state.sessions.store().put_once(&flow_key(&started.state), &json, FLOW_TTL_SECS).await?;
     let mut response = see_other(&started.url);
     let _ = response.add_cookie(&cookie(&state, BINDING, binding));
     Ok(response)
+}
+
+/// Whether `return_to` resumes an authorization request that demands a fresh sign-in.
+async fn wants_fresh_login(state: &AppState, return_to: &str) -> bool {
+    let Some(id) = return_to.strip_prefix("/oauth2/authorize/continue?authz=") else { return false };
+    match crate::routes::authorize::pending_request(state, id).await {
+        Some(request) => request.prompt.contains(&ponte_identity::oidc::Prompt::Login) || request.max_age.is_some(),
+        None => false,
+    }
 }
 
 fn binding_ok(req: &HttpRequest, state: &AppState, expected_digest: &str) -> bool {
@@ -323,7 +342,7 @@ pub async fn callback(
     let Some(code) = query.code.as_deref() else {
         return Ok(refuse(&req, StatusCode::BAD_REQUEST, "upstream_response_invalid"));
     };
-    let fresh_after = (flow.intent != Intent::Login).then_some(flow.started_at);
+    let fresh_after = (flow.intent != Intent::Login || flow.fresh).then_some(flow.started_at);
     let identity = match upstream
         .finish(
             &redirect_uri(&state, &upstream.id),

@@ -70,7 +70,14 @@ pub async fn discovery(state: web::Data<AppState>) -> HttpResponse {
         code_challenge_methods_supported: vec!["S256"],
         authorization_response_iss_parameter_supported: true,
         prompt_values_supported: vec!["none", "login", "consent"],
-        scopes_supported: vec!["openid", "profile", "email", "offline_access", crate::auth::ADMIN_SCOPE],
+        scopes_supported: vec![
+            "openid",
+            "profile",
+            "email",
+            "offline_access",
+            crate::auth::API_SCOPE,
+            crate::auth::ADMIN_SCOPE,
+        ],
         claims_supported: vec![
             "iss",
             "sub",

@@ -368,6 +368,11 @@ async fn authorization_code(
     if !pkce_matches(verifier, &grant.code_challenge) {
         return Err(OAuthError::invalid_grant("code_verifier does not match the code_challenge.").into());
     }
+    // Logout between the code and its redemption: the session's tokens were revoked, so
+    // the code must not start new ones.
+    if store.get(&grant.sid).await.map_err(Problem::from)?.is_none() {
+        return Err(OAuthError::invalid_grant("The session this code came from has ended.").into());
+    }
     let Some(user) = state.active_user(&grant.account_id, &grant.user_id).await? else {
         return Err(OAuthError::invalid_grant("The user can no longer sign in.").into());
     };

@@ -147,6 +147,10 @@ impl World {
                 next
             };
             seen.push(absolute.clone());
+            if !absolute.starts_with(&self.upstream.base) && !absolute.starts_with(&self.ponte.base) {
+                // Leaving for an application: stop here, as the test reads the redirect.
+                return (response, seen);
+            }
             url = absolute;
         }
     }
@@ -550,6 +554,12 @@ async fn back_channel_logout_ends_the_sessions_of_the_upstream_session() {
             .send()
     };
     assert_eq!(post(token("j0", "someone-else", &sid[0])).await.unwrap().status(), 400, "wrong audience");
+    let no_exp = json!({
+        "iss": world.upstream.base, "aud": client_id, "iat": now, "jti": "jx", "sid": sid[0],
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}}
+    });
+    let no_exp = world.upstream.state.keys.ring().sign(&no_exp, "logout+jwt").unwrap();
+    assert_eq!(post(no_exp).await.unwrap().status(), 400, "exp is required");
     let mut ended = false;
     for (i, s) in sid.iter().enumerate() {
         let r = post(token(&format!("j{}", i + 1), &client_id, s)).await.unwrap();
@@ -588,4 +598,43 @@ async fn a_flow_started_on_one_replica_finishes_on_another() {
     assert_eq!(confirm.status(), 303, "replica 2 knows the flow");
     let page = browser.get(replica.url(&location(&confirm))).send().await.unwrap().text().await.unwrap();
     assert_eq!(dd(&page, "upstream-email"), "mario.rossi@gruppo.it");
+}
+
+#[tokio::test]
+async fn an_application_asking_for_a_fresh_login_gets_one_upstream_too() {
+    let world = World::new().await;
+    let browser = world.admin_browser().await;
+    let (html, _) = world.connect(&browser, "mario.rossi@gruppo.it").await;
+    world.press(&browser, &html, "continue", &[]).await;
+
+    // An application asks Ponte for prompt=login; the person picks "Sign in with …".
+    let (client_id, _) = world.ponte.register_browser_client(true, false).await;
+    let mut authorize = url::Url::parse(&world.ponte.url("/oauth2/authorize")).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client_id)
+        .append_pair("redirect_uri", crate::harness::REDIRECT_URI)
+        .append_pair("scope", "openid")
+        .append_pair("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("prompt", "login");
+    let to_login = browser.get(authorize.as_str()).send().await.unwrap();
+    let login_page = browser.get(world.ponte.url(&location(&to_login))).send().await.unwrap().text().await.unwrap();
+    let href = login_page
+        .split("id=\"login-with-up\" href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let (back, seen) = world.browse(&browser, &world.ponte.url(&href), "mario.rossi@gruppo.it").await;
+    let upstream_ask = query_of(
+        seen.iter().find(|u| u.contains("/oauth2/authorize?") && u.starts_with(&world.upstream.base)).unwrap(),
+    );
+    assert_eq!(upstream_ask["prompt"], "login", "the step-up is passed upstream");
+    assert_eq!(upstream_ask["max_age"], "0");
+    assert!(seen.iter().any(|s| s == "upstream-login"), "credentials were asked for again: {seen:?}");
+    assert!(location(&back).starts_with(crate::harness::REDIRECT_URI), "back at the application: {}", location(&back));
 }

@@ -237,7 +237,7 @@ impl TestApp {
                 NewClient {
                     name: "Shop".into(),
                     grants: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
-                    scopes: vec![],
+                    scopes: ["openid", "profile", "email", "offline_access", "ponte.api"].map(String::from).to_vec(),
                     redirect_uris: vec![REDIRECT_URI.into()],
                     post_logout_redirect_uris: vec![POST_LOGOUT_URI.into()],
                     first_party,

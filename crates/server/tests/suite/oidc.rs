@@ -29,6 +29,7 @@ fn query_of(url: &str) -> HashMap<String, String> {
 }
 
 struct Flow {
+    scope: &'static str,
     app: TestApp,
     browser: reqwest::Client,
     client_id: String,
@@ -43,7 +44,7 @@ impl Flow {
         let account = app.create_account(&token, "mario@esempio.it", PASSWORD).await;
         let (client_id, secret) = app.register_browser_client(first_party, public).await;
         let browser = app.browser();
-        Self { app, browser, client_id, secret, account }
+        Self { scope: "openid email profile offline_access", app, browser, client_id, secret, account }
     }
 
     fn authorize_url(&self, challenge: &str, extra: &[(&str, &str)]) -> String {
@@ -52,7 +53,7 @@ impl Flow {
             .append_pair("response_type", "code")
             .append_pair("client_id", &self.client_id)
             .append_pair("redirect_uri", REDIRECT_URI)
-            .append_pair("scope", "openid email profile offline_access")
+            .append_pair("scope", self.scope)
             .append_pair("state", "st-1")
             .append_pair("nonce", "no-1")
             .append_pair("code_challenge", challenge)
@@ -479,7 +480,21 @@ async fn user_tokens_act_within_their_account_by_role() {
         .unwrap();
     let other = flow.app.create_account(&admin_token, "luigi@esempio.it", PASSWORD).await;
 
-    // The owner's token from the browser flow manages its own account only.
+    // A token without the API scope (what a third-party app would hold) is refused.
+    let (verifier, challenge) = pkce();
+    let code = flow.code(&challenge).await;
+    let plain_token = flow.redeem(&code, &verifier).await.1["access_token"].as_str().unwrap().to_owned();
+    let refused = http
+        .get(flow.app.url(&format!("/api/v1/accounts/{account}/users")))
+        .bearer_auth(&plain_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.json::<Value>().await.unwrap()["code"], "insufficient_scope");
+
+    // The owner's token with ponte.api manages its own account only.
+    let flow = Flow { scope: "openid ponte.api", ..flow };
     let (verifier, challenge) = pkce();
     let code = flow.code(&challenge).await;
     let owner_token = flow.redeem(&code, &verifier).await.1["access_token"].as_str().unwrap().to_owned();
@@ -508,6 +523,7 @@ async fn user_tokens_act_within_their_account_by_role() {
 
     // A member signs in through the same client and may read itself, nothing more.
     let member_browser = Flow { browser: flow.app.browser(), ..flow };
+    assert_eq!(member_browser.scope, "openid ponte.api");
     let page = member_browser.browser.get(member_browser.app.url("/login")).send().await.unwrap().text().await.unwrap();
     member_browser
         .browser
@@ -535,6 +551,14 @@ async fn user_tokens_act_within_their_account_by_role() {
         .unwrap();
     assert_eq!(list.status(), 403);
     assert_eq!(list.json::<Value>().await.unwrap()["code"], "forbidden");
+
+    // Disabling the member ends its API access at once, though its token has not expired.
+    let member_url =
+        member_browser.app.url(&format!("/api/v1/accounts/{account}/users/{}", member["id"].as_str().unwrap()));
+    let disabled =
+        http.patch(&member_url).bearer_auth(&admin_token).json(&json!({"status": "disabled"})).send().await.unwrap();
+    assert_eq!(disabled.status(), 200);
+    assert_eq!(http.get(&member_url).bearer_auth(&member_token).send().await.unwrap().status(), 401);
 }
 
 #[tokio::test]
@@ -548,4 +572,32 @@ async fn keys_rotate_on_schedule_when_the_current_one_is_old_enough() {
     app.clock.advance(time::Duration::days(31));
     app.state.keys.refresh(&repo, &app.state.master, &policy, app.state.now()).await.unwrap();
     assert_ne!(app.state.keys.ring().signing_kid(), before, "rotated after key_rotation_days");
+}
+
+#[tokio::test]
+async fn a_code_is_worthless_once_its_session_has_ended() {
+    let flow = Flow::new(true, false).await;
+    let (verifier, challenge) = pkce();
+    let code = flow.code(&challenge).await;
+    let home = flow.browser.get(flow.app.url("/")).send().await.unwrap().text().await.unwrap();
+    let out =
+        flow.browser.post(flow.app.url("/logout")).form(&[("csrf_token", csrf_from(&home))]).send().await.unwrap();
+    assert_eq!(out.status(), 303);
+    let (status, body) = flow.redeem(&code, &verifier).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")));
+}
+
+#[tokio::test]
+async fn parking_authorization_requests_is_rate_limited_per_address() {
+    let flow = Flow::new(true, false).await;
+    let (_, challenge) = pkce();
+    let url = flow.authorize_url(&challenge, &[]);
+    let mut statuses = Vec::new();
+    for _ in 0..121 {
+        statuses.push(flow.app.browser().get(&url).send().await.unwrap().status().as_u16());
+    }
+    assert!(statuses[..120].iter().all(|s| *s == 303), "the first 120 go to the login page");
+    assert_eq!(statuses[120], 429);
+    flow.app.clock.advance(time::Duration::minutes(1));
+    assert_eq!(flow.app.browser().get(&url).send().await.unwrap().status(), 303, "the next minute is fine");
 }
