@@ -56,6 +56,9 @@ pub struct AuthorizationRequest {
     /// the same second.
     #[serde(default)]
     pub sent_to_login: Option<SentToLogin>,
+    /// The session the consent page was shown to; the decision must come from it.
+    #[serde(default)]
+    pub consent_sid: Option<String>,
 }
 
 /// The session a browser had when it was sent to sign in.
@@ -185,6 +188,7 @@ pub fn validate_request(
         login_hint,
         received_at: to_unix(now),
         sent_to_login: None,
+        consent_sid: None,
     })
 }
 

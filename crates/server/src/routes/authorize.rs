@@ -242,6 +242,7 @@ async fn proceed(
                     "The user has not consented.",
                 ));
             }
+            let request = AuthorizationRequest { consent_sid: Some(session.id.clone()), ..request };
             return consent_page(req, state, client, &request).await;
         }
     }
@@ -343,6 +344,10 @@ pub async fn consent(
         ));
     }
     let Some(session) = current_session(&req, &state).await? else { return Ok(expired_page(&req)) };
+    // The decision must come from the session the page was shown to.
+    if request.consent_sid.as_deref() != Some(session.id.as_str()) {
+        return Ok(expired_page(&req));
+    }
     state.consents.grant(&session.user_id, &request.client_id, &request.scope, state.now()).await?;
     issue_code(&state, &request, &session).await
 }

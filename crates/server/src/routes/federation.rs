@@ -93,7 +93,6 @@ struct Pending {
     binding: String,
     return_to: String,
     code_digest: Option<String>,
-    attempts: u32,
     epoch: u64,
 }
 
@@ -377,7 +376,6 @@ pub async fn callback(
                 binding: flow.binding,
                 return_to: flow.return_to,
                 code_digest: None,
-                attempts: 0,
             };
             let id = store_pending(&state, &pending).await?;
             Ok(see_other(&format!("/link/confirm?id={id}")))
@@ -435,7 +433,6 @@ async fn login_with(
             binding,
             return_to,
             code_digest: None,
-            attempts: 0,
         };
         let id = store_pending(state, &pending).await?;
         return Ok(see_other(&format!("/link/confirm?id={id}")));
@@ -689,7 +686,9 @@ pub async fn confirm(
         }
         (PendingKind::ProveExisting, action @ ("password" | "code" | "send_code")) => {
             let within = PROOF_PER_USER.allow(store.as_ref(), &pending.user_id, state.now()).await?;
-            if !within || pending.attempts >= MAX_PROOF_ATTEMPTS {
+            // Counted atomically per confirmation, so parallel posts cannot exceed it.
+            let attempts = store.incr(&format!("proof-attempts:{}", digest(&form.id)), FLOW_TTL_SECS).await?;
+            if !within || attempts > u64::from(MAX_PROOF_ATTEMPTS) {
                 store.take_once(&pending_key(&form.id)).await?;
                 return Ok(refuse(&req, StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"));
             }
@@ -734,8 +733,6 @@ pub async fn confirm(
                 pending.code_digest.as_ref().is_some_and(|d| constant_time_eq(d.as_bytes(), presented.as_bytes()))
             };
             if !proved {
-                pending.attempts += 1;
-                save_pending(&state, &form.id, &pending).await?;
                 let message = lang.pick("Password o codice non corretti.", "The password or code is not correct.");
                 return render_confirm(&req, &state, &form.id, &pending, StatusCode::UNAUTHORIZED, Some(message)).await;
             }

@@ -638,3 +638,29 @@ async fn an_application_asking_for_a_fresh_login_gets_one_upstream_too() {
     assert!(seen.iter().any(|s| s == "upstream-login"), "credentials were asked for again: {seen:?}");
     assert!(location(&back).starts_with(crate::harness::REDIRECT_URI), "back at the application: {}", location(&back));
 }
+
+#[tokio::test]
+async fn guessing_the_proof_is_cut_off_after_five_attempts() {
+    let world = World::new().await;
+    let upstream_token = world.upstream.admin_token().await;
+    world
+        .upstream
+        .browser()
+        .post(world.upstream.url("/api/v1/accounts"))
+        .bearer_auth(&upstream_token)
+        .json(&json!({"name": "g", "owner": {"email": "mario@esempio.it", "name": "Mario", "password": PASSWORD}}))
+        .send()
+        .await
+        .unwrap();
+    let browser = world.ponte.browser();
+    let (page, _) =
+        world.browse(&browser, &world.ponte.url("/federation/up/start?intent=login"), "mario@esempio.it").await;
+    let html = page.text().await.unwrap();
+    for i in 0..5 {
+        let guess = format!("guess number {i}");
+        assert_eq!(world.press(&browser, &html, "password", &[("password", &guess)]).await.status(), 401);
+    }
+    let sixth = world.press(&browser, &html, "password", &[("password", PASSWORD)]).await;
+    assert_eq!(sixth.status(), 429, "even the right password once the attempts are spent");
+    assert!(world.identities().await["identities"].as_array().unwrap().is_empty());
+}
