@@ -4,7 +4,9 @@ use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 use ponte_identity::secret::{constant_time_eq, random_token};
-use ponte_identity::session::Session;
+use ponte_identity::session::{NewSession, Session};
+use ponte_linking::account::User;
+use ponte_linking::audit::{Actor, AuditEntry};
 
 use crate::extract::page_headers;
 use crate::html::{Lang, escape, layout};
@@ -110,4 +112,50 @@ pub fn csrf_failed_page(req: &HttpRequest) -> HttpResponse {
         "Il modulo non proviene da Ponte.",
         "The form did not come from Ponte.",
     )
+}
+
+/// Signs `user` in: ends whatever session this browser had (a new id at every sign-in),
+/// starts a session with `amr`, counts and audits it, and redirects to `next` with the
+/// cookie set.
+pub async fn start_session(
+    req: &HttpRequest,
+    state: &AppState,
+    user: &User,
+    amr: Vec<String>,
+    next: &str,
+) -> Result<(HttpResponse, Session), Problem> {
+    let now = state.now();
+    if let Some(old) = session_token(req, state) {
+        state.sessions.revoke_token(&old).await?;
+    }
+    let ip = crate::extract::client_ip(req);
+    let user_agent =
+        req.headers().get(actix_web::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let new = NewSession {
+        user_id: user.id.to_string(),
+        account_id: user.account_id.to_string(),
+        amr: amr.clone(),
+        user_agent,
+        ip: ip.clone(),
+    };
+    let (token, session) = state.sessions.create(new, now).await?;
+    metrics::counter!("sessions_created_total").increment(1);
+    state
+        .directory
+        .record(&AuditEntry {
+            account_id: Some(user.account_id),
+            actor: Actor::user(user.id, ip),
+            action: "login.succeeded".into(),
+            target: Some(format!("user:{}", user.id)),
+            detail: Some(serde_json::json!({ "amr": amr }).to_string()),
+            at: now,
+        })
+        .await?;
+    let mut response = HttpResponse::SeeOther()
+        .insert_header((actix_web::http::header::LOCATION, next.to_owned()))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .finish();
+    page_headers(&mut response);
+    let _ = response.add_cookie(&cookie(state, SESSION, token.expose().to_owned()));
+    Ok((response, session))
 }

@@ -12,17 +12,17 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::password;
 use ponte_identity::ratelimit::RateLimit;
 use ponte_identity::secret::{constant_time_eq, digest, random_bytes, random_token};
-use ponte_identity::session::{NewSession, Session};
+use ponte_identity::session::Session;
 use ponte_identity::upstream::{Ask, FlowSecrets, Upstream, UpstreamError, UpstreamIdentity};
 use ponte_linking::account::{AccountStatus, User, UserStatus};
-use ponte_linking::audit::{Actor, AuditEntry};
+use ponte_linking::audit::Actor;
 use ponte_linking::links::Decision;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use time::Duration;
 
 use crate::browser::{
-    CSRF, SESSION, cookie, csrf_failed_page, csrf_ok, csrf_token, current_session, error_page, page, session_token,
+    CSRF, cookie, csrf_failed_page, csrf_ok, csrf_token, current_session, error_page, page, start_session,
 };
 use crate::extract::client_ip;
 use crate::html::{Lang, escape};
@@ -448,41 +448,11 @@ async fn sign_in(
     identity: &UpstreamIdentity,
     return_to: &str,
 ) -> Result<HttpResponse, Problem> {
-    let now = state.now();
-    if let Some(old) = session_token(req, state) {
-        state.sessions.revoke_token(&old).await?;
-    }
-    let ip = client_ip(req);
-    let (token, session) = state
-        .sessions
-        .create(
-            NewSession {
-                user_id: user.id.to_string(),
-                account_id: user.account_id.to_string(),
-                amr: vec!["fed".into(), identity.provider.clone()],
-                user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
-                ip: ip.clone(),
-            },
-            now,
-        )
-        .await?;
+    let (response, session) =
+        start_session(req, state, user, vec!["fed".into(), identity.provider.clone()], return_to).await?;
     if let Some(sid) = &identity.sid {
         remember_upstream_session(state, &identity.provider, sid, &session).await?;
     }
-    metrics::counter!("sessions_created_total").increment(1);
-    state
-        .directory
-        .record(&AuditEntry {
-            account_id: Some(user.account_id),
-            actor: Actor::user(user.id, ip),
-            action: "login.succeeded".into(),
-            target: Some(format!("user:{}", user.id)),
-            detail: Some(serde_json::json!({"amr": ["fed", identity.provider]}).to_string()),
-            at: now,
-        })
-        .await?;
-    let mut response = see_other(return_to);
-    let _ = response.add_cookie(&cookie(state, SESSION, token.expose().to_owned()));
     Ok(response)
 }
 

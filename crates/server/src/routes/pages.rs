@@ -5,14 +5,14 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::password;
 use ponte_identity::ratelimit::RateLimit;
-use ponte_identity::session::NewSession;
 use ponte_linking::account::{AccountStatus, UserStatus};
-use ponte_linking::audit::{Actor, AuditEntry};
 use serde::Deserialize;
 use time::Duration;
 
-use crate::browser::{CSRF, SESSION, cookie, csrf_ok, csrf_token, end_session, page, removal, session_token};
-use crate::extract::{client_ip, page_headers};
+use crate::browser::{
+    CSRF, SESSION, cookie, csrf_ok, csrf_token, end_session, page, removal, session_token, start_session,
+};
+use crate::extract::client_ip;
 use crate::html::{Lang, escape};
 use crate::problem::Problem;
 use crate::state::AppState;
@@ -235,44 +235,11 @@ pub async fn login(
             Some(lang.pick("Email o password non corretti.", "Email or password is incorrect.")),
         ));
     };
-    // Rotate: whatever session this browser had ends, and a new id is issued.
-    if let Some(old) = session_token(&req, &state) {
-        state.sessions.revoke_token(&old).await?;
-    }
-    let user = &candidate.user;
-    let (token, _) = state
-        .sessions
-        .create(
-            NewSession {
-                user_id: user.id.to_string(),
-                account_id: user.account_id.to_string(),
-                amr: vec!["pwd".into()],
-                user_agent: req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
-                ip: ip.clone(),
-            },
-            now,
-        )
-        .await?;
-    metrics::counter!("sessions_created_total").increment(1);
-    state
-        .directory
-        .record(&AuditEntry {
-            account_id: Some(user.account_id),
-            actor: Actor::user(user.id, ip),
-            action: "login.succeeded".into(),
-            target: Some(format!("user:{}", user.id)),
-            detail: Some(r#"{"amr":["pwd"]}"#.into()),
-            at: now,
-        })
-        .await?;
     let next = match form.authz.as_deref().filter(|a| is_authz_id(a)) {
         Some(authz) => format!("/oauth2/authorize/continue?authz={authz}"),
         None => "/".to_owned(),
     };
-    let mut response = HttpResponse::SeeOther().insert_header((header::LOCATION, next)).finish();
-    page_headers(&mut response);
-    let _ = response.add_cookie(&cookie(&state, SESSION, token.expose().to_owned()));
-    Ok(response)
+    Ok(start_session(&req, &state, &candidate.user, vec!["pwd".into()], &next).await?.0)
 }
 
 /// Who is signed in, with a sign-out button.
