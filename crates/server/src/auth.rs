@@ -100,15 +100,20 @@ fn unauthorized(error: Option<&str>, detail: &str) -> Problem {
     Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(detail).www_authenticate(challenge)
 }
 
-async fn authenticate(state: web::Data<AppState>, authorization: Option<String>) -> Result<Caller, Problem> {
-    let Some(value) = authorization else {
-        return Err(unauthorized(None, "Send an access token as 'Authorization: Bearer <token>'."));
-    };
-    let token = value
+/// The token of an `Authorization: Bearer <token>` header value, if it is one.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    value
         .split_once(' ')
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+async fn authenticate(state: web::Data<AppState>, authorization: Option<String>) -> Result<Caller, Problem> {
+    let Some(value) = authorization else {
+        return Err(unauthorized(None, "Send an access token as 'Authorization: Bearer <token>'."));
+    };
+    let token = bearer_token(&value)
         .ok_or_else(|| unauthorized(Some("invalid_request"), "The Authorization header must use the Bearer scheme."))?;
     let claims = verify_access(&state, token)
         .await?

@@ -103,6 +103,14 @@ pub fn error_page(req: &HttpRequest, status: StatusCode, code: &str, it: &str, e
     page(status, lang, title, &body)
 }
 
+/// A 303 to `location` that no cache keeps (redirects in sign-in flows carry one-time ids).
+pub fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((actix_web::http::header::LOCATION, location.to_owned()))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
 /// The page for a form whose CSRF token did not match.
 pub fn csrf_failed_page(req: &HttpRequest) -> HttpResponse {
     error_page(
@@ -151,10 +159,7 @@ pub async fn start_session(
             at: now,
         })
         .await?;
-    let mut response = HttpResponse::SeeOther()
-        .insert_header((actix_web::http::header::LOCATION, next.to_owned()))
-        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
-        .finish();
+    let mut response = see_other(next);
     page_headers(&mut response);
     let _ = response.add_cookie(&cookie(state, SESSION, token.expose().to_owned()));
     Ok((response, session))

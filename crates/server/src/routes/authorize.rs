@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::client::Client;
 use ponte_identity::oidc::{
@@ -16,7 +15,7 @@ use serde::Deserialize;
 
 use crate::browser::{
     CSRF, SESSION, cookie, csrf_failed_page, csrf_ok, csrf_token, current_session, end_session, error_page, page,
-    removal,
+    removal, see_other,
 };
 use crate::html::{Lang, escape};
 use crate::problem::Problem;
@@ -62,10 +61,7 @@ fn redirect_to(uri: &str, params: &[(&str, &str)]) -> HttpResponse {
         }
         Err(_) => uri.to_owned(),
     };
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish()
+    see_other(&location)
 }
 
 /// An RFC 6749 §4.1.2.1 error response, with `iss` (RFC 9207).
@@ -223,10 +219,7 @@ async fn proceed(
             let mut request = request;
             request.sent_to_login = Some(SentToLogin { stale_sid: stale.map(|s| s.id) });
             let id = store_pending(req, state, &request).await?;
-            return Ok(HttpResponse::SeeOther()
-                .insert_header((header::LOCATION, format!("/login?authz={id}")))
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .finish());
+            return Ok(see_other(&format!("/login?authz={id}")));
         }
     };
     if !client.first_party {

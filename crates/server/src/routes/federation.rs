@@ -22,7 +22,7 @@ use std::sync::Arc;
 use time::Duration;
 
 use crate::browser::{
-    CSRF, cookie, csrf_failed_page, csrf_ok, csrf_token, current_session, error_page, page, start_session,
+    CSRF, cookie, csrf_failed_page, csrf_ok, csrf_token, current_session, error_page, page, see_other, start_session,
 };
 use crate::extract::client_ip;
 use crate::html::{Lang, escape};
@@ -114,13 +114,6 @@ fn upstream_sid_key(provider: &str, sid: &str) -> String {
 
 fn redirect_uri(state: &AppState, provider: &str) -> String {
     format!("{}/federation/{provider}/callback", state.issuer)
-}
-
-fn see_other(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, location.to_owned()))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish()
 }
 
 /// `return_to` may only point back into Ponte: a path, never another origin.

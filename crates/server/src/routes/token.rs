@@ -576,17 +576,12 @@ fn bearer_error(status: StatusCode, error: &str, description: &str) -> HttpRespo
 #[utoipa::path(get, path = "/oauth2/userinfo", tag = "oauth2", security(("bearer" = ["openid"])),
     responses((status = 200, body = UserInfo), (status = 401, description = "invalid_token")))]
 pub async fn userinfo(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned());
+    let token =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(crate::auth::bearer_token);
     let Some(token) = token else {
         return Ok(bearer_error(StatusCode::UNAUTHORIZED, "invalid_request", "Send a Bearer token."));
     };
-    let Some(claims) = verify_access(&state, &token).await? else {
+    let Some(claims) = verify_access(&state, token).await? else {
         return Ok(bearer_error(StatusCode::UNAUTHORIZED, "invalid_token", "The access token is invalid or expired."));
     };
     if !claims.has_scope("openid") || !claims.is_user_token() {
