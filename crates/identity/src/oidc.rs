@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use crate::client::{Client, GrantType, is_valid_scope_token};
 use crate::clock::to_unix;
 use crate::db::Database;
+use crate::ids::{AccountId, UserId};
 use crate::secret::constant_time_eq;
 use crate::{Error, Result};
 
@@ -240,9 +241,9 @@ pub struct CodeGrant {
     /// Must be presented again at the token endpoint.
     pub redirect_uri: String,
     /// The user.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The user's account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Granted scopes.
     pub scope: Vec<String>,
     /// For the ID token.
@@ -272,9 +273,9 @@ pub struct RedeemedCode {
 #[async_trait]
 pub trait ConsentRepo: Send + Sync + std::fmt::Debug {
     /// The scopes `user_id` allowed `client_id`, if any.
-    async fn granted(&self, user_id: &str, client_id: &str) -> Result<Vec<String>>;
+    async fn granted(&self, user: UserId, client_id: &str) -> Result<Vec<String>>;
     /// Records (or widens) a consent.
-    async fn grant(&self, user_id: &str, client_id: &str, scopes: &[String], now: OffsetDateTime) -> Result<()>;
+    async fn grant(&self, user: UserId, client_id: &str, scopes: &[String], now: OffsetDateTime) -> Result<()>;
 }
 
 /// Consents in the relational store.
@@ -292,18 +293,18 @@ impl SqlConsents {
 
 #[async_trait]
 impl ConsentRepo for SqlConsents {
-    async fn granted(&self, user_id: &str, client_id: &str) -> Result<Vec<String>> {
+    async fn granted(&self, user: UserId, client_id: &str) -> Result<Vec<String>> {
         let row: Option<(String,)> =
             sqlx::query_as("SELECT scopes FROM consents WHERE user_id = $1 AND client_id = $2")
-                .bind(user_id)
+                .bind(user.to_string())
                 .bind(client_id)
                 .fetch_optional(self.db.pool())
                 .await?;
         Ok(row.map(|(s,)| s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default())
     }
 
-    async fn grant(&self, user_id: &str, client_id: &str, scopes: &[String], now: OffsetDateTime) -> Result<()> {
-        let mut all = self.granted(user_id, client_id).await?;
+    async fn grant(&self, user: UserId, client_id: &str, scopes: &[String], now: OffsetDateTime) -> Result<()> {
+        let mut all = self.granted(user, client_id).await?;
         for s in scopes {
             if !all.contains(s) {
                 all.push(s.clone());
@@ -313,7 +314,7 @@ impl ConsentRepo for SqlConsents {
             "INSERT INTO consents (user_id, client_id, scopes, granted_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (user_id, client_id) DO UPDATE SET scopes = excluded.scopes, granted_at = excluded.granted_at",
         )
-        .bind(user_id)
+        .bind(user.to_string())
         .bind(client_id)
         .bind(all.join(" "))
         .bind(to_unix(now))

@@ -10,6 +10,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::clock::{from_unix, to_unix};
 use crate::db::Database;
+use crate::ids::{AccountId, UserId};
 use crate::secret::{constant_time_eq, digest, random_token};
 use crate::{Error, Result};
 
@@ -25,9 +26,9 @@ pub struct Family {
     /// The client it was issued to.
     pub client_id: String,
     /// The user.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The user's account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Granted scopes (space-separated).
     pub scope: String,
     /// The Ponte session it came from.
@@ -93,9 +94,9 @@ pub struct NewFamily {
     /// The client.
     pub client_id: String,
     /// The user.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The user's account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Granted scopes (space-separated).
     pub scope: String,
     /// The Ponte session.
@@ -121,7 +122,7 @@ pub trait RefreshRepo: Send + Sync + std::fmt::Debug {
     /// Revokes every family started from a Ponte session.
     async fn revoke_session(&self, sid: &str, now: OffsetDateTime) -> Result<u64>;
     /// Revokes every family of a user.
-    async fn revoke_user(&self, user_id: &str, now: OffsetDateTime) -> Result<u64>;
+    async fn revoke_user(&self, user: UserId, now: OffsetDateTime) -> Result<u64>;
 }
 
 /// Families in the relational store.
@@ -182,8 +183,8 @@ impl RefreshRepo for SqlRefresh {
         )
         .bind(&family.id)
         .bind(&family.client_id)
-        .bind(&family.user_id)
-        .bind(&family.account_id)
+        .bind(family.user_id.to_string())
+        .bind(family.account_id.to_string())
         .bind(&family.scope)
         .bind(family.sid.clone())
         .bind(family.auth_time)
@@ -204,11 +205,13 @@ impl RefreshRepo for SqlRefresh {
         .bind(id)
         .fetch_optional(self.db.pool())
         .await?;
-        Ok(row.map(|r| Family {
+        let Some(r) = row else { return Ok(None) };
+        let corrupt = |what: &str| Error::Corrupt(format!("refresh family {}: {what}", r.0));
+        Ok(Some(Family {
+            user_id: r.2.parse().map_err(|_| corrupt("user_id"))?,
+            account_id: r.3.parse().map_err(|_| corrupt("account_id"))?,
             id: r.0,
             client_id: r.1,
-            user_id: r.2,
-            account_id: r.3,
             scope: r.4,
             sid: r.5,
             auth_time: r.6,
@@ -270,10 +273,10 @@ impl RefreshRepo for SqlRefresh {
         Ok(done.rows_affected())
     }
 
-    async fn revoke_user(&self, user_id: &str, now: OffsetDateTime) -> Result<u64> {
+    async fn revoke_user(&self, user: UserId, now: OffsetDateTime) -> Result<u64> {
         let done = sqlx::query("UPDATE refresh_families SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
             .bind(to_unix(now))
-            .bind(user_id)
+            .bind(user.to_string())
             .execute(self.db.pool())
             .await?;
         Ok(done.rows_affected())
@@ -291,8 +294,8 @@ mod tests {
         Family {
             id: "f".repeat(22),
             client_id: "c".into(),
-            user_id: "u".into(),
-            account_id: "a".into(),
+            user_id: UserId::new(),
+            account_id: AccountId::new(),
             scope: "openid offline_access".into(),
             sid: None,
             auth_time: 0,

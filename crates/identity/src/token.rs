@@ -4,6 +4,7 @@ use jsonwebtoken::{Header, Validation, decode, decode_header, encode};
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
+use crate::ids::{AccountId, UserId};
 use crate::keys::KeyRing;
 use crate::secret::random_token;
 use crate::{Error, Result};
@@ -62,8 +63,8 @@ impl AccessTokenClaims {
     #[allow(clippy::too_many_arguments)]
     pub fn for_user(
         issuer: &str,
-        user_id: &str,
-        account_id: &str,
+        user_id: UserId,
+        account_id: AccountId,
         role: &str,
         client_id: &str,
         scope: &str,
@@ -71,8 +72,8 @@ impl AccessTokenClaims {
         ttl: Duration,
     ) -> Self {
         Self {
-            sub: user_id.to_owned(),
-            account_id: Some(account_id.to_owned()),
+            sub: user_id.to_string(),
+            account_id: Some(account_id.to_string()),
             role: Some(role.to_owned()),
             ..Self::for_client(issuer, client_id, scope, now, ttl)
         }
@@ -81,6 +82,12 @@ impl AccessTokenClaims {
     /// Whether this token stands for a user (rather than a client acting for itself).
     pub fn is_user_token(&self) -> bool {
         self.account_id.is_some()
+    }
+
+    /// The account and user a user's token stands for, parsed from `account_id` and
+    /// `sub`; `None` for a client's own token or ids that are not ours.
+    pub fn user_ids(&self) -> Option<(AccountId, UserId)> {
+        Some((self.account_id.as_deref()?.parse().ok()?, self.sub.parse().ok()?))
     }
 
     /// Whether `scope` was granted.

@@ -118,7 +118,7 @@ async fn authenticate(state: web::Data<AppState>, authorization: Option<String>)
     let claims = verify_access(&state, token)
         .await?
         .ok_or_else(|| unauthorized(Some("invalid_token"), "The access token is invalid or expired."))?;
-    if let Some(account) = &claims.account_id {
+    if claims.is_user_token() {
         // A user's token reaches the REST API only if the user consented to the API
         // scope for that client: a third-party app signed in with "openid email" must not
         // act as the user here.
@@ -131,7 +131,10 @@ async fn authenticate(state: web::Data<AppState>, authorization: Option<String>)
         }
         // The role comes from the directory now, not from the token: a demoted, disabled
         // or deleted user loses the API at once.
-        let Some(user) = state.active_user(account, &claims.sub).await? else {
+        let Some((account, user)) = claims.user_ids() else {
+            return Err(unauthorized(Some("invalid_token"), "The access token is invalid or expired."));
+        };
+        let Some(user) = state.active_user(account, user).await? else {
             return Err(unauthorized(Some("invalid_token"), "The access token is invalid or expired."));
         };
         return Ok(Caller::User {

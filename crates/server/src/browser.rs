@@ -139,13 +139,8 @@ pub async fn start_session(
     let ip = crate::extract::client_ip(req);
     let user_agent =
         req.headers().get(actix_web::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let new = NewSession {
-        user_id: user.id.to_string(),
-        account_id: user.account_id.to_string(),
-        amr: amr.clone(),
-        user_agent,
-        ip: ip.clone(),
-    };
+    let new =
+        NewSession { user_id: user.id, account_id: user.account_id, amr: amr.clone(), user_agent, ip: ip.clone() };
     let (token, session) = state.sessions.create(new, now).await?;
     metrics::counter!("sessions_created_total").increment(1);
     state

@@ -16,6 +16,7 @@ use ponte_linking::store::Directory;
 use time::OffsetDateTime;
 
 use ponte_linking::account::{AccountStatus, User, UserStatus};
+use ponte_linking::ids::{AccountId, UserId};
 
 use crate::config::Config;
 use crate::problem::Problem;
@@ -59,10 +60,8 @@ impl AppState {
         self.clock.now()
     }
 
-    /// The user, if it and its account may still sign in (both active). Ids come from
-    /// sessions, grants and links as text.
-    pub async fn active_user(&self, account_id: &str, user_id: &str) -> Result<Option<User>, Problem> {
-        let (Ok(account_id), Ok(user_id)) = (account_id.parse(), user_id.parse()) else { return Ok(None) };
+    /// The user, if it and its account may still sign in (both active).
+    pub async fn active_user(&self, account_id: AccountId, user_id: UserId) -> Result<Option<User>, Problem> {
         let (user, account) =
             tokio::try_join!(self.directory.user(account_id, user_id), self.directory.account(account_id))?;
         Ok(match (user, account) {

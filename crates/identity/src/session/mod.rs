@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::clock::{from_unix, to_unix};
+use crate::ids::{AccountId, UserId};
 use crate::secret::{digest, random_token};
 use crate::{Error, Result};
 
@@ -41,9 +42,9 @@ impl Default for SessionPolicy {
 #[derive(Debug, Clone)]
 pub struct NewSession {
     /// The signed-in user.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The user's account (tenant).
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Authentication methods used (`pwd`, or an upstream provider id).
     pub amr: Vec<String>,
     /// The browser's User-Agent at sign-in, for the session list.
@@ -58,9 +59,9 @@ pub struct Session {
     /// Public id: the digest of the cookie token.
     pub id: String,
     /// The signed-in user.
-    pub user_id: String,
+    pub user_id: UserId,
     /// The user's account.
-    pub account_id: String,
+    pub account_id: AccountId,
     /// Authentication methods used.
     pub amr: Vec<String>,
     /// When the user signed in.
@@ -101,8 +102,8 @@ pub fn session_id_for(token: &str) -> String {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Record {
-    user_id: String,
-    account_id: String,
+    user_id: UserId,
+    account_id: AccountId,
     amr: Vec<String>,
     created_at: i64,
     last_seen_at: i64,
@@ -178,7 +179,9 @@ impl Sessions {
         };
         let json = encode(&record)?;
         let ttl = record.ttl(now_s);
-        self.store.insert(&id, &record.user_id, &json, ttl, self.policy.absolute.whole_seconds().max(1) as u64).await?;
+        self.store
+            .insert(&id, &record.user_id.to_string(), &json, ttl, self.policy.absolute.whole_seconds().max(1) as u64)
+            .await?;
         Ok((SessionToken(token), record.into_session(id)))
     }
 
@@ -195,7 +198,7 @@ impl Sessions {
         let mut record: Record = decode(&json)?;
         let now_s = to_unix(now);
         if !record.is_live(now_s) {
-            self.store.remove(id, &record.user_id).await?;
+            self.store.remove(id, &record.user_id.to_string()).await?;
             return Ok(None);
         }
         if now_s - record.last_seen_at >= TOUCH_EVERY_SECS {
@@ -216,7 +219,7 @@ impl Sessions {
         let Some(old) = self.get(token, now).await? else {
             return Ok(None);
         };
-        self.store.remove(&old.id, &old.user_id).await?;
+        self.store.remove(&old.id, &old.user_id.to_string()).await?;
         let new_token = random_token();
         let id = session_id_for(&new_token);
         let now_s = to_unix(now);
@@ -233,19 +236,21 @@ impl Sessions {
         };
         let ttl = record.ttl(now_s);
         let index_ttl = (record.absolute_expires_at - now_s).max(1) as u64;
-        self.store.insert(&id, &record.user_id, &encode(&record)?, ttl, index_ttl).await?;
+        self.store.insert(&id, &record.user_id.to_string(), &encode(&record)?, ttl, index_ttl).await?;
         Ok(Some((SessionToken(new_token), record.into_session(id))))
     }
 
     /// The user's live sessions, newest first.
-    pub async fn list_for_user(&self, user_id: &str, now: OffsetDateTime) -> Result<Vec<Session>> {
+    pub async fn list_for_user(&self, user: UserId, now: OffsetDateTime) -> Result<Vec<Session>> {
         let now_s = to_unix(now);
+        let user_id = user.to_string();
+        let user_id = user_id.as_str();
         let mut sessions = Vec::new();
         for id in self.store.ids_for_user(user_id).await? {
             match self.store.get(&id).await? {
                 Some(json) => {
                     let record: Record = decode(&json)?;
-                    if record.user_id != user_id {
+                    if record.user_id != user {
                         continue;
                     }
                     if record.is_live(now_s) {
@@ -262,15 +267,15 @@ impl Sessions {
     }
 
     /// Ends one session of a user; `false` if there was no such live session.
-    pub async fn revoke(&self, user_id: &str, session_id: &str) -> Result<bool> {
+    pub async fn revoke(&self, user: UserId, session_id: &str) -> Result<bool> {
         let Some(json) = self.store.get(session_id).await? else {
             return Ok(false);
         };
         let record: Record = decode(&json)?;
-        if record.user_id != user_id {
+        if record.user_id != user {
             return Ok(false);
         }
-        self.store.remove(session_id, user_id).await?;
+        self.store.remove(session_id, &user.to_string()).await?;
         Ok(true)
     }
 
@@ -279,16 +284,17 @@ impl Sessions {
         let id = session_id_for(token);
         if let Some(json) = self.store.get(&id).await? {
             let record: Record = decode(&json)?;
-            self.store.remove(&id, &record.user_id).await?;
+            self.store.remove(&id, &record.user_id.to_string()).await?;
         }
         Ok(())
     }
 
     /// Ends every session of a user; returns how many there were.
-    pub async fn revoke_all_for_user(&self, user_id: &str) -> Result<usize> {
-        let ids = self.store.ids_for_user(user_id).await?;
+    pub async fn revoke_all_for_user(&self, user: UserId) -> Result<usize> {
+        let user_id = user.to_string();
+        let ids = self.store.ids_for_user(&user_id).await?;
         for id in &ids {
-            self.store.remove(id, user_id).await?;
+            self.store.remove(id, &user_id).await?;
         }
         Ok(ids.len())
     }

@@ -523,8 +523,8 @@ pub async fn update_user(
     let ends_sessions = patch.password_hash.is_some() || patch.status.is_some_and(|s| s != UserStatus::Active);
     let user = state.directory.update_user(path.account, path.user, patch, &caller.actor(&req), state.now()).await?;
     if ends_sessions {
-        state.sessions.revoke_all_for_user(&user.id.to_string()).await?;
-        state.refresh.revoke_user(&user.id.to_string(), state.now()).await?;
+        state.sessions.revoke_all_for_user(user.id).await?;
+        state.refresh.revoke_user(user.id, state.now()).await?;
     }
     Ok(HttpResponse::Ok().json(UserView::from(user)))
 }
@@ -546,8 +546,8 @@ pub async fn delete_user(
     caller.check(Some(path.account), Need::Manage)?;
     guard_owner(&caller, &require_user(&state, path.account, path.user).await?)?;
     state.directory.delete_user(path.account, path.user, &caller.actor(&req), state.now()).await?;
-    state.sessions.revoke_all_for_user(&path.user.to_string()).await?;
-    state.refresh.revoke_user(&path.user.to_string(), state.now()).await?;
+    state.sessions.revoke_all_for_user(path.user).await?;
+    state.refresh.revoke_user(path.user, state.now()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -558,7 +558,7 @@ pub async fn delete_user(
 pub async fn list_sessions(caller: Caller, path: web::Path<UserPath>, state: web::Data<AppState>) -> ApiResult {
     caller.check(Some(path.account), Need::ManageOrSelf(path.user))?;
     let user = require_user(&state, path.account, path.user).await?;
-    let sessions = state.sessions.list_for_user(&user.id.to_string(), state.now()).await?;
+    let sessions = state.sessions.list_for_user(user.id, state.now()).await?;
     Ok(HttpResponse::Ok().json(SessionList { sessions: sessions.into_iter().map(Into::into).collect() }))
 }
 
@@ -574,7 +574,7 @@ pub async fn revoke_session(
 ) -> ApiResult {
     caller.check(Some(path.account), Need::ManageOrSelf(path.user))?;
     let user = require_user(&state, path.account, path.user).await?;
-    if path.session.len() > 64 || !state.sessions.revoke(&user.id.to_string(), &path.session).await? {
+    if path.session.len() > 64 || !state.sessions.revoke(user.id, &path.session).await? {
         return Err(Problem::not_found("session_not_found", "No such live session for this user."));
     }
     state
@@ -651,6 +651,6 @@ pub async fn unlink_identity(
     {
         return Err(Problem::not_found("identity_not_found", "This user has no identity linked at that provider."));
     }
-    crate::routes::federation::void_pending_links(&state, &path.user.to_string()).await?;
+    crate::routes::federation::void_pending_links(&state, path.user).await?;
     Ok(HttpResponse::NoContent().finish())
 }

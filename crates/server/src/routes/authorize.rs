@@ -197,7 +197,7 @@ async fn proceed(
     let mut session = current_session(req, state).await?;
     // A session whose user or account was turned off does not count.
     if let Some(s) = &session
-        && state.active_user(&s.account_id, &s.user_id).await?.is_none()
+        && state.active_user(s.account_id, s.user_id).await?.is_none()
     {
         end_session(req, state).await?;
         session = None;
@@ -223,7 +223,7 @@ async fn proceed(
         }
     };
     if !client.first_party {
-        let granted = state.consents.granted(&session.user_id, &client.id).await?;
+        let granted = state.consents.granted(session.user_id, &client.id).await?;
         let covered = request.scope.iter().all(|s| granted.contains(s));
         if !covered || request.prompt.contains(&Prompt::Consent) {
             if request.prompt.contains(&Prompt::None) {
@@ -251,8 +251,8 @@ async fn issue_code(
     let grant = CodeGrant {
         client_id: request.client_id.clone(),
         redirect_uri: request.redirect_uri.clone(),
-        user_id: session.user_id.clone(),
-        account_id: session.account_id.clone(),
+        user_id: session.user_id,
+        account_id: session.account_id,
         scope: request.scope.clone(),
         nonce: request.nonce.clone(),
         code_challenge: request.code_challenge.clone(),
@@ -341,7 +341,7 @@ pub async fn consent(
     if request.consent_sid.as_deref() != Some(session.id.as_str()) {
         return Ok(expired_page(&req));
     }
-    state.consents.grant(&session.user_id, &request.client_id, &request.scope, state.now()).await?;
+    state.consents.grant(session.user_id, &request.client_id, &request.scope, state.now()).await?;
     issue_code(&state, &request, &session).await
 }
 
@@ -426,7 +426,7 @@ pub async fn logout(
     let session = current_session(&req, &state).await?;
     let confirmed = match (&session, &hint) {
         (None, _) => true,
-        (Some(s), Some(h)) => h.sid.as_deref() == Some(s.id.as_str()) && h.sub == s.user_id,
+        (Some(s), Some(h)) => h.sid.as_deref() == Some(s.id.as_str()) && h.sub == s.user_id.to_string(),
         (Some(_), None) => false,
     };
     if confirmed {

@@ -16,6 +16,7 @@ use ponte_identity::session::Session;
 use ponte_identity::upstream::{Ask, FlowSecrets, Upstream, UpstreamError, UpstreamIdentity};
 use ponte_linking::account::{AccountStatus, User, UserStatus};
 use ponte_linking::audit::Actor;
+use ponte_linking::ids::{AccountId, UserId};
 use ponte_linking::links::Decision;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -62,8 +63,8 @@ struct Flow {
     provider: String,
     intent: Intent,
     secrets: FlowSecrets,
-    account_id: Option<String>,
-    user_id: Option<String>,
+    account_id: Option<AccountId>,
+    user_id: Option<UserId>,
     initiating_sid: Option<String>,
     binding: String,
     return_to: String,
@@ -87,8 +88,8 @@ enum PendingKind {
 struct Pending {
     kind: PendingKind,
     identity: UpstreamIdentity,
-    account_id: String,
-    user_id: String,
+    account_id: AccountId,
+    user_id: UserId,
     initiating_sid: Option<String>,
     binding: String,
     return_to: String,
@@ -104,7 +105,7 @@ fn pending_key(id: &str) -> String {
     format!("fedpending:{}", digest(id))
 }
 
-fn epoch_key(user_id: &str) -> String {
+fn epoch_key(user_id: UserId) -> String {
     format!("linkepoch:{user_id}")
 }
 
@@ -241,7 +242,7 @@ pub async fn start(
         let Some(session) = current_session(&req, &state).await? else {
             return Ok(refuse(&req, StatusCode::UNAUTHORIZED, "sign_in_first"));
         };
-        match state.active_user(&session.account_id, &session.user_id).await? {
+        match state.active_user(session.account_id, session.user_id).await? {
             Some(user) if user.role.is_admin() => {}
             Some(_) => return Ok(refuse(&req, StatusCode::FORBIDDEN, "link_not_allowed")),
             None => return Ok(refuse(&req, StatusCode::FORBIDDEN, "user_disabled")),
@@ -361,7 +362,7 @@ pub async fn callback(
             };
             let pending = Pending {
                 kind: PendingKind::Confirm,
-                epoch: link_epoch(&state, &user_id).await?,
+                epoch: link_epoch(&state, user_id).await?,
                 identity,
                 account_id,
                 user_id,
@@ -377,7 +378,7 @@ pub async fn callback(
     }
 }
 
-async fn link_epoch(state: &AppState, user_id: &str) -> Result<u64, Problem> {
+async fn link_epoch(state: &AppState, user_id: UserId) -> Result<u64, Problem> {
     Ok(state.sessions.store().peek(&epoch_key(user_id)).await?.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
@@ -401,7 +402,7 @@ async fn login_with(
     return_to: String,
 ) -> Result<HttpResponse, Problem> {
     if let Some(link) = state.links.find(&identity.issuer, &identity.subject).await? {
-        let Some(user) = state.active_user(&link.account_id.to_string(), &link.user_id.to_string()).await? else {
+        let Some(user) = state.active_user(link.account_id, link.user_id).await? else {
             return Ok(refuse(req, StatusCode::FORBIDDEN, "user_disabled"));
         };
         state.links.record_login(&link, &identity, &Actor::user(user.id, client_ip(req)), state.now()).await?;
@@ -415,12 +416,12 @@ async fn login_with(
         && candidate.user.status == UserStatus::Active
         && candidate.account_status == AccountStatus::Active
     {
-        let user_id = candidate.user.id.to_string();
+        let user_id = candidate.user.id;
         let pending = Pending {
             kind: PendingKind::ProveExisting,
-            epoch: link_epoch(state, &user_id).await?,
+            epoch: link_epoch(state, user_id).await?,
             identity,
-            account_id: candidate.user.account_id.to_string(),
+            account_id: candidate.user.account_id,
             user_id,
             initiating_sid: None,
             binding,
@@ -458,9 +459,9 @@ async fn remember_upstream_session(
 ) -> Result<(), Problem> {
     let key = upstream_sid_key(provider, sid);
     let store = state.sessions.store();
-    let mut entries: Vec<(String, String)> =
+    let mut entries: Vec<(String, UserId)> =
         store.peek(&key).await?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
-    entries.push((session.id.clone(), session.user_id.clone()));
+    entries.push((session.id.clone(), session.user_id));
     let ttl = (session.absolute_expires_at - state.now()).whole_seconds().max(1) as u64;
     store.put_once(&key, &serde_json::to_string(&entries).map_err(|e| Problem::internal(&e))?, ttl).await?;
     Ok(())
@@ -484,7 +485,7 @@ async fn load_pending(req: &HttpRequest, state: &AppState, id: &str) -> Result<R
         return Ok(Err(refuse(req, StatusCode::BAD_REQUEST, "flow_other_browser")));
     }
     // An unlink since the flow started voids it.
-    if link_epoch(state, &pending.user_id).await? != pending.epoch {
+    if link_epoch(state, pending.user_id).await? != pending.epoch {
         return Ok(Err(refuse(req, StatusCode::BAD_REQUEST, "flow_expired")));
     }
     Ok(Ok(pending))
@@ -514,7 +515,7 @@ async fn render_confirm(
     let lang = Lang::from_request(req);
     let provider_name =
         provider(state, &pending.identity.provider).map(|p| p.config.display_name.clone()).unwrap_or_default();
-    let user = state.active_user(&pending.account_id, &pending.user_id).await?;
+    let user = state.active_user(pending.account_id, pending.user_id).await?;
     let Some(user) = user else { return Ok(refuse(req, StatusCode::FORBIDDEN, "user_disabled")) };
     let account = state.directory.account(user.account_id).await?.map(|a| a.name).unwrap_or_default();
     let (csrf, fresh) = csrf_token(req, state);
@@ -628,7 +629,7 @@ pub async fn confirm(
         store.take_once(&pending_key(&form.id)).await?;
         return Ok(see_other(&pending.return_to));
     }
-    let Some(user) = state.active_user(&pending.account_id, &pending.user_id).await? else {
+    let Some(user) = state.active_user(pending.account_id, pending.user_id).await? else {
         return Ok(refuse(&req, StatusCode::FORBIDDEN, "user_disabled"));
     };
     let actor = Actor::user(user.id, client_ip(&req));
@@ -648,7 +649,7 @@ pub async fn confirm(
             }
         }
         (PendingKind::ProveExisting, action @ ("password" | "code" | "send_code")) => {
-            let within = PROOF_PER_USER.allow(store.as_ref(), &pending.user_id, state.now()).await?;
+            let within = PROOF_PER_USER.allow(store.as_ref(), &pending.user_id.to_string(), state.now()).await?;
             // Counted atomically per confirmation, so parallel posts cannot exceed it.
             let attempts = store.incr(&format!("proof-attempts:{}", digest(&form.id)), FLOW_TTL_SECS).await?;
             if !within || attempts > u64::from(MAX_PROOF_ATTEMPTS) {
@@ -715,7 +716,7 @@ pub async fn confirm(
 }
 
 /// Voids pending proofs and confirmations of a user (after an unlink).
-pub async fn void_pending_links(state: &AppState, user_id: &str) -> Result<(), Problem> {
+pub async fn void_pending_links(state: &AppState, user_id: UserId) -> Result<(), Problem> {
     let next = link_epoch(state, user_id).await? + 1;
     state.sessions.store().put_once(&epoch_key(user_id), &next.to_string(), 365 * 24 * 3600).await?;
     Ok(())
@@ -738,12 +739,9 @@ pub async fn unlink_page(
         return Ok(csrf_failed_page(&req));
     }
     let Some(session) = current_session(&req, &state).await? else { return Ok(see_other("/login")) };
-    let (Ok(account), Ok(user)) = (session.account_id.parse(), session.user_id.parse()) else {
-        return Ok(see_other("/login"));
-    };
-    let actor = Actor::user(&session.user_id, client_ip(&req));
-    state.links.unlink(account, user, &form.provider, &actor, state.now()).await?;
-    void_pending_links(&state, &session.user_id).await?;
+    let actor = Actor::user(session.user_id, client_ip(&req));
+    state.links.unlink(session.account_id, session.user_id, &form.provider, &actor, state.now()).await?;
+    void_pending_links(&state, session.user_id).await?;
     Ok(see_other("/"))
 }
 
@@ -777,13 +775,13 @@ pub async fn backchannel_logout(
     store.put_once(&jti_key, "1", 900).await?;
     let mut ended = 0usize;
     if let Some(sid) = &request.sid {
-        let entries: Vec<(String, String)> = store
+        let entries: Vec<(String, UserId)> = store
             .take_once(&upstream_sid_key(&upstream.id, sid))
             .await?
             .and_then(|j| serde_json::from_str(&j).ok())
             .unwrap_or_default();
         for (session_id, user_id) in entries {
-            if state.sessions.revoke(&user_id, &session_id).await? {
+            if state.sessions.revoke(user_id, &session_id).await? {
                 ended += 1;
             }
             state.refresh.revoke_session(&session_id, state.now()).await?;
@@ -793,8 +791,8 @@ pub async fn backchannel_logout(
         && request.sid.is_none()
         && let Some(link) = state.links.find(&request.issuer, sub).await?
     {
-        ended += state.sessions.revoke_all_for_user(&link.user_id.to_string()).await?;
-        state.refresh.revoke_user(&link.user_id.to_string(), state.now()).await?;
+        ended += state.sessions.revoke_all_for_user(link.user_id).await?;
+        state.refresh.revoke_user(link.user_id, state.now()).await?;
     }
     tracing::info!(provider = %upstream.id, ended, "back-channel logout");
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish())

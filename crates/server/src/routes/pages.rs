@@ -253,9 +253,7 @@ pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     let Some(session) = session else {
         return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
     };
-    let (Ok(account_id), Ok(user_id)) = (session.account_id.parse(), session.user_id.parse()) else {
-        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
-    };
+    let (account_id, user_id) = (session.account_id, session.user_id);
     let (user, account) =
         tokio::try_join!(state.directory.user(account_id, user_id), state.directory.account(account_id))?;
     let (Some(user), Some(account)) = (user, account) else {

@@ -279,8 +279,8 @@ fn mint(
     let user = &grant.user;
     let claims = AccessTokenClaims::for_user(
         &state.issuer,
-        &user.id.to_string(),
-        &user.account_id.to_string(),
+        user.id,
+        user.account_id,
         user.role.as_str(),
         &client.id,
         grant.scope,
@@ -373,7 +373,7 @@ async fn authorization_code(
     if store.get(&grant.sid).await.map_err(Problem::from)?.is_none() {
         return Err(OAuthError::invalid_grant("The session this code came from has ended.").into());
     }
-    let Some(user) = state.active_user(&grant.account_id, &grant.user_id).await? else {
+    let Some(user) = state.active_user(grant.account_id, grant.user_id).await? else {
         return Err(OAuthError::invalid_grant("The user can no longer sign in.").into());
     };
     let scope = grant.scope.join(" ");
@@ -382,8 +382,8 @@ async fn authorization_code(
         if client.allows_grant(GrantType::RefreshToken) && grant.scope.iter().any(|s| s == "offline_access") {
             let new = NewFamily {
                 client_id: client.id.clone(),
-                user_id: grant.user_id.clone(),
-                account_id: grant.account_id.clone(),
+                user_id: grant.user_id,
+                account_id: grant.account_id,
                 scope: scope.clone(),
                 sid: Some(grant.sid.clone()),
                 auth_time: grant.auth_time,
@@ -444,7 +444,7 @@ async fn refresh_token(state: &AppState, client: &Client, params: &Params) -> Re
     let Some(new_token) = new_token else { return Err(invalid().into()) };
     let allowed: Vec<String> = family.scope.split(' ').map(str::to_owned).collect();
     let scope = granted_scope(&allowed, params.get("scope"))?;
-    let Some(user) = state.active_user(&family.account_id, &family.user_id).await? else {
+    let Some(user) = state.active_user(family.account_id, family.user_id).await? else {
         state.refresh.revoke(&family.id, state.now()).await.map_err(Problem::from)?;
         return Err(OAuthError::invalid_grant("The user can no longer sign in.").into());
     };
@@ -587,7 +587,10 @@ pub async fn userinfo(req: HttpRequest, state: web::Data<AppState>) -> Result<Ht
     if !claims.has_scope("openid") || !claims.is_user_token() {
         return Ok(bearer_error(StatusCode::FORBIDDEN, "insufficient_scope", "The token needs the openid scope."));
     }
-    let Some(user) = state.active_user(claims.account_id.as_deref().unwrap_or_default(), &claims.sub).await? else {
+    let Some((account, user)) = claims.user_ids() else {
+        return Ok(bearer_error(StatusCode::UNAUTHORIZED, "invalid_token", "The access token is invalid or expired."));
+    };
+    let Some(user) = state.active_user(account, user).await? else {
         return Ok(bearer_error(StatusCode::UNAUTHORIZED, "invalid_token", "The user can no longer sign in."));
     };
     let email = claims.has_scope("email");

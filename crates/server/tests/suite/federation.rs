@@ -518,7 +518,7 @@ async fn back_channel_logout_ends_the_sessions_of_the_upstream_session() {
         .state
         .sessions
         .list_for_user(
-            &world
+            world
                 .ponte
                 .state
                 .links
@@ -529,7 +529,9 @@ async fn back_channel_logout_ends_the_sessions_of_the_upstream_session() {
                 .await
                 .unwrap()
                 .unwrap()
-                .subject,
+                .subject
+                .parse::<ponte_identity::ids::UserId>()
+                .unwrap(),
             world.upstream.clock.now_for_test(),
         )
         .await

@@ -3,15 +3,21 @@
 use std::sync::Arc;
 
 use ponte_identity::clock::{Clock, ManualClock};
+use ponte_identity::ids::{AccountId, UserId};
 use ponte_identity::session::{MemoryStore, NewSession, SessionPolicy, SessionStore, Sessions};
 use time::Duration;
 
 use crate::harness::{TestRedis, now};
 
-fn new_session(user: &str) -> NewSession {
+/// Test users, by number: the same number is the same user throughout a test.
+fn user(n: u128) -> UserId {
+    format!("00000000-0000-7000-8000-{n:012}").parse().unwrap()
+}
+
+fn new_session(user: UserId) -> NewSession {
     NewSession {
-        user_id: user.into(),
-        account_id: "acct".into(),
+        user_id: user,
+        account_id: AccountId::new(),
         amr: vec!["pwd".into()],
         user_agent: Some("test".into()),
         ip: None,
@@ -37,10 +43,10 @@ async fn create_get_and_idle_expiry() {
     on_every_store(|store| async move {
         let sessions = Sessions::new(store, POLICY);
         let clock = ManualClock::new(now());
-        let (token, created) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
+        let (token, created) = sessions.create(new_session(user(1)), clock.now()).await.unwrap();
         assert_eq!(token.expose().len(), 43, "256-bit token");
         assert_ne!(created.id, token.expose(), "the public id is not the cookie value");
-        assert_eq!(sessions.get(token.expose(), clock.now()).await.unwrap().unwrap().user_id, "u1");
+        assert_eq!(sessions.get(token.expose(), clock.now()).await.unwrap().unwrap().user_id, user(1));
 
         // Used again before the idle timeout: the idle expiry moves forward.
         clock.advance(Duration::minutes(20));
@@ -62,7 +68,7 @@ async fn absolute_expiry_ends_even_a_busy_session() {
     on_every_store(|store| async move {
         let sessions = Sessions::new(store, POLICY);
         let clock = ManualClock::new(now());
-        let (token, _) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
+        let (token, _) = sessions.create(new_session(user(1)), clock.now()).await.unwrap();
         for _ in 0..31 {
             clock.advance(Duration::minutes(15));
             if clock.now() >= now() + Duration::hours(8) {
@@ -81,28 +87,28 @@ async fn list_revoke_and_revoke_all() {
     on_every_store(|store| async move {
         let sessions = Sessions::new(store, POLICY);
         let clock = ManualClock::new(now());
-        let (a, _) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
+        let (a, _) = sessions.create(new_session(user(1)), clock.now()).await.unwrap();
         clock.advance(Duration::seconds(5));
-        let (b, sb) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
-        let (other, _) = sessions.create(new_session("u2"), clock.now()).await.unwrap();
+        let (b, sb) = sessions.create(new_session(user(1)), clock.now()).await.unwrap();
+        let (other, _) = sessions.create(new_session(user(2)), clock.now()).await.unwrap();
 
-        let listed = sessions.list_for_user("u1", clock.now()).await.unwrap();
+        let listed = sessions.list_for_user(user(1), clock.now()).await.unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].id, sb.id, "newest first");
 
-        assert!(!sessions.revoke("u2", &sb.id).await.unwrap(), "cannot revoke another user's session");
-        assert!(sessions.revoke("u1", &sb.id).await.unwrap());
+        assert!(!sessions.revoke(user(2), &sb.id).await.unwrap(), "cannot revoke another user's session");
+        assert!(sessions.revoke(user(1), &sb.id).await.unwrap());
         assert!(sessions.get(b.expose(), clock.now()).await.unwrap().is_none());
-        assert!(!sessions.revoke("u1", &sb.id).await.unwrap(), "already gone");
+        assert!(!sessions.revoke(user(1), &sb.id).await.unwrap(), "already gone");
 
-        assert_eq!(sessions.revoke_all_for_user("u1").await.unwrap(), 1);
+        assert_eq!(sessions.revoke_all_for_user(user(1)).await.unwrap(), 1);
         assert!(sessions.get(a.expose(), clock.now()).await.unwrap().is_none());
-        assert!(sessions.list_for_user("u1", clock.now()).await.unwrap().is_empty());
+        assert!(sessions.list_for_user(user(1), clock.now()).await.unwrap().is_empty());
         assert!(sessions.get(other.expose(), clock.now()).await.unwrap().is_some(), "other users keep theirs");
 
         // Expired sessions drop out of the list.
         clock.advance(Duration::minutes(31));
-        assert!(sessions.list_for_user("u2", clock.now()).await.unwrap().is_empty());
+        assert!(sessions.list_for_user(user(2), clock.now()).await.unwrap().is_empty());
     })
     .await;
 }
@@ -112,14 +118,14 @@ async fn rotation_issues_a_new_id_and_kills_the_old_one() {
     on_every_store(|store| async move {
         let sessions = Sessions::new(store, POLICY);
         let clock = ManualClock::new(now());
-        let (old, old_session) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
+        let (old, old_session) = sessions.create(new_session(user(1)), clock.now()).await.unwrap();
         let (new, new_session) = sessions.rotate(old.expose(), clock.now()).await.unwrap().expect("rotated");
         assert_ne!(old.expose(), new.expose());
         assert_ne!(old_session.id, new_session.id);
         assert_eq!(new_session.created_at, old_session.created_at, "rotation keeps the sign-in time");
         assert!(sessions.get(old.expose(), clock.now()).await.unwrap().is_none());
-        assert_eq!(sessions.get(new.expose(), clock.now()).await.unwrap().unwrap().user_id, "u1");
-        assert_eq!(sessions.list_for_user("u1", clock.now()).await.unwrap().len(), 1);
+        assert_eq!(sessions.get(new.expose(), clock.now()).await.unwrap().unwrap().user_id, user(1));
+        assert_eq!(sessions.list_for_user(user(1), clock.now()).await.unwrap().len(), 1);
         assert!(sessions.rotate(old.expose(), clock.now()).await.unwrap().is_none());
     })
     .await;
@@ -143,8 +149,8 @@ async fn a_logout_racing_a_touch_stays_logged_out() {
     on_every_store(|store| async move {
         let sessions = Sessions::new(store.clone(), POLICY);
         let clock = ManualClock::new(now());
-        let (token, session) = sessions.create(new_session("u1"), clock.now()).await.unwrap();
-        store.remove(&session.id, "u1").await.unwrap();
+        let (token, session) = sessions.create(new_session(user(1)), clock.now()).await.unwrap();
+        store.remove(&session.id, &user(1).to_string()).await.unwrap();
         assert!(!store.replace(&session.id, "{}", 60).await.unwrap(), "replace must not resurrect");
         clock.advance(Duration::minutes(2));
         assert!(sessions.get(token.expose(), clock.now()).await.unwrap().is_none());
