@@ -16,6 +16,7 @@ pub mod refresh;
 pub mod seal;
 pub mod secret;
 pub mod session;
+pub mod signout;
 pub mod token;
 pub mod upstream;
 

@@ -146,6 +146,12 @@ impl UserPatch {
     }
 }
 
+/// Whether a user may sign in (password, upstream ID, tokens, REST): it and its account
+/// are both active. The one place this rule is written.
+pub fn may_sign_in(user: &User, account: AccountStatus) -> bool {
+    user.status == UserStatus::Active && account == AccountStatus::Active
+}
+
 /// Checks a display name: 1 to 200 characters, no control characters. Returns it trimmed.
 pub fn parse_name(field: &'static str, input: &str) -> Result<String> {
     let s = input.trim();
@@ -247,6 +253,17 @@ mod tests {
         let admin = UserPatch { role: Some(Role::Admin), status: Some(UserStatus::Disabled), ..Default::default() };
         assert!(check_patch(&member, &admin).is_ok());
         assert!(check_delete(&member).is_ok());
+    }
+
+    #[test]
+    fn only_an_active_user_of_an_active_account_may_sign_in() {
+        let mut u = user(Role::Member);
+        assert!(may_sign_in(&u, AccountStatus::Active));
+        assert!(!may_sign_in(&u, AccountStatus::Disabled));
+        for status in [UserStatus::Disabled, UserStatus::Suspended] {
+            u.status = status;
+            assert!(!may_sign_in(&u, AccountStatus::Active), "{status:?}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use ponte_linking::links::Links;
 use ponte_linking::store::Directory;
 use time::OffsetDateTime;
 
-use ponte_linking::account::{AccountStatus, User, UserStatus};
+use ponte_linking::account::{User, may_sign_in};
 use ponte_linking::ids::{AccountId, UserId};
 
 use crate::config::Config;
@@ -65,7 +65,7 @@ impl AppState {
         let (user, account) =
             tokio::try_join!(self.directory.user(account_id, user_id), self.directory.account(account_id))?;
         Ok(match (user, account) {
-            (Some(u), Some(a)) if u.status == UserStatus::Active && a.status == AccountStatus::Active => Some(u),
+            (Some(u), Some(a)) if may_sign_in(&u, a.status) => Some(u),
             _ => None,
         })
     }

@@ -4,6 +4,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::password;
 use ponte_identity::session::Session;
+use ponte_identity::signout::end_everywhere;
 use ponte_linking::account::{Account, NewUser, Role, User, UserPatch, UserStatus, check_new_user_role, parse_name};
 use ponte_linking::audit::AuditEntry;
 use ponte_linking::email::Email;
@@ -523,8 +524,7 @@ pub async fn update_user(
     let ends_sessions = patch.password_hash.is_some() || patch.status.is_some_and(|s| s != UserStatus::Active);
     let user = state.directory.update_user(path.account, path.user, patch, &caller.actor(&req), state.now()).await?;
     if ends_sessions {
-        state.sessions.revoke_all_for_user(user.id).await?;
-        state.refresh.revoke_user(user.id, state.now()).await?;
+        end_everywhere(&state.sessions, state.refresh.as_ref(), user.id, state.now()).await?;
     }
     Ok(HttpResponse::Ok().json(UserView::from(user)))
 }
@@ -546,8 +546,7 @@ pub async fn delete_user(
     caller.check(Some(path.account), Need::Manage)?;
     guard_owner(&caller, &require_user(&state, path.account, path.user).await?)?;
     state.directory.delete_user(path.account, path.user, &caller.actor(&req), state.now()).await?;
-    state.sessions.revoke_all_for_user(path.user).await?;
-    state.refresh.revoke_user(path.user, state.now()).await?;
+    end_everywhere(&state.sessions, state.refresh.as_ref(), path.user, state.now()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -13,8 +13,9 @@ use ponte_identity::password;
 use ponte_identity::ratelimit::RateLimit;
 use ponte_identity::secret::{constant_time_eq, digest, random_bytes, random_token};
 use ponte_identity::session::Session;
+use ponte_identity::signout::end_everywhere;
 use ponte_identity::upstream::{Ask, FlowSecrets, Upstream, UpstreamError, UpstreamIdentity};
-use ponte_linking::account::{AccountStatus, User, UserStatus};
+use ponte_linking::account::{User, may_sign_in};
 use ponte_linking::audit::Actor;
 use ponte_linking::ids::{AccountId, UserId};
 use ponte_linking::links::Decision;
@@ -413,8 +414,7 @@ async fn login_with(
     if identity.email_verified
         && let Some(email) = &identity.email
         && let Some(candidate) = state.directory.login_candidate(email).await?
-        && candidate.user.status == UserStatus::Active
-        && candidate.account_status == AccountStatus::Active
+        && may_sign_in(&candidate.user, candidate.account_status)
     {
         let user_id = candidate.user.id;
         let pending = Pending {
@@ -791,8 +791,7 @@ pub async fn backchannel_logout(
         && request.sid.is_none()
         && let Some(link) = state.links.find(&request.issuer, sub).await?
     {
-        ended += state.sessions.revoke_all_for_user(link.user_id).await?;
-        state.refresh.revoke_user(link.user_id, state.now()).await?;
+        ended += end_everywhere(&state.sessions, state.refresh.as_ref(), link.user_id, state.now()).await?;
     }
     tracing::info!(provider = %upstream.id, ended, "back-channel logout");
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish())

@@ -5,7 +5,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::password;
 use ponte_identity::ratelimit::RateLimit;
-use ponte_linking::account::{AccountStatus, UserStatus};
+use ponte_linking::account::may_sign_in;
 use serde::Deserialize;
 use time::Duration;
 
@@ -222,8 +222,7 @@ pub async fn login(
     let candidate = if email.is_empty() { None } else { state.directory.login_candidate(&email).await? };
     let stored_hash = candidate.as_ref().and_then(|c| c.password_hash.clone());
     let password_ok = password::verify(form.password, stored_hash).await;
-    let candidate = candidate
-        .filter(|c| password_ok && c.user.status == UserStatus::Active && c.account_status == AccountStatus::Active);
+    let candidate = candidate.filter(|c| password_ok && may_sign_in(&c.user, c.account_status));
     let Some(candidate) = candidate else {
         metrics::counter!("login_failures_total").increment(1);
         return Ok(login_response(
