@@ -135,3 +135,73 @@ impl Provider<'_> {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::GrantType;
+    use crate::op::fakes::{T0, World, shop};
+    use crate::op::grants::UserGrant;
+
+    fn user_token(world: &World, scope: &str) -> String {
+        let op = world.provider();
+        let grant = UserGrant {
+            subject: &world.user,
+            client_id: "shop",
+            scope,
+            nonce: None,
+            auth_time: 0,
+            amr: vec![],
+            sid: None,
+        };
+        op.keys.sign_access_token(&op.user_claims(&grant, T0).0).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_disabled_user_s_token_is_inactive_everywhere() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let token = user_token(&world, "openid email");
+        assert!(matches!(op.introspect(&shop(true), &token, T0).await.unwrap(), Introspection::Access(_)));
+        let UserInfoOutcome::Claims(claims) = op.userinfo(&token, T0).await.unwrap() else { panic!("claims") };
+        assert_eq!(
+            (claims.email.as_deref(), claims.name, claims.role.as_str()),
+            (Some("mario@esempio.it"), None, "owner")
+        );
+
+        world.disable_user();
+        assert_eq!(op.introspect(&shop(true), &token, T0).await.unwrap(), Introspection::Inactive);
+        assert_eq!(
+            op.userinfo(&token, T0).await.unwrap(),
+            UserInfoOutcome::InvalidToken("The user can no longer sign in.")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_s_own_token_has_no_user_to_describe() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let token = op.client_credentials(&shop(true), Some("openid"), T0).unwrap().access_token;
+        assert!(matches!(op.introspect(&shop(true), &token, T0).await.unwrap(), Introspection::Access(_)));
+        assert_eq!(op.userinfo(&token, T0).await.unwrap(), UserInfoOutcome::InsufficientScope);
+        assert_eq!(
+            op.userinfo("garbage", T0).await.unwrap(),
+            UserInfoOutcome::InvalidToken("The access token is invalid or expired.")
+        );
+    }
+
+    #[tokio::test]
+    async fn revoked_access_tokens_stop_verifying_but_only_their_client_may_revoke_them() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let token = user_token(&world, "openid");
+        let mut other = shop(true);
+        other.id = "other".into();
+        other.grants = vec![GrantType::ClientCredentials];
+        op.revoke(&other, &token, T0).await.unwrap();
+        assert!(op.verify_access(&token, T0).await.unwrap().is_some(), "another client's revocation is ignored");
+        op.revoke(&shop(true), &token, T0).await.unwrap();
+        assert_eq!(op.verify_access(&token, T0).await.unwrap(), None);
+        assert_eq!(op.introspect(&shop(true), &token, T0).await.unwrap(), Introspection::Inactive);
+    }
+}

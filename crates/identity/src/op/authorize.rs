@@ -254,3 +254,131 @@ impl Provider<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::fakes::{REDIRECT, T0, World, authorize_params, shop};
+
+    const IP: &str = "192.0.2.1";
+
+    fn code_of(decision: &AuthorizeDecision) -> &str {
+        match decision {
+            AuthorizeDecision::RedirectWithCode { code, redirect_uri, state } => {
+                assert_eq!((redirect_uri.as_str(), state.as_deref()), (REDIRECT, Some("st")));
+                code
+            }
+            other => panic!("expected a code, got {other:?}"),
+        }
+    }
+
+    fn error_of(decision: &AuthorizeDecision) -> &'static str {
+        match decision {
+            AuthorizeDecision::ErrorToClient { error, .. } => error,
+            other => panic!("expected an error for the client, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_session_the_request_waits_for_sign_in_then_gets_a_code() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let params = authorize_params("openid email", &[]);
+        let decision = op.authorize(&params, Browser { session: None, ip: IP }, T0).await.unwrap();
+        let AuthorizeDecision::NeedLogin { authz } = decision else { panic!("{decision:?}") };
+        assert_eq!(op.pending_request(&authz).await.unwrap().unwrap().client_id, "shop", "readable while it waits");
+
+        let session = world.sign_in(T0).await;
+        let resumed = op.resume(&authz, Browser { session: Some(&session), ip: IP }, T0).await.unwrap();
+        let code = code_of(&resumed);
+        let grant = crate::op::codes::take(world.store.as_ref(), code).await.unwrap().unwrap();
+        assert_eq!((grant.user_id, grant.sid.as_str()), (world.user.id, session.id.as_str()));
+        assert_eq!(grant.scope, vec!["openid", "email"]);
+
+        let again = op.resume(&authz, Browser { session: Some(&session), ip: IP }, T0).await.unwrap();
+        assert_eq!(again, AuthorizeDecision::ErrorPage(AuthorizePageError::Expired), "a parked request is used once");
+    }
+
+    #[tokio::test]
+    async fn prompt_none_never_shows_a_page() {
+        let world = World::new(shop(false));
+        let op = world.provider();
+        let params = authorize_params("openid", &[("prompt", "none")]);
+        let decision = op.authorize(&params, Browser { session: None, ip: IP }, T0).await.unwrap();
+        assert_eq!(error_of(&decision), "login_required");
+        let session = world.sign_in(T0).await;
+        let decision = op.authorize(&params, Browser { session: Some(&session), ip: IP }, T0).await.unwrap();
+        assert_eq!(error_of(&decision), "consent_required", "a third-party client without consent");
+    }
+
+    #[tokio::test]
+    async fn unknown_clients_get_a_page() {
+        let world = World::new(shop(true));
+        let mut params = authorize_params("openid", &[]);
+        params.insert("client_id".into(), vec!["nobody".into()]);
+        let decision = world.provider().authorize(&params, Browser { session: None, ip: IP }, T0).await.unwrap();
+        assert!(matches!(decision, AuthorizeDecision::ErrorPage(AuthorizePageError::Untrusted(_))), "{decision:?}");
+    }
+
+    #[tokio::test]
+    async fn consent_counts_only_from_the_session_it_was_shown_to_and_is_remembered() {
+        let world = World::new(shop(false));
+        let op = world.provider();
+        let session = world.sign_in(T0).await;
+        let browser = Browser { session: Some(&session), ip: IP };
+        let params = authorize_params("openid email", &[]);
+        let decision = op.authorize(&params, browser, T0).await.unwrap();
+        let AuthorizeDecision::NeedConsent { authz, client_name, scopes } = decision else { panic!("{decision:?}") };
+        assert_eq!((client_name.as_str(), scopes), ("Shop", vec!["openid".to_owned(), "email".to_owned()]));
+
+        let other = world.sign_in(T0).await;
+        let stolen = op.consent(&authz, true, Some(&other), T0).await.unwrap();
+        assert_eq!(stolen, AuthorizeDecision::ErrorPage(AuthorizePageError::Expired));
+
+        let AuthorizeDecision::NeedConsent { authz, .. } = op.authorize(&params, browser, T0).await.unwrap() else {
+            panic!("consent is asked again")
+        };
+        code_of(&op.consent(&authz, true, Some(&session), T0).await.unwrap());
+        code_of(&op.authorize(&params, browser, T0).await.unwrap());
+        let forced = op.authorize(&authorize_params("openid", &[("prompt", "consent")]), browser, T0).await.unwrap();
+        assert!(matches!(forced, AuthorizeDecision::NeedConsent { .. }), "prompt=consent asks anyway");
+    }
+
+    #[tokio::test]
+    async fn a_denied_consent_goes_back_to_the_client() {
+        let world = World::new(shop(false));
+        let op = world.provider();
+        let session = world.sign_in(T0).await;
+        let params = authorize_params("openid", &[]);
+        let decision = op.authorize(&params, Browser { session: Some(&session), ip: IP }, T0).await.unwrap();
+        let AuthorizeDecision::NeedConsent { authz, .. } = decision else { panic!("{decision:?}") };
+        assert_eq!(error_of(&op.consent(&authz, false, Some(&session), T0).await.unwrap()), "access_denied");
+    }
+
+    #[tokio::test]
+    async fn the_session_of_a_disabled_user_ends_and_does_not_count() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let session = world.sign_in(T0).await;
+        world.disable_user();
+        let params = authorize_params("openid", &[]);
+        let decision = op.authorize(&params, Browser { session: Some(&session), ip: IP }, T0).await.unwrap();
+        assert!(matches!(decision, AuthorizeDecision::NeedLogin { .. }), "{decision:?}");
+        assert_eq!(world.sessions.list_for_user(world.user.id, T0).await.unwrap(), vec![], "the session ended");
+    }
+
+    #[tokio::test]
+    async fn one_address_may_park_only_so_many_requests() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let params = authorize_params("openid", &[]);
+        for _ in 0..PENDING_PER_IP.max {
+            let decision = op.authorize(&params, Browser { session: None, ip: IP }, T0).await.unwrap();
+            assert!(matches!(decision, AuthorizeDecision::NeedLogin { .. }));
+        }
+        let refused = op.authorize(&params, Browser { session: None, ip: IP }, T0).await.unwrap();
+        assert_eq!(refused, AuthorizeDecision::TooManyRequests);
+        let elsewhere = op.authorize(&params, Browser { session: None, ip: "192.0.2.2" }, T0).await.unwrap();
+        assert!(matches!(elsewhere, AuthorizeDecision::NeedLogin { .. }), "other addresses are counted apart");
+    }
+}

@@ -220,3 +220,28 @@ impl World {
         self.subjects.0.lock().unwrap().remove(&self.user.id);
     }
 }
+
+/// A PKCE verifier and its S256 challenge (RFC 7636 appendix B).
+pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+/// The challenge of [`VERIFIER`].
+pub const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+/// An authorization request from `shop` for `scope`, plus `extra` parameters.
+pub fn authorize_params(scope: &str, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+    let mut pairs = vec![
+        ("response_type", "code"),
+        ("client_id", "shop"),
+        ("redirect_uri", REDIRECT),
+        ("scope", scope),
+        ("state", "st"),
+        ("nonce", "no"),
+        ("code_challenge", CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ];
+    pairs.extend_from_slice(extra);
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in pairs {
+        map.entry(k.to_owned()).or_default().push(v.to_owned());
+    }
+    map
+}

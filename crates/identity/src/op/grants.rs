@@ -413,3 +413,181 @@ impl Provider<'_> {
         Ok((tokens, access))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+    use crate::op::authorize::{AuthorizeDecision, Browser};
+    use crate::op::fakes::{REDIRECT, T0, VERIFIER, World, authorize_params, shop};
+    use crate::refresh::RefreshRepo;
+    use crate::session::Session;
+
+    fn form(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    async fn code_for(world: &World, scope: &str) -> (String, Session) {
+        let session = world.sign_in(T0).await;
+        let browser = Browser { session: Some(&session), ip: "192.0.2.1" };
+        match world.provider().authorize(&authorize_params(scope, &[]), browser, T0).await.unwrap() {
+            AuthorizeDecision::RedirectWithCode { code, .. } => (code, session),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn redeem(world: &World, code: &str, at: OffsetDateTime) -> GrantResult<TokenSet> {
+        let params = form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ]);
+        world.provider().token(&shop(true), &params, at).await
+    }
+
+    async fn refresh(world: &World, token: &str, scope: Option<&str>, at: OffsetDateTime) -> GrantResult<TokenSet> {
+        let mut params = form(&[("grant_type", "refresh_token"), ("refresh_token", token)]);
+        params.extend(scope.map(|s| ("scope".to_owned(), s.to_owned())));
+        world.provider().token(&shop(true), &params, at).await
+    }
+
+    fn refusal<T: std::fmt::Debug>(result: GrantResult<T>) -> Refusal {
+        match result {
+            Err(GrantFailure::Refused(r)) => r,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_code_buys_tokens_once_and_a_replay_revokes_them() {
+        let world = World::new(shop(true));
+        let (code, session) = code_for(&world, "openid email offline_access").await;
+        let tokens = redeem(&world, &code, T0).await.unwrap();
+        let op = world.provider();
+        let access = op.verify_access(&tokens.access_token, T0).await.unwrap().expect("a live access token");
+        assert_eq!((access.sub, access.role.as_deref()), (world.user.id.to_string(), Some("owner")));
+        let id = op.keys.verify_id_token_hint(tokens.id_token.as_deref().unwrap(), "https://ponte.example").unwrap();
+        assert_eq!((id.nonce.as_deref(), id.sid.as_deref()), (Some("no"), Some(session.id.as_str())));
+        assert_eq!((id.email.as_deref(), id.name), (Some("mario@esempio.it"), None), "claims follow the scopes");
+        let family = tokens.refresh_token.clone().expect("offline_access starts a family");
+
+        let replay = refusal(redeem(&world, &code, T0).await);
+        assert_eq!(replay.error, "invalid_grant");
+        assert_eq!(op.verify_access(&tokens.access_token, T0).await.unwrap(), None, "its access token is denied");
+        assert_eq!(refusal(refresh(&world, &family, None, T0).await).error, "invalid_grant", "its family is gone");
+    }
+
+    #[tokio::test]
+    async fn a_code_needs_its_verifier_its_session_and_an_active_user() {
+        let world = World::new(shop(true));
+        let (code, _) = code_for(&world, "openid").await;
+        let params = form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", &format!("{VERIFIER}x")),
+        ]);
+        assert_eq!(refusal(world.provider().token(&shop(true), &params, T0).await).error, "invalid_grant");
+
+        let (code, session) = code_for(&world, "openid").await;
+        world.sessions.revoke(session.user_id, &session.id).await.unwrap();
+        let ended = refusal(redeem(&world, &code, T0).await);
+        assert_eq!(ended.description, "The session this code came from has ended.");
+
+        let (code, _) = code_for(&world, "openid").await;
+        world.disable_user();
+        assert_eq!(refusal(redeem(&world, &code, T0).await).description, "The user can no longer sign in.");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_refused_for_its_scope_leaves_the_family_as_it_was() {
+        let world = World::new(shop(true));
+        let (code, _) = code_for(&world, "openid offline_access").await;
+        let first = redeem(&world, &code, T0).await.unwrap().refresh_token.unwrap();
+        let id = family_of(&first).unwrap().to_owned();
+        let before = world.refresh.find(&id).await.unwrap();
+
+        let later = T0 + Duration::minutes(5);
+        assert_eq!(refusal(refresh(&world, &first, Some("openid email"), later).await).error, "invalid_scope");
+        assert_eq!(world.refresh.find(&id).await.unwrap(), before, "nothing moved");
+
+        let narrowed = refresh(&world, &first, Some("openid"), later).await.unwrap();
+        assert_eq!((narrowed.scope.as_str(), narrowed.grant_type), ("openid", GrantType::RefreshToken));
+        let next = narrowed.refresh_token.unwrap();
+        assert_eq!(
+            refresh(&world, &next, None, later + Duration::minutes(5)).await.unwrap().scope,
+            "openid offline_access"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_old_refresh_token_revokes_its_family() {
+        let world = World::new(shop(true));
+        let (code, _) = code_for(&world, "openid offline_access").await;
+        let first = redeem(&world, &code, T0).await.unwrap().refresh_token.unwrap();
+        let second = refresh(&world, &first, None, T0).await.unwrap().refresh_token.unwrap();
+        let reuse = refusal(refresh(&world, &first, None, T0 + Duration::minutes(1)).await);
+        assert!(reuse.reuse_detected && reuse.error == "invalid_grant");
+        assert!(!refusal(refresh(&world, &second, None, T0 + Duration::minutes(1)).await).reuse_detected);
+    }
+
+    #[tokio::test]
+    async fn a_refresh_for_a_disabled_user_ends_the_family() {
+        let world = World::new(shop(true));
+        let (code, _) = code_for(&world, "openid offline_access").await;
+        let first = redeem(&world, &code, T0).await.unwrap().refresh_token.unwrap();
+        world.disable_user();
+        assert_eq!(refusal(refresh(&world, &first, None, T0).await).error, "invalid_grant");
+        let family = world.refresh.find(family_of(&first).unwrap()).await.unwrap().unwrap();
+        assert_eq!(family.revoked_at, Some(T0));
+    }
+
+    #[tokio::test]
+    async fn grant_types_are_checked_before_anything_else() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let mut browser_only = shop(true);
+        browser_only.grants = vec![GrantType::AuthorizationCode];
+        let cc = form(&[("grant_type", "client_credentials")]);
+        assert_eq!(refusal(op.token(&browser_only, &cc, T0).await).error, "unauthorized_client");
+        assert_eq!(
+            refusal(op.token(&shop(true), &form(&[("grant_type", "password")]), T0).await).error,
+            "unsupported_grant_type"
+        );
+        assert_eq!(refusal(op.token(&shop(true), &form(&[]), T0).await).error, "invalid_request");
+        let cc = form(&[("grant_type", "client_credentials"), ("scope", "ponte.api")]);
+        let issued = op.token(&shop(true), &cc, T0).await.unwrap();
+        assert_eq!((issued.scope.as_str(), issued.id_token, issued.expires_in), ("ponte.api", None, 600));
+    }
+
+    #[test]
+    fn scopes_are_a_subset_of_what_is_allowed() {
+        let allowed = vec!["openid".to_owned(), "email".to_owned()];
+        assert_eq!(granted_scope(&allowed, None).unwrap(), "openid email");
+        assert_eq!(granted_scope(&allowed, Some("email email")).unwrap(), "email");
+        assert_eq!(granted_scope(&allowed, Some("openid admin")).unwrap_err().error, "invalid_scope");
+    }
+
+    #[test]
+    fn id_token_claims_follow_the_scopes() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let grant = |scope| UserGrant {
+            subject: &world.user,
+            client_id: "shop",
+            scope,
+            nonce: None,
+            auth_time: 7,
+            amr: vec!["pwd".into()],
+            sid: Some("sid"),
+        };
+        let (access, id) = op.user_claims(&grant("ponte.api"), T0);
+        assert!(id.is_none(), "no openid, no ID token");
+        assert_eq!((access.account_id, access.exp - access.iat), (Some(world.user.account_id.to_string()), 600));
+        let id = op.user_claims(&grant("openid profile email"), T0).1.unwrap();
+        assert_eq!((id.name.as_deref(), id.email_verified, id.auth_time), (Some("Mario Rossi"), Some(true), 7));
+        assert_eq!((id.aud.as_str(), id.azp.as_str(), id.exp - id.iat), ("shop", "shop", 600));
+    }
+}

@@ -110,3 +110,84 @@ impl Provider<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::fakes::{LOGGED_OUT, T0, World, shop};
+    use crate::token::IdTokenClaims;
+
+    fn hint_for(world: &World, session: &Session) -> String {
+        let claims = IdTokenClaims {
+            iss: "https://ponte.example".into(),
+            sub: world.user.id.to_string(),
+            aud: "shop".into(),
+            exp: T0.unix_timestamp(),
+            iat: T0.unix_timestamp(),
+            auth_time: T0.unix_timestamp(),
+            nonce: None,
+            amr: vec![],
+            sid: Some(session.id.clone()),
+            azp: "shop".into(),
+            email: None,
+            email_verified: None,
+            name: None,
+            account_id: None,
+        };
+        world.keys.sign_id_token(&claims).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_hint_for_this_session_signs_out_at_once_and_goes_back_to_the_client() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let session = world.sign_in(T0).await;
+        let hint = hint_for(&world, &session);
+        let request =
+            LogoutRequest { id_token_hint: Some(&hint), post_logout_redirect_uri: Some(LOGGED_OUT), client_id: None };
+        let decision = op.logout(request, Some(&session), T0).await.unwrap();
+        assert_eq!(decision, LogoutDecision::SignedOut { target: Some(LOGGED_OUT.into()) });
+        assert_eq!(world.sessions.list_for_user(world.user.id, T0).await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn without_a_matching_hint_the_user_confirms() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let session = world.sign_in(T0).await;
+        let request = LogoutRequest { client_id: Some("shop"), ..LogoutRequest::default() };
+        let decision = op.logout(request, Some(&session), T0).await.unwrap();
+        assert_eq!(decision, LogoutDecision::Confirm { client_id: Some("shop".into()) });
+        assert_eq!(world.sessions.list_for_user(world.user.id, T0).await.unwrap().len(), 1, "a GET alone ends nothing");
+        let other = world.sign_in(T0).await;
+        let hint = hint_for(&world, &other);
+        let request = LogoutRequest { id_token_hint: Some(&hint), ..LogoutRequest::default() };
+        assert!(matches!(op.logout(request, Some(&session), T0).await.unwrap(), LogoutDecision::Confirm { .. }));
+        let confirmed = op.logout_confirmed(LogoutRequest::default(), Some(&session), T0).await.unwrap();
+        assert_eq!(confirmed, LogoutDecision::SignedOut { target: None });
+    }
+
+    #[tokio::test]
+    async fn only_registered_targets_and_our_own_hints_are_accepted() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let unregistered = LogoutRequest {
+            post_logout_redirect_uri: Some("https://evil.example/"),
+            client_id: Some("shop"),
+            ..LogoutRequest::default()
+        };
+        assert!(matches!(op.logout(unregistered, None, T0).await.unwrap(), LogoutDecision::Invalid(_)));
+        let anonymous = LogoutRequest { post_logout_redirect_uri: Some(LOGGED_OUT), ..LogoutRequest::default() };
+        assert!(matches!(op.logout(anonymous, None, T0).await.unwrap(), LogoutDecision::Invalid(_)));
+        let forged = LogoutRequest { id_token_hint: Some("e30.e30.sig"), ..LogoutRequest::default() };
+        assert_eq!(op.logout(forged, None, T0).await.unwrap(), LogoutDecision::InvalidHint);
+        let session = world.sign_in(T0).await;
+        let hint = hint_for(&world, &session);
+        let mismatch =
+            LogoutRequest { id_token_hint: Some(&hint), client_id: Some("other"), ..LogoutRequest::default() };
+        assert_eq!(
+            op.logout(mismatch, Some(&session), T0).await.unwrap(),
+            LogoutDecision::Invalid("client_id does not match the id_token_hint")
+        );
+    }
+}
