@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 pub mod keys;
 pub mod oidc;
+pub mod op;
 pub mod password;
 pub mod ratelimit;
 pub mod refresh;

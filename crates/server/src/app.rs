@@ -190,10 +190,12 @@ impl Application {
         let workers = config.workers;
         let state = build_state(config, clock).await?;
         let data = web::Data::new(state.clone());
+        let api_document = web::Data::new(crate::openapi::document());
         let max_body = state.config.max_body_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(api_document.clone())
                 .app_data(extract::json_config(max_body))
                 .app_data(extract::form_config(max_body))
                 .app_data(extract::path_config())

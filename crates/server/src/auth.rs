@@ -13,8 +13,8 @@ use ponte_linking::audit::Actor;
 use ponte_linking::ids::{AccountId, UserId};
 
 use crate::extract::client_ip;
+use crate::op::provider;
 use crate::problem::Problem;
-use crate::routes::token::verify_access;
 use crate::state::AppState;
 
 /// The scope that lets a client administer every account (the POS backend).
@@ -115,7 +115,8 @@ async fn authenticate(state: web::Data<AppState>, authorization: Option<String>)
     };
     let token = bearer_token(&value)
         .ok_or_else(|| unauthorized(Some("invalid_request"), "The Authorization header must use the Bearer scheme."))?;
-    let claims = verify_access(&state, token)
+    let claims = provider(&state)
+        .verify_access(token, state.now())
         .await?
         .ok_or_else(|| unauthorized(Some("invalid_token"), "The access token is invalid or expired."))?;
     if claims.is_user_token() {

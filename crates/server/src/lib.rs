@@ -7,6 +7,7 @@ pub mod config;
 pub mod extract;
 pub mod html;
 pub mod mail;
+pub mod op;
 pub mod openapi;
 pub mod problem;
 pub mod routes;

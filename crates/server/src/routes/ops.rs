@@ -59,7 +59,9 @@ pub async fn metrics() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics_handle().render())
 }
 
-/// The REST contract (the same document as `openapi/openapi.json`).
-pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(crate::openapi::document())
+/// The REST contract (the same document as `openapi/openapi.json`). It is built once at
+/// start-up from these handlers' annotations and handed over as app data, so this module
+/// does not depend on the one that describes it.
+pub async fn openapi(document: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
+    HttpResponse::Ok().json(document.get_ref())
 }

@@ -601,3 +601,71 @@ async fn parking_authorization_requests_is_rate_limited_per_address() {
     flow.app.clock.advance(time::Duration::minutes(1));
     assert_eq!(flow.app.browser().get(&url).send().await.unwrap().status(), 303, "the next minute is fine");
 }
+
+impl Flow {
+    async fn refresh_with_scope(&self, token: &str, scope: &str) -> (u16, Value) {
+        let form = [("grant_type", "refresh_token"), ("refresh_token", token), ("scope", scope)];
+        let response = self.token_request(&form).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_refused_for_its_scope_changes_nothing() {
+    let flow = Flow::new(true, false).await;
+    let (verifier, challenge) = pkce();
+    let code = flow.code(&challenge).await;
+    let (_, first) = flow.redeem(&code, &verifier).await;
+    let r1 = first["refresh_token"].as_str().unwrap().to_owned();
+
+    let (status, refused) = flow.refresh_with_scope(&r1, "openid ponte.api").await;
+    assert_eq!((status, refused["error"].as_str()), (400, Some("invalid_scope")), "{refused}");
+
+    // Long past the retry grace: had the refusal rotated the family, this would be reuse.
+    flow.app.clock.advance(time::Duration::seconds(30));
+    let (status, second) = flow.refresh(&r1).await;
+    assert_eq!(status, 200, "the token in use still works: {second}");
+    let r2 = second["refresh_token"].as_str().unwrap().to_owned();
+    let own = flow.app.browser().post(flow.app.url("/oauth2/introspect"));
+    let own = own.basic_auth(&flow.client_id, flow.secret.as_deref()).form(&[("token", r2.as_str())]);
+    let described: Value = own.send().await.unwrap().json().await.unwrap();
+    assert_eq!((described["active"].as_bool(), described["token_type"].as_str()), (Some(true), Some("refresh_token")));
+    flow.app.clock.advance(time::Duration::seconds(30));
+    assert_eq!(flow.refresh(&r2).await.0, 200, "and the token it issued works in turn");
+}
+
+#[tokio::test]
+async fn introspection_turns_inactive_when_the_user_is_disabled() {
+    let flow = Flow::new(true, false).await;
+    let admin_token = flow.app.admin_token().await;
+    let account = flow.account["id"].as_str().unwrap().to_owned();
+    let http = flow.app.browser();
+    let member: Value = http
+        .post(flow.app.url(&format!("/api/v1/accounts/{account}/users")))
+        .bearer_auth(&admin_token)
+        .json(&json!({"email": "anna@esempio.it", "name": "Anna", "role": "member", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let signed_in = crate::harness::sign_in(&flow.app, &flow.browser, "anna@esempio.it", PASSWORD).await;
+    assert_eq!(signed_in.status(), 303);
+    let (verifier, challenge) = pkce();
+    let back = flow.browser.get(flow.authorize_url(&challenge, &[])).send().await.unwrap();
+    let code = query_of(&location(&back))["code"].clone();
+    let (status, tokens) = flow.redeem(&code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(flow.introspect(access).await["active"], true);
+
+    let member_url = flow.app.url(&format!("/api/v1/accounts/{account}/users/{}", member["id"].as_str().unwrap()));
+    let disabled =
+        http.patch(&member_url).bearer_auth(&admin_token).json(&json!({"status": "disabled"})).send().await.unwrap();
+    assert_eq!(disabled.status(), 200);
+
+    assert_eq!(flow.introspect(access).await, json!({"active": false}), "introspection agrees with userinfo");
+    let info = http.get(flow.app.url("/oauth2/userinfo")).bearer_auth(access).send().await.unwrap();
+    assert_eq!(info.status(), 401);
+}

@@ -1,0 +1,56 @@
+//! Ponte as OpenID Provider, wired to this service: the identity crate's [`Provider`]
+//! over the application's stores, and the directory of users as its [`Subjects`].
+
+use async_trait::async_trait;
+use ponte_identity::ids::{AccountId, UserId};
+use ponte_identity::op::{OpSettings, Provider, Subject, Subjects};
+use ponte_linking::account::may_sign_in;
+use time::Duration;
+
+use crate::state::AppState;
+
+/// The OP over `state`'s stores and configuration.
+pub fn provider(state: &AppState) -> Provider<'_> {
+    let config = &state.config;
+    let secs = |s: u64| Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX));
+    Provider {
+        settings: OpSettings {
+            issuer: state.issuer.clone(),
+            access_token_ttl: secs(config.access_token_ttl_secs),
+            id_token_ttl: secs(config.id_token_ttl_secs),
+            refresh_token_ttl: secs(config.refresh_token_ttl_secs),
+            assert_email_verified: config.assert_email_verified,
+        },
+        keys: state.keys.ring(),
+        store: state.sessions.store().as_ref(),
+        sessions: &state.sessions,
+        clients: state.clients.as_ref(),
+        consents: state.consents.as_ref(),
+        refresh: state.refresh.as_ref(),
+        subjects: state,
+    }
+}
+
+/// Who may sign in is the directory's one rule ([`may_sign_in`]), as in
+/// [`AppState::active_user`]; this adapter keeps the directory's own errors.
+#[async_trait]
+impl Subjects for AppState {
+    async fn active_subject(&self, account: AccountId, user: UserId) -> ponte_identity::Result<Option<Subject>> {
+        let found = tokio::try_join!(self.directory.user(account, user), self.directory.account(account));
+        let (user, account) = found.map_err(|e| match e {
+            ponte_linking::Error::Identity(inner) => inner,
+            other => ponte_identity::Error::Corrupt(format!("user lookup: {other}")),
+        })?;
+        let user = match (user, account) {
+            (Some(u), Some(a)) if may_sign_in(&u, a.status) => Some(u),
+            _ => None,
+        };
+        Ok(user.map(|u| Subject {
+            id: u.id,
+            account_id: u.account_id,
+            role: u.role.as_str().to_owned(),
+            email: u.email,
+            name: u.name,
+        }))
+    }
+}
