@@ -105,6 +105,8 @@ pub struct CallbackParams<'a> {
 }
 
 /// What [`complete`] comes to.
+// Made once per callback and matched at once: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion {
     /// The flow was this browser's and the provider's answer passed every check.

@@ -95,6 +95,8 @@ impl ConfirmAction {
 }
 
 /// What a confirmation post comes to.
+// Made once per post and matched at once: boxing the big variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfirmOutcome {
     /// Linked (or already linked): go to `return_to`.

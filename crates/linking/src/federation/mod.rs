@@ -8,6 +8,8 @@
 
 pub mod confirm;
 pub mod pending;
+#[cfg(test)]
+mod tests;
 
 use async_trait::async_trait;
 use ponte_identity::federation::{self as flow, CallbackParams, Completion, Initiator, Intent, Refusal, StartRequest};
@@ -106,6 +108,8 @@ pub async fn plan_start(
 }
 
 /// What the provider's answer leads to.
+// Made once per callback and matched at once: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallbackOutcome {
     /// A linked identity of an active user: start a session, then go to `return_to`.
