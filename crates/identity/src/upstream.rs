@@ -491,6 +491,55 @@ impl Upstream {
     }
 }
 
+/// An upstream provider as the federation use cases see it: [`Upstream`] over HTTP, or a
+/// stand-in in tests.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// The provider id (`[providers.<id>]`).
+    fn id(&self) -> &str;
+    /// Builds the authorization URL for a new flow.
+    async fn start(&self, redirect_uri: &str, ask: Ask, login_hint: Option<&str>) -> Result<Started, UpstreamError>;
+    /// Redeems the code and validates the answer fully (see [`Upstream::finish`]).
+    async fn finish(
+        &self,
+        redirect_uri: &str,
+        code: &str,
+        iss: Option<&str>,
+        flow: &FlowSecrets,
+        fresh_after: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<UpstreamIdentity, UpstreamError>;
+    /// Validates a back-channel logout token (see [`Upstream::validate_logout_token`]).
+    async fn validate_logout_token(&self, token: &str, now: OffsetDateTime) -> Result<LogoutRequest, UpstreamError>;
+}
+
+#[async_trait::async_trait]
+impl Provider for Upstream {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn start(&self, redirect_uri: &str, ask: Ask, login_hint: Option<&str>) -> Result<Started, UpstreamError> {
+        Upstream::start(self, redirect_uri, ask, login_hint).await
+    }
+
+    async fn finish(
+        &self,
+        redirect_uri: &str,
+        code: &str,
+        iss: Option<&str>,
+        flow: &FlowSecrets,
+        fresh_after: Option<i64>,
+        now: OffsetDateTime,
+    ) -> Result<UpstreamIdentity, UpstreamError> {
+        Upstream::finish(self, redirect_uri, code, iss, flow, fresh_after, now).await
+    }
+
+    async fn validate_logout_token(&self, token: &str, now: OffsetDateTime) -> Result<LogoutRequest, UpstreamError> {
+        Upstream::validate_logout_token(self, token, now).await
+    }
+}
+
 /// The secret halves of a flow, kept server-side until the callback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowSecrets {

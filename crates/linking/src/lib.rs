@@ -7,6 +7,7 @@ pub mod account;
 pub mod audit;
 pub mod email;
 pub mod error;
+pub mod federation;
 pub mod ids;
 pub mod links;
 pub mod store;

@@ -1,5 +1,6 @@
 //! The Ponte service: configuration, routes, pages, extractors, telemetry.
 
+pub mod adapters;
 pub mod app;
 pub mod auth;
 pub mod browser;

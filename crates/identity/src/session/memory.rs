@@ -14,6 +14,7 @@ struct Inner {
     values: HashMap<String, (String, Instant)>,
     counters: HashMap<String, (u64, Instant)>,
     user_index: HashMap<String, HashSet<String>>,
+    sets: HashMap<String, (HashSet<String>, Instant)>,
     writes: u64,
 }
 
@@ -35,6 +36,7 @@ impl Inner {
         let now = Instant::now();
         self.values.retain(|_, (_, deadline)| *deadline > now);
         self.counters.retain(|_, (_, deadline)| *deadline > now);
+        self.sets.retain(|_, (_, deadline)| *deadline > now);
         let values = &self.values;
         for ids in self.user_index.values_mut() {
             ids.retain(|id| values.contains_key(&session_key(id)));
@@ -123,6 +125,40 @@ impl SessionStore for MemoryStore {
         let value = inner.live(&key).cloned();
         inner.values.remove(&key);
         Ok(value)
+    }
+
+    async fn put_if_absent(&self, key: &str, value: &str, ttl: u64) -> Result<bool> {
+        // Checked and written under one lock, so no other caller can slip in between.
+        let mut inner = self.lock();
+        inner.sweep();
+        let key = format!("o:{key}");
+        if inner.live(&key).is_some() {
+            return Ok(false);
+        }
+        inner.values.insert(key, (value.to_owned(), deadline(ttl)));
+        Ok(true)
+    }
+
+    async fn add_member(&self, key: &str, member: &str, ttl: u64) -> Result<()> {
+        let mut inner = self.lock();
+        inner.sweep();
+        let now = Instant::now();
+        let until = deadline(ttl);
+        let entry = inner.sets.entry(key.to_owned()).or_insert_with(|| (HashSet::new(), until));
+        if entry.1 <= now {
+            *entry = (HashSet::new(), until);
+        }
+        entry.0.insert(member.to_owned());
+        entry.1 = entry.1.max(until);
+        Ok(())
+    }
+
+    async fn take_members(&self, key: &str) -> Result<Vec<String>> {
+        let mut inner = self.lock();
+        Ok(match inner.sets.remove(key) {
+            Some((members, until)) if until > Instant::now() => members.into_iter().collect(),
+            _ => Vec::new(),
+        })
     }
 
     async fn incr(&self, key: &str, ttl: u64) -> Result<u64> {

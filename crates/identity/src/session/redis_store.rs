@@ -2,7 +2,7 @@
 //!
 //! Layout under the configured prefix: `s:<id>` (session JSON, with TTL), `u:<user>`
 //! (set of session ids, the per-user index), `o:<key>` (one-time values), `c:<key>`
-//! (counters). Commands go through one multiplexed [`ConnectionManager`], created lazily
+//! (counters), `m:<key>` (sets of members, e.g. the sessions of an upstream `sid`). Commands go through one multiplexed [`ConnectionManager`], created lazily
 //! so Ponte starts (and reports not-ready) while Redis is away, and reconnects by itself.
 
 use std::time::Duration;
@@ -118,6 +118,42 @@ impl SessionStore for RedisStore {
 
     async fn take_once(&self, key: &str) -> Result<Option<String>> {
         Ok(self.conn().get_del(self.key("o", key)).await?)
+    }
+
+    async fn put_if_absent(&self, key: &str, value: &str, ttl: u64) -> Result<bool> {
+        let options = SetOptions::default().conditional_set(ExistenceCheck::NX).with_expiration(SetExpiry::EX(ttl));
+        let done: Option<String> = self.conn().set_options(self.key("o", key), value, options).await?;
+        Ok(done.is_some())
+    }
+
+    async fn add_member(&self, key: &str, member: &str, ttl: u64) -> Result<()> {
+        let key = self.key("m", key);
+        // One MULTI: the member and its expiry land together. NX gives a new set its TTL,
+        // GT only ever extends an existing one.
+        let _: () = redis::pipe()
+            .atomic()
+            .sadd(&key, member)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(ttl)
+            .arg("NX")
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(ttl)
+            .arg("GT")
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn take_members(&self, key: &str) -> Result<Vec<String>> {
+        let key = self.key("m", key);
+        let (members,): (Vec<String>,) =
+            redis::pipe().atomic().smembers(&key).del(&key).ignore().query_async(&mut self.conn()).await?;
+        Ok(members)
     }
 
     async fn incr(&self, key: &str, ttl: u64) -> Result<u64> {

@@ -27,6 +27,14 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     async fn peek(&self, key: &str) -> Result<Option<String>>;
     /// Reads and deletes a one-time value atomically: only one caller ever gets it.
     async fn take_once(&self, key: &str) -> Result<Option<String>>;
+    /// Stores a one-time value only if none is live under `key`; `true` if this call
+    /// stored it. Atomic: of many concurrent callers exactly one wins (replay checks).
+    async fn put_if_absent(&self, key: &str, value: &str, ttl: u64) -> Result<bool>;
+    /// Adds `member` to the set under `key` atomically, so concurrent additions are all
+    /// kept; the set then lives at least `ttl` more seconds (never less than before).
+    async fn add_member(&self, key: &str, member: &str, ttl: u64) -> Result<()>;
+    /// Reads and deletes the set under `key` atomically: only one caller gets its members.
+    async fn take_members(&self, key: &str) -> Result<Vec<String>>;
     /// Adds one to a counter that disappears after `ttl` seconds; returns the new count.
     async fn incr(&self, key: &str, ttl: u64) -> Result<u64>;
 

@@ -157,3 +157,72 @@ async fn a_logout_racing_a_touch_stays_logged_out() {
     })
     .await;
 }
+
+/// Runs `n` copies of `op` at once (released together by a barrier); returns their results.
+async fn all_at_once<T, F, Fut>(n: usize, op: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (barrier, work) = (barrier.clone(), op(i));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                work.await
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_many_concurrent_put_if_absent_exactly_one_wins() {
+    on_every_store(|store| async move {
+        for round in 0..5 {
+            let key = format!("bcl-jti:test:{round}");
+            let won = all_at_once(32, |i| {
+                let (store, key) = (store.clone(), key.clone());
+                async move { store.put_if_absent(&key, &i.to_string(), 60).await.unwrap() }
+            })
+            .await;
+            assert_eq!(won.iter().filter(|w| **w).count(), 1, "round {round}: exactly one caller stores the value");
+            assert!(!store.put_if_absent(&key, "late", 60).await.unwrap(), "a later caller loses too");
+        }
+        // A taken value frees the key again.
+        store.take_once("bcl-jti:test:0").await.unwrap();
+        assert!(store.put_if_absent("bcl-jti:test:0", "again", 60).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_additions_to_one_set_are_all_kept_and_taken_once() {
+    on_every_store(|store| async move {
+        let key = "upsid:test:one-upstream-session";
+        all_at_once(32, |i| {
+            let store = store.clone();
+            async move { store.add_member(key, &format!("session-{i}"), 60).await.unwrap() }
+        })
+        .await;
+        let mut members = store.take_members(key).await.unwrap();
+        members.sort();
+        let mut expected: Vec<String> = (0..32).map(|i| format!("session-{i}")).collect();
+        expected.sort();
+        assert_eq!(members, expected, "no addition is lost to another");
+        assert!(store.take_members(key).await.unwrap().is_empty(), "taken once");
+
+        // A shorter TTL on a later addition never shortens the set's life.
+        store.add_member(key, "long", 60).await.unwrap();
+        store.add_member(key, "short", 1).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(store.take_members(key).await.unwrap().len(), 2);
+    })
+    .await;
+}
