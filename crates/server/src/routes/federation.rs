@@ -413,7 +413,7 @@ async fn login_with(
     // with proof of that account; never a silent link.
     if identity.email_verified
         && let Some(email) = &identity.email
-        && let Some(candidate) = state.directory.login_candidate(email).await?
+        && let Some(candidate) = state.users.login_candidate(email).await?
         && may_sign_in(&candidate.user, candidate.account_status)
     {
         let user_id = candidate.user.id;
@@ -517,7 +517,7 @@ async fn render_confirm(
         provider(state, &pending.identity.provider).map(|p| p.config.display_name.clone()).unwrap_or_default();
     let user = state.active_user(pending.account_id, pending.user_id).await?;
     let Some(user) = user else { return Ok(refuse(req, StatusCode::FORBIDDEN, "user_disabled")) };
-    let account = state.directory.account(user.account_id).await?.map(|a| a.name).unwrap_or_default();
+    let account = state.accounts.get(user.account_id).await?.map(|a| a.name).unwrap_or_default();
     let (csrf, fresh) = csrf_token(req, state);
     let upstream_email = pending.identity.email.clone().unwrap_or_else(|| "—".into());
     let upstream_name = pending.identity.name.clone().unwrap_or_else(|| "—".into());
@@ -690,7 +690,7 @@ pub async fn confirm(
                 .await;
             }
             let proved = if action == "password" {
-                let hash = state.directory.login_candidate(&user.email).await?.and_then(|c| c.password_hash);
+                let hash = state.users.login_candidate(&user.email).await?.and_then(|c| c.password_hash);
                 password::verify(form.password.clone().unwrap_or_default(), hash).await
             } else {
                 let presented = digest(&format!("{}:{}", form.id, form.code.as_deref().unwrap_or("").trim()));
