@@ -65,6 +65,7 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
     ) -> Result<User>;
     /// Deletes a user, enforcing [`check_delete`](super::check_delete) inside the write transaction.
     async fn delete(&self, account: AccountId, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<()>;
-    /// The user with this email (any case), across accounts, for password login.
+    /// The user with this email (any case), across accounts, for password login. Text that
+    /// is not a valid email matches nobody.
     async fn login_candidate(&self, email: &str) -> Result<Option<LoginCandidate>>;
 }

@@ -8,6 +8,7 @@ use ponte_identity::client::{ClientRepo, GrantType, NewClient, SqlClients};
 use ponte_identity::db::Database;
 use ponte_identity::keys::{KeyPolicy, KeyRepo, KeyRing, KeyStatus, SigningAlg, SqlKeys, rotate};
 use ponte_identity::seal::MasterKey;
+use ponte_identity::upstream::UpstreamIdentity;
 use ponte_linking::Error;
 use ponte_linking::account::sql::{SqlAccounts, SqlUsers, lock_account};
 use ponte_linking::account::{AccountStatus, AccountStore, NewUser, Role, User, UserPatch, UserStatus, UserStore};
@@ -15,6 +16,7 @@ use ponte_linking::audit::sql::SqlAudit;
 use ponte_linking::audit::{Actor, AuditEntry, AuditLog};
 use ponte_linking::email::Email;
 use ponte_linking::ids::{AccountId, UserId};
+use ponte_linking::links::{Decision, Links, SqlLinks};
 
 use crate::harness::{TestDb, now};
 
@@ -351,6 +353,12 @@ async fn login_lookup_finds_a_user_by_any_case_with_its_account_status() {
         assert_eq!((found.user.id, found.password_hash, found.user.has_password), (up.id, None, false));
         assert!(s.users.login_candidate("owner@esempio.it.evil").await.unwrap().is_none());
         assert!(s.users.login_candidate("").await.unwrap().is_none());
+        assert!(s.users.login_candidate("owner\0@esempio.it").await.unwrap().is_none(), "NUL is no error either");
+        assert_eq!(
+            s.users.login_candidate("  owner@esempio.it ").await.unwrap().map(|c| c.user.id),
+            Some(owner.id),
+            "trimmed like the stored address"
+        );
 
         sqlx::query("UPDATE accounts SET status = 'disabled' WHERE id = $1")
             .bind(account.to_string())
@@ -459,6 +467,68 @@ async fn the_account_lock_holds_a_second_writer_of_that_account_until_the_first_
 
         let mut tx = s.db.pool().begin().await.unwrap();
         assert!(!lock_account(backend_kind, &mut tx, AccountId::new()).await.unwrap(), "no such account");
+    }
+}
+
+fn upstream(subject: &str, email: &str) -> UpstreamIdentity {
+    UpstreamIdentity {
+        provider: "tsid".into(),
+        issuer: "https://id.esempio.it".into(),
+        subject: subject.into(),
+        email: Some(email.into()),
+        email_verified: true,
+        name: Some("Anna".into()),
+        auth_time: None,
+        sid: None,
+    }
+}
+
+#[tokio::test]
+async fn links_keep_one_upstream_identity_per_user_audited_and_scoped_to_the_account() {
+    for test_db in TestDb::all().await {
+        let s = Stores::open(&test_db).await;
+        let links: Box<dyn Links> = Box::new(SqlLinks::new(s.db.clone()));
+        let (account, owner) = s.account("Bar Sport", "owner@esempio.it").await;
+        let (other, other_owner) = s.account("Altro", "altro@esempio.it").await;
+        let t = now();
+        let actor = Actor::user(owner.id, None);
+
+        assert_eq!(links.link(&owner, &upstream("sub-1", "a@id.it"), &actor, t).await.unwrap(), Decision::Link);
+        assert_eq!(
+            links.link(&owner, &upstream("sub-1", "a@id.it"), &actor, t).await.unwrap(),
+            Decision::AlreadyLinked
+        );
+        assert_eq!(
+            links.link(&owner, &upstream("sub-2", "b@id.it"), &actor, t).await.unwrap(),
+            Decision::ProviderTaken
+        );
+        assert_eq!(
+            links.link(&other_owner, &upstream("sub-1", "a@id.it"), &actor, t).await.unwrap(),
+            Decision::LinkedElsewhere
+        );
+        let found = links.find("https://id.esempio.it", "sub-1").await.unwrap().expect("linked");
+        assert_eq!((found.user_id, found.account_id, found.last_login_at), (owner.id, account, None));
+        assert_eq!(links.for_user(account, owner.id).await.unwrap(), vec![found.clone()]);
+        assert!(links.for_user(other, owner.id).await.unwrap().is_empty(), "scoped by account");
+
+        let later = t + time::Duration::minutes(5);
+        links.record_login(&found, &upstream("sub-1", "new@id.it"), &actor, later).await.unwrap();
+        let refreshed = links.find("https://id.esempio.it", "sub-1").await.unwrap().unwrap();
+        assert_eq!((refreshed.email.as_deref(), refreshed.last_login_at), (Some("new@id.it"), Some(later)));
+
+        assert!(!links.unlink(other, owner.id, "tsid", &actor, later).await.unwrap(), "not through another account");
+        assert!(links.unlink(account, owner.id, "tsid", &actor, later).await.unwrap());
+        assert!(links.find("https://id.esempio.it", "sub-1").await.unwrap().is_none());
+        let actions = s.actions(account).await;
+        for expected in [
+            "identity.linked",
+            "identity.link_noop",
+            "identity.link_refused",
+            "identity.claims_changed",
+            "identity.unlinked",
+        ] {
+            assert!(actions.iter().any(|a| a == expected), "{expected} missing from {actions:?}");
+        }
     }
 }
 

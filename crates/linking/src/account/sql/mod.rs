@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 use super::store::{AccountStore, LoginCandidate, UserStore};
 use super::{Account, AccountStatus, NewUser, Role, User, UserPatch, UserStatus, check_delete, check_patch};
 use crate::audit::{Actor, AuditEntry, sql::append as audit};
+use crate::email::Email;
 use crate::ids::{AccountId, UserId};
 use crate::{Error, Result};
 
@@ -282,11 +283,15 @@ impl UserStore for SqlUsers {
     }
 
     async fn login_candidate(&self, email: &str) -> Result<Option<LoginCandidate>> {
+        // Every stored address passed `Email::parse`, so one that does not parse matches
+        // nobody; folding it the same way as on insert keeps lookup and uniqueness one rule
+        // (and keeps text PostgreSQL refuses, such as NUL, away from the database).
+        let Ok(email) = Email::parse(email) else { return Ok(None) };
         let row: Option<(String, String, String, String, String, String, Option<String>, i64, i64, String, String)> = sqlx::query_as(
             "SELECT u.id, u.account_id, u.email, u.name, u.role, u.status, u.password_hash, u.created_at, u.updated_at, \
              a.status, a.name FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.email_normalized = $1",
         )
-        .bind(email.to_lowercase())
+        .bind(email.normalized())
         .fetch_optional(self.db.pool())
         .await?;
         let Some((id, account_id, email, name, role, status, hash, created, updated, account_status, account_name)) =
