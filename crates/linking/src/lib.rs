@@ -1,7 +1,10 @@
 //! What is tied to what: accounts (tenants), their users and roles, and the audit trail.
 //! Later: external-identity links, companies, integrations, invites and seats.
 //!
-//! Domain rules are plain functions on plain types; storage sits behind [`store::Directory`].
+//! Domain rules are plain functions on plain types. Storage is one small trait per
+//! aggregate beside its domain, with its sqlx implementation next to it:
+//! [`account::AccountStore`] and [`account::UserStore`] ([`account::sql`]),
+//! [`audit::AuditLog`] ([`audit::sql`]), [`links::Links`].
 
 pub mod account;
 pub mod audit;
@@ -10,6 +13,5 @@ pub mod error;
 pub mod federation;
 pub mod ids;
 pub mod links;
-pub mod store;
 
 pub use error::{Error, Result};

@@ -135,25 +135,7 @@ fn parse(row: Row) -> Result<ExternalIdentity> {
 }
 
 async fn audit(executor: impl sqlx::Executor<'_, Database = Any>, entry: AuditEntry) -> Result<()> {
-    crate::store::insert_audit(executor, &entry).await
-}
-
-fn entry(
-    account: AccountId,
-    actor: &Actor,
-    action: &str,
-    user: UserId,
-    detail: String,
-    now: OffsetDateTime,
-) -> AuditEntry {
-    AuditEntry {
-        account_id: Some(account),
-        actor: actor.clone(),
-        action: action.into(),
-        target: Some(format!("user:{user}")),
-        detail: Some(detail),
-        at: now,
-    }
+    crate::audit::sql::append(executor, &entry).await
 }
 
 /// Audit detail: a JSON object of string values.
@@ -204,14 +186,8 @@ impl Links for SqlLinks {
             let reason = format!("{decision:?}");
             audit(
                 self.db.pool(),
-                entry(
-                    user.account_id,
-                    actor,
-                    action,
-                    user.id,
-                    detail(&[("provider", &identity.provider), ("reason", &reason)]),
-                    now,
-                ),
+                AuditEntry::for_user(user.account_id, user.id, actor, action, now)
+                    .with_detail(detail(&[("provider", &identity.provider), ("reason", &reason)])),
             )
             .await?;
             return Ok(decision);
@@ -246,14 +222,11 @@ impl Links for SqlLinks {
         let email = identity.email.clone().unwrap_or_default();
         audit(
             &mut *tx,
-            entry(
-                user.account_id,
-                actor,
-                "identity.linked",
-                user.id,
-                detail(&[("provider", &identity.provider), ("subject", &identity.subject), ("email", &email)]),
-                now,
-            ),
+            AuditEntry::for_user(user.account_id, user.id, actor, "identity.linked", now).with_detail(detail(&[
+                ("provider", &identity.provider),
+                ("subject", &identity.subject),
+                ("email", &email),
+            ])),
         )
         .await?;
         tx.commit().await?;
@@ -279,8 +252,12 @@ impl Links for SqlLinks {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        audit(&mut *tx, entry(account, actor, "identity.unlinked", user, detail(&[("provider", provider)]), now))
-            .await?;
+        audit(
+            &mut *tx,
+            AuditEntry::for_user(account, user, actor, "identity.unlinked", now)
+                .with_detail(detail(&[("provider", provider)])),
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -304,14 +281,8 @@ impl Links for SqlLinks {
             let (email, name) = (identity.email.clone().unwrap_or_default(), identity.name.clone().unwrap_or_default());
             audit(
                 &mut *tx,
-                entry(
-                    link.account_id,
-                    actor,
-                    "identity.claims_changed",
-                    link.user_id,
-                    detail(&[("provider", &link.provider), ("email", &email), ("name", &name)]),
-                    now,
-                ),
+                AuditEntry::for_user(link.account_id, link.user_id, actor, "identity.claims_changed", now)
+                    .with_detail(detail(&[("provider", &link.provider), ("email", &email), ("name", &name)])),
             )
             .await?;
         }

@@ -6,33 +6,33 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ponte_identity::upstream::Upstream;
-use ponte_linking::account::{User, may_sign_in};
+use ponte_linking::account::{AccountStore, LoginCandidate, User, UserStore, active_user};
 use ponte_linking::federation::{FederationUsers, LinkCode, LinkCodeMail, MailUnavailable};
 use ponte_linking::ids::{AccountId, UserId};
-use ponte_linking::store::{Directory, LoginCandidate};
 
 use crate::mail::{Mail, Mailer};
 
-/// [`FederationUsers`] over the directory.
+/// [`FederationUsers`] over the account and user stores.
 #[derive(Debug, Clone)]
-pub struct DirectoryUsers(pub Arc<dyn Directory>);
+pub struct StoreUsers {
+    /// Accounts.
+    pub accounts: Arc<dyn AccountStore>,
+    /// Their users.
+    pub users: Arc<dyn UserStore>,
+}
 
 #[async_trait]
-impl FederationUsers for DirectoryUsers {
+impl FederationUsers for StoreUsers {
     async fn active_user(&self, account: AccountId, user: UserId) -> ponte_linking::Result<Option<User>> {
-        let (user, account) = tokio::try_join!(self.0.user(account, user), self.0.account(account))?;
-        Ok(match (user, account) {
-            (Some(u), Some(a)) if may_sign_in(&u, a.status) => Some(u),
-            _ => None,
-        })
+        active_user(self.accounts.as_ref(), self.users.as_ref(), account, user).await
     }
 
     async fn by_email(&self, email: &str) -> ponte_linking::Result<Option<LoginCandidate>> {
-        self.0.login_candidate(email).await
+        self.users.login_candidate(email).await
     }
 
     async fn account_name(&self, account: AccountId) -> ponte_linking::Result<Option<String>> {
-        Ok(self.0.account(account).await?.map(|a| a.name))
+        Ok(self.accounts.get(account).await?.map(|a| a.name))
     }
 }
 

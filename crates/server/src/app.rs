@@ -16,8 +16,9 @@ use ponte_identity::refresh::SqlRefresh;
 use ponte_identity::seal::MasterKey;
 use ponte_identity::session::{MemoryStore, RedisStore, SessionPolicy, SessionStore, Sessions};
 use ponte_identity::upstream::{Upstream, http_client};
+use ponte_linking::account::sql::{SqlAccounts, SqlUsers};
+use ponte_linking::audit::sql::SqlAudit;
 use ponte_linking::links::SqlLinks;
-use ponte_linking::store::SqlDirectory;
 use time::Duration;
 use tracing_actix_web::TracingLogger;
 
@@ -128,7 +129,9 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         links: Arc::new(SqlLinks::new(db.clone())),
         mailer,
         sessions: Sessions::new(session_store(&config)?, policy),
-        directory: Arc::new(SqlDirectory::new(db.clone())),
+        accounts: Arc::new(SqlAccounts::new(db.clone())),
+        users: Arc::new(SqlUsers::new(db.clone())),
+        audit: Arc::new(SqlAudit::new(db.clone())),
         clients: Arc::new(CachedClients::new(SqlClients::new(db.clone()), std::time::Duration::from_secs(30))),
         keys: Arc::new(Keys::new(keys)),
         master,

@@ -143,17 +143,9 @@ pub async fn start_session(
         NewSession { user_id: user.id, account_id: user.account_id, amr: amr.clone(), user_agent, ip: ip.clone() };
     let (token, session) = state.sessions.create(new, now).await?;
     metrics::counter!("sessions_created_total").increment(1);
-    state
-        .directory
-        .record(&AuditEntry {
-            account_id: Some(user.account_id),
-            actor: Actor::user(user.id, ip),
-            action: "login.succeeded".into(),
-            target: Some(format!("user:{}", user.id)),
-            detail: Some(serde_json::json!({ "amr": amr }).to_string()),
-            at: now,
-        })
-        .await?;
+    let entry = AuditEntry::for_user(user.account_id, user.id, &Actor::user(user.id, ip), "login.succeeded", now)
+        .with_detail(serde_json::json!({ "amr": amr }).to_string());
+    state.audit.append(&entry).await?;
     let mut response = see_other(next);
     page_headers(&mut response);
     let _ = response.add_cookie(&cookie(state, SESSION, token.expose().to_owned()));

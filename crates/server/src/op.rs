@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use ponte_identity::ids::{AccountId, UserId};
 use ponte_identity::op::{OpSettings, Provider, Subject, Subjects};
-use ponte_linking::account::may_sign_in;
+use ponte_linking::account::active_user;
 use time::Duration;
 
 use crate::state::AppState;
@@ -31,20 +31,16 @@ pub fn provider(state: &AppState) -> Provider<'_> {
     }
 }
 
-/// Who may sign in is the directory's one rule ([`may_sign_in`]), as in
+/// Who may sign in is the account store's one rule (`ponte_linking::account::may_sign_in`), as in
 /// [`AppState::active_user`]; this adapter keeps the directory's own errors.
 #[async_trait]
 impl Subjects for AppState {
     async fn active_subject(&self, account: AccountId, user: UserId) -> ponte_identity::Result<Option<Subject>> {
-        let found = tokio::try_join!(self.directory.user(account, user), self.directory.account(account));
-        let (user, account) = found.map_err(|e| match e {
-            ponte_linking::Error::Identity(inner) => inner,
-            other => ponte_identity::Error::Corrupt(format!("user lookup: {other}")),
-        })?;
-        let user = match (user, account) {
-            (Some(u), Some(a)) if may_sign_in(&u, a.status) => Some(u),
-            _ => None,
-        };
+        let user =
+            active_user(self.accounts.as_ref(), self.users.as_ref(), account, user).await.map_err(|e| match e {
+                ponte_linking::Error::Identity(inner) => inner,
+                other => ponte_identity::Error::Corrupt(format!("user lookup: {other}")),
+            })?;
         Ok(user.map(|u| Subject {
             id: u.id,
             account_id: u.account_id,

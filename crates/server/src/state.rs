@@ -11,11 +11,11 @@ use ponte_identity::refresh::RefreshRepo;
 use ponte_identity::seal::MasterKey;
 use ponte_identity::session::Sessions;
 use ponte_identity::upstream::Upstream;
+use ponte_linking::audit::AuditLog;
 use ponte_linking::links::Links;
-use ponte_linking::store::Directory;
 use time::OffsetDateTime;
 
-use ponte_linking::account::{User, may_sign_in};
+use ponte_linking::account::{AccountStore, User, UserStore, active_user};
 use ponte_linking::ids::{AccountId, UserId};
 
 use crate::config::Config;
@@ -30,8 +30,12 @@ pub struct AppState {
     pub issuer: String,
     /// The relational store (for readiness).
     pub db: Database,
-    /// Accounts, users and audit.
-    pub directory: Arc<dyn Directory>,
+    /// Accounts (tenants).
+    pub accounts: Arc<dyn AccountStore>,
+    /// The users of accounts, and password-login lookup.
+    pub users: Arc<dyn UserStore>,
+    /// The audit trail, for entries not written by a store's own transaction.
+    pub audit: Arc<dyn AuditLog>,
     /// OAuth clients.
     pub clients: Arc<dyn ClientRepo>,
     /// Browser sessions.
@@ -62,11 +66,6 @@ impl AppState {
 
     /// The user, if it and its account may still sign in (both active).
     pub async fn active_user(&self, account_id: AccountId, user_id: UserId) -> Result<Option<User>, Problem> {
-        let (user, account) =
-            tokio::try_join!(self.directory.user(account_id, user_id), self.directory.account(account_id))?;
-        Ok(match (user, account) {
-            (Some(u), Some(a)) if may_sign_in(&u, a.status) => Some(u),
-            _ => None,
-        })
+        Ok(active_user(self.accounts.as_ref(), self.users.as_ref(), account_id, user_id).await?)
     }
 }

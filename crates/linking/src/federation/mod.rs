@@ -29,7 +29,7 @@ use crate::account::{User, may_sign_in};
 use crate::audit::Actor;
 use crate::ids::{AccountId, UserId};
 use crate::links::{Decision, Links};
-use crate::store::LoginCandidate;
+use crate::account::LoginCandidate;
 
 /// The users the federation use cases look at.
 #[async_trait]

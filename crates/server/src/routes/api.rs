@@ -375,14 +375,14 @@ fn guard_owner(caller: &Caller, target: &User) -> Result<(), Problem> {
 }
 
 async fn require_account(state: &AppState, account: AccountId) -> Result<Account, Problem> {
-    state.directory.account(account).await?.ok_or_else(|| Problem::not_found("account_not_found", "No such account."))
+    state.accounts.get(account).await?.ok_or_else(|| Problem::not_found("account_not_found", "No such account."))
 }
 
 async fn require_user(state: &AppState, account: AccountId, user: UserId) -> Result<User, Problem> {
     require_account(state, account).await?;
     state
-        .directory
-        .user(account, user)
+        .users
+        .get(account, user)
         .await?
         .ok_or_else(|| Problem::not_found("user_not_found", "No such user in this account."))
 }
@@ -417,7 +417,7 @@ pub async fn create_account(
     let email = Email::parse(&body.owner.email).map_err(|e| refield("owner.email", e))?;
     let password_hash = hash_optional_password(body.owner.password, "owner.password").await?;
     let owner = NewUser { email, name: owner_name, role: Role::Owner, password_hash };
-    let (account, owner) = state.directory.create_account(name, owner, &caller.actor(&req), state.now()).await?;
+    let (account, owner) = state.accounts.create(name, owner, &caller.actor(&req), state.now()).await?;
     let id = account.id.to_string();
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/accounts/{id}")))
@@ -440,7 +440,7 @@ pub async fn get_account(caller: Caller, path: web::Path<AccountPath>, state: we
 pub async fn list_users(caller: Caller, path: web::Path<AccountPath>, state: web::Data<AppState>) -> ApiResult {
     caller.check(Some(path.account), Need::Manage)?;
     require_account(&state, path.account).await?;
-    let users = state.directory.users(path.account).await?;
+    let users = state.users.list(path.account).await?;
     Ok(HttpResponse::Ok().json(UserList { users: users.into_iter().map(Into::into).collect() }))
 }
 
@@ -468,8 +468,8 @@ pub async fn create_user(
     require_account(&state, path.account).await?;
     let password_hash = hash_optional_password(body.password, "password").await?;
     let user = state
-        .directory
-        .create_user(path.account, NewUser { email, name, role, password_hash }, &caller.actor(&req), state.now())
+        .users
+        .create(path.account, NewUser { email, name, role, password_hash }, &caller.actor(&req), state.now())
         .await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/accounts/{}/users/{}", path.account, user.id)))
@@ -522,7 +522,7 @@ pub async fn update_user(
     };
     guard_owner(&caller, &require_user(&state, path.account, path.user).await?)?;
     let ends_sessions = patch.password_hash.is_some() || patch.status.is_some_and(|s| s != UserStatus::Active);
-    let user = state.directory.update_user(path.account, path.user, patch, &caller.actor(&req), state.now()).await?;
+    let user = state.users.update(path.account, path.user, patch, &caller.actor(&req), state.now()).await?;
     if ends_sessions {
         end_everywhere(&state.sessions, state.refresh.as_ref(), user.id, state.now()).await?;
     }
@@ -545,7 +545,7 @@ pub async fn delete_user(
 ) -> ApiResult {
     caller.check(Some(path.account), Need::Manage)?;
     guard_owner(&caller, &require_user(&state, path.account, path.user).await?)?;
-    state.directory.delete_user(path.account, path.user, &caller.actor(&req), state.now()).await?;
+    state.users.delete(path.account, path.user, &caller.actor(&req), state.now()).await?;
     end_everywhere(&state.sessions, state.refresh.as_ref(), path.user, state.now()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -576,17 +576,8 @@ pub async fn revoke_session(
     if path.session.len() > 64 || !state.sessions.revoke(user.id, &path.session).await? {
         return Err(Problem::not_found("session_not_found", "No such live session for this user."));
     }
-    state
-        .directory
-        .record(&AuditEntry {
-            account_id: Some(path.account),
-            actor: caller.actor(&req),
-            action: "session.revoked".into(),
-            target: Some(format!("user:{}", user.id)),
-            detail: None,
-            at: state.now(),
-        })
-        .await?;
+    let entry = AuditEntry::for_user(path.account, user.id, &caller.actor(&req), "session.revoked", state.now());
+    state.audit.append(&entry).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -606,7 +597,7 @@ pub async fn list_audit(
         return Err(Problem::validation("limit", "limit must be between 1 and 500"));
     }
     require_account(&state, path.account).await?;
-    let entries = state.directory.audit(path.account, limit).await?;
+    let entries = state.audit.list(path.account, limit).await?;
     Ok(HttpResponse::Ok().json(AuditList { entries: entries.into_iter().map(Into::into).collect() }))
 }
 

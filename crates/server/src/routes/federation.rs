@@ -18,7 +18,7 @@ use ponte_linking::ids::UserId;
 use serde::Deserialize;
 use std::sync::Arc;
 
-use crate::adapters::{DirectoryUsers, MailerLinkCode};
+use crate::adapters::{MailerLinkCode, StoreUsers};
 use crate::browser::{cookie, csrf_failed_page, csrf_ok, current_session, see_other, start_session};
 use crate::extract::client_ip;
 use crate::html::Lang;
@@ -47,7 +47,7 @@ fn provider<'a>(state: &'a AppState, id: &str) -> Option<&'a Arc<Upstream>> {
 }
 
 /// The stores the linking use cases take.
-fn stores<'a>(state: &'a AppState, users: &'a DirectoryUsers) -> Stores<'a> {
+fn stores<'a>(state: &'a AppState, users: &'a StoreUsers) -> Stores<'a> {
     Stores { store: state.sessions.store().as_ref(), links: state.links.as_ref(), users }
 }
 
@@ -71,7 +71,7 @@ pub async fn start(
 ) -> Result<HttpResponse, Problem> {
     let Some(upstream) = provider(&state, &path) else { return Ok(refusal_page(&req, &Refusal::UnknownProvider)) };
     let session = current_session(&req, &state).await?;
-    let users = DirectoryUsers(state.directory.clone());
+    let users = StoreUsers { accounts: state.accounts.clone(), users: state.users.clone() };
     let planned = linking::plan_start(&users, query.intent.as_deref(), query.return_to.as_deref(), session.as_ref());
     let mut request = match planned.await? {
         Ok(request) => request,
@@ -125,7 +125,7 @@ pub async fn callback(
     let (binding, session, ip) = (binding_cookie(&req, &state), current_session(&req, &state).await?, client_ip(&req));
     let browser = Browser { binding: binding.as_deref(), session: session.as_ref(), ip: ip.as_deref() };
     let redirect_uri = redirect_uri(&state, &upstream.id);
-    let users = DirectoryUsers(state.directory.clone());
+    let users = StoreUsers { accounts: state.accounts.clone(), users: state.users.clone() };
     let outcome =
         linking::callback(stores(&state, &users), upstream.as_ref(), &redirect_uri, params, browser, state.now());
     match outcome.await? {
@@ -168,7 +168,7 @@ pub async fn confirm_view(
 ) -> Result<HttpResponse, Problem> {
     let binding = binding_cookie(&req, &state);
     let browser = Browser { binding: binding.as_deref(), ..Browser::default() };
-    let users = DirectoryUsers(state.directory.clone());
+    let users = StoreUsers { accounts: state.accounts.clone(), users: state.users.clone() };
     match linking::confirmation(stores(&state, &users), &query.id, browser).await? {
         Ok(view) => Ok(confirm_page(&req, &state, &query.id, &view, actix_web::http::StatusCode::OK, None)),
         Err(refusal) => Ok(refusal_page(&req, &refusal)),
@@ -200,7 +200,7 @@ pub async fn confirm(
     let browser = Browser { binding: binding.as_deref(), session: session.as_ref(), ip: ip.as_deref() };
     let mail = MailerLinkCode { mailer: state.mailer.clone(), providers: state.providers.clone() };
     let lang = Lang::from_request(&req).code();
-    let users = DirectoryUsers(state.directory.clone());
+    let users = StoreUsers { accounts: state.accounts.clone(), users: state.users.clone() };
     let outcome = linking::confirm(stores(&state, &users), &mail, &form.id, action, lang, browser, state.now());
     match outcome.await? {
         ConfirmOutcome::Linked { return_to } | ConfirmOutcome::Cancelled { return_to } => Ok(see_other(&return_to)),

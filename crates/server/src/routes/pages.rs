@@ -219,7 +219,7 @@ pub async fn login(
             )),
         ));
     }
-    let candidate = if email.is_empty() { None } else { state.directory.login_candidate(&email).await? };
+    let candidate = if email.is_empty() { None } else { state.users.login_candidate(&email).await? };
     let stored_hash = candidate.as_ref().and_then(|c| c.password_hash.clone());
     let password_ok = password::verify(form.password, stored_hash).await;
     let candidate = candidate.filter(|c| password_ok && may_sign_in(&c.user, c.account_status));
@@ -253,8 +253,7 @@ pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
     };
     let (account_id, user_id) = (session.account_id, session.user_id);
-    let (user, account) =
-        tokio::try_join!(state.directory.user(account_id, user_id), state.directory.account(account_id))?;
+    let (user, account) = tokio::try_join!(state.users.get(account_id, user_id), state.accounts.get(account_id))?;
     let (Some(user), Some(account)) = (user, account) else {
         // The user or account is gone: the session goes with it.
         state.sessions.revoke_token(token.as_deref().unwrap_or_default()).await?;

@@ -1,4 +1,14 @@
 //! Accounts (tenants) and their users: the types and the rules that guard changes.
+//!
+//! The account aggregate is the account row with its users. Its pure rules live here
+//! ([`check_patch`], [`check_delete`], [`may_sign_in`], [`parse_name`]); where it is kept is
+//! [`store`] (the traits) and [`sql`] (their sqlx implementation, with a per-engine file
+//! for the SQL that must differ).
+
+pub mod sql;
+pub mod store;
+
+pub use store::{AccountStore, LoginCandidate, UserStore, active_user};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

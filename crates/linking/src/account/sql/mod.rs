@@ -1,76 +1,59 @@
-//! Where accounts, users and the audit trail are kept.
+//! [`AccountStore`] and [`UserStore`] on SQLite or PostgreSQL.
+//!
+//! The SQL both engines agree on is written once, here. What must differ lives in
+//! [`postgres`] and [`sqlite`], chosen by [`Backend`]: today the account lock.
+//! Case-insensitive email matching needs no per-engine SQL: the folded form is computed
+//! in Rust ([`Email::normalized`](crate::email::Email::normalized)) and stored in
+//! `email_normalized` with a unique index, so neither engine's `lower()` (ASCII-only on
+//! SQLite) is ever relied on.
+
+mod postgres;
+mod sqlite;
 
 use async_trait::async_trait;
 use ponte_identity::clock::{from_unix, to_unix};
-use ponte_identity::db::{Database, is_unique_violation};
+use ponte_identity::db::{Backend, Database, is_unique_violation};
 use sqlx::{Any, Transaction};
 use time::OffsetDateTime;
 
-use crate::account::{Account, AccountStatus, NewUser, Role, User, UserPatch, UserStatus, check_delete, check_patch};
-use crate::audit::{Actor, AuditEntry};
+use super::store::{AccountStore, LoginCandidate, UserStore};
+use super::{Account, AccountStatus, NewUser, Role, User, UserPatch, UserStatus, check_delete, check_patch};
+use crate::audit::{Actor, AuditEntry, sql::append as audit};
+use crate::email::Email;
 use crate::ids::{AccountId, UserId};
 use crate::{Error, Result};
 
-/// What password login needs to know about a user.
-#[derive(Debug, Clone)]
-pub struct LoginCandidate {
-    /// The user.
-    pub user: User,
-    /// Its argon2id hash, if it has a password.
-    pub password_hash: Option<String>,
-    /// Its account's status.
-    pub account_status: AccountStatus,
-    /// Its account's name, for pages.
-    pub account_name: String,
+/// Locks the account for the rest of `tx`, so the rules checked after it (the owner, the
+/// seat count) see rows no concurrent writer of this account can change before the
+/// commit. Call it first in the transaction. `false` if there is no such account.
+pub async fn lock_account(backend: Backend, tx: &mut Transaction<'_, Any>, account: AccountId) -> Result<bool> {
+    match backend {
+        Backend::Postgres => postgres::lock_account(tx, account).await,
+        Backend::Sqlite => sqlite::lock_account(tx, account).await,
+    }
 }
 
-/// Accounts, users and audit. Every user operation is scoped by account: a user id from
-/// another account is simply not found.
-#[async_trait]
-pub trait Directory: Send + Sync + std::fmt::Debug {
-    /// Creates an account and its owner in one transaction.
-    async fn create_account(
-        &self,
-        name: String,
-        owner: NewUser,
-        actor: &Actor,
-        now: OffsetDateTime,
-    ) -> Result<(Account, User)>;
-    /// An account by id.
-    async fn account(&self, id: AccountId) -> Result<Option<Account>>;
-    /// The account's users, oldest first.
-    async fn users(&self, account: AccountId) -> Result<Vec<User>>;
-    /// One user of the account.
-    async fn user(&self, account: AccountId, user: UserId) -> Result<Option<User>>;
-    /// Adds a user to the account.
-    async fn create_user(&self, account: AccountId, new: NewUser, actor: &Actor, now: OffsetDateTime) -> Result<User>;
-    /// Changes a user, enforcing [`check_patch`].
-    async fn update_user(
-        &self,
-        account: AccountId,
-        user: UserId,
-        patch: UserPatch,
-        actor: &Actor,
-        now: OffsetDateTime,
-    ) -> Result<User>;
-    /// Deletes a user, enforcing [`check_delete`].
-    async fn delete_user(&self, account: AccountId, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<()>;
-    /// The user with this email (any case), for password login.
-    async fn login_candidate(&self, email: &str) -> Result<Option<LoginCandidate>>;
-    /// Appends to the audit trail.
-    async fn record(&self, entry: &AuditEntry) -> Result<()>;
-    /// The account's audit trail, newest first.
-    async fn audit(&self, account: AccountId, limit: u32) -> Result<Vec<AuditEntry>>;
-}
-
-/// [`Directory`] on SQLite or PostgreSQL.
+/// [`AccountStore`] in the relational store.
 #[derive(Debug, Clone)]
-pub struct SqlDirectory {
+pub struct SqlAccounts {
     db: Database,
 }
 
-impl SqlDirectory {
-    /// A directory kept in `db`.
+impl SqlAccounts {
+    /// Accounts kept in `db`.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+/// [`UserStore`] in the relational store.
+#[derive(Debug, Clone)]
+pub struct SqlUsers {
+    db: Database,
+}
+
+impl SqlUsers {
+    /// Users kept in `db`.
     pub fn new(db: Database) -> Self {
         Self { db }
     }
@@ -135,41 +118,6 @@ async fn insert_user(
     }
 }
 
-pub(crate) async fn insert_audit(executor: impl sqlx::Executor<'_, Database = Any>, entry: &AuditEntry) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_entries (id, account_id, actor, action, target, detail, ip, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(entry.account_id.map(|a| a.to_string()))
-    .bind(&entry.actor.who)
-    .bind(&entry.action)
-    .bind(entry.target.clone())
-    .bind(entry.detail.clone())
-    .bind(entry.actor.ip.clone())
-    .bind(to_unix(entry.at))
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-fn entry(
-    account: AccountId,
-    actor: &Actor,
-    action: &str,
-    user: UserId,
-    detail: Option<String>,
-    now: OffsetDateTime,
-) -> AuditEntry {
-    AuditEntry {
-        account_id: Some(account),
-        actor: actor.clone(),
-        action: action.to_owned(),
-        target: Some(format!("user:{user}")),
-        detail,
-        at: now,
-    }
-}
-
 async fn select_user(
     executor: impl sqlx::Executor<'_, Database = Any>,
     account: AccountId,
@@ -185,8 +133,8 @@ async fn select_user(
 }
 
 #[async_trait]
-impl Directory for SqlDirectory {
-    async fn create_account(
+impl AccountStore for SqlAccounts {
+    async fn create(
         &self,
         name: String,
         owner: NewUser,
@@ -205,28 +153,15 @@ impl Directory for SqlDirectory {
             .await?;
         let owner = NewUser { role: Role::Owner, ..owner };
         let user = insert_user(&mut tx, account.id, &owner, now).await?;
-        insert_audit(
-            &mut *tx,
-            &AuditEntry {
-                account_id: Some(account.id),
-                actor: actor.clone(),
-                action: "account.created".into(),
-                target: Some(format!("account:{}", account.id)),
-                detail: None,
-                at: now,
-            },
-        )
-        .await?;
-        insert_audit(
-            &mut *tx,
-            &entry(account.id, actor, "user.created", user.id, Some(r#"{"role":"owner"}"#.into()), now),
-        )
-        .await?;
+        audit(&mut *tx, &AuditEntry::for_account(account.id, actor, "account.created", now)).await?;
+        let created =
+            AuditEntry::for_user(account.id, user.id, actor, "user.created", now).with_detail(r#"{"role":"owner"}"#);
+        audit(&mut *tx, &created).await?;
         tx.commit().await?;
         Ok((account, user))
     }
 
-    async fn account(&self, id: AccountId) -> Result<Option<Account>> {
+    async fn get(&self, id: AccountId) -> Result<Option<Account>> {
         let row: Option<(String, String, String, i64, i64)> =
             sqlx::query_as("SELECT id, name, status, created_at, updated_at FROM accounts WHERE id = $1")
                 .bind(id.to_string())
@@ -240,8 +175,11 @@ impl Directory for SqlDirectory {
             updated_at: from_unix(updated_at),
         }))
     }
+}
 
-    async fn users(&self, account: AccountId) -> Result<Vec<User>> {
+#[async_trait]
+impl UserStore for SqlUsers {
+    async fn list(&self, account: AccountId) -> Result<Vec<User>> {
         let rows: Vec<UserRow> =
             sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE account_id = $1 ORDER BY created_at, id"))
                 .bind(account.to_string())
@@ -250,27 +188,24 @@ impl Directory for SqlDirectory {
         rows.into_iter().map(|r| parse_user(r).map(|(u, _)| u)).collect()
     }
 
-    async fn user(&self, account: AccountId, user: UserId) -> Result<Option<User>> {
+    async fn get(&self, account: AccountId, user: UserId) -> Result<Option<User>> {
         select_user(self.db.pool(), account, user).await
     }
 
-    async fn create_user(&self, account: AccountId, new: NewUser, actor: &Actor, now: OffsetDateTime) -> Result<User> {
+    async fn create(&self, account: AccountId, new: NewUser, actor: &Actor, now: OffsetDateTime) -> Result<User> {
         let mut tx = self.db.pool().begin().await?;
-        let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM accounts WHERE id = $1")
-            .bind(account.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
+        if !lock_account(self.db.backend(), &mut tx, account).await? {
             return Err(Error::NotFound("account"));
         }
         let user = insert_user(&mut tx, account, &new, now).await?;
         let detail = format!(r#"{{"role":"{}"}}"#, user.role.as_str());
-        insert_audit(&mut *tx, &entry(account, actor, "user.created", user.id, Some(detail), now)).await?;
+        audit(&mut *tx, &AuditEntry::for_user(account, user.id, actor, "user.created", now).with_detail(detail))
+            .await?;
         tx.commit().await?;
         Ok(user)
     }
 
-    async fn update_user(
+    async fn update(
         &self,
         account: AccountId,
         user: UserId,
@@ -279,6 +214,8 @@ impl Directory for SqlDirectory {
         now: OffsetDateTime,
     ) -> Result<User> {
         let mut tx = self.db.pool().begin().await?;
+        // No account means no such user in it: the lookup below answers that.
+        lock_account(self.db.backend(), &mut tx, account).await?;
         let current = select_user(&mut *tx, account, user).await?.ok_or(Error::NotFound("user"))?;
         check_patch(&current, &patch)?;
         let mut changed = Vec::new();
@@ -305,11 +242,11 @@ impl Directory for SqlDirectory {
         }
         next.updated_at = now;
         let result = sqlx::query(
-            "UPDATE users SET email = $1, email_normalized = $2, name = $3, role = $4, status = $5, \
+            "UPDATE users SET email = $1, email_normalized = COALESCE($2, email_normalized), name = $3, role = $4, status = $5, \
              password_hash = COALESCE($6, password_hash), updated_at = $7 WHERE account_id = $8 AND id = $9",
         )
         .bind(&next.email)
-        .bind(next.email.to_lowercase())
+        .bind(patch.email.as_ref().map(|e| e.normalized()))
         .bind(&next.name)
         .bind(next.role.as_str())
         .bind(next.status.as_str())
@@ -325,13 +262,14 @@ impl Directory for SqlDirectory {
             Err(e) => return Err(e.into()),
         }
         let detail = format!(r#"{{"changed":["{}"]}}"#, changed.join(r#"",""#));
-        insert_audit(&mut *tx, &entry(account, actor, "user.updated", user, Some(detail), now)).await?;
+        audit(&mut *tx, &AuditEntry::for_user(account, user, actor, "user.updated", now).with_detail(detail)).await?;
         tx.commit().await?;
         Ok(next)
     }
 
-    async fn delete_user(&self, account: AccountId, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<()> {
+    async fn delete(&self, account: AccountId, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<()> {
         let mut tx = self.db.pool().begin().await?;
+        lock_account(self.db.backend(), &mut tx, account).await?;
         let current = select_user(&mut *tx, account, user).await?.ok_or(Error::NotFound("user"))?;
         check_delete(&current)?;
         sqlx::query("DELETE FROM users WHERE account_id = $1 AND id = $2")
@@ -339,17 +277,21 @@ impl Directory for SqlDirectory {
             .bind(user.to_string())
             .execute(&mut *tx)
             .await?;
-        insert_audit(&mut *tx, &entry(account, actor, "user.deleted", user, None, now)).await?;
+        audit(&mut *tx, &AuditEntry::for_user(account, user, actor, "user.deleted", now)).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn login_candidate(&self, email: &str) -> Result<Option<LoginCandidate>> {
+        // Every stored address passed `Email::parse`, so one that does not parse matches
+        // nobody; folding it the same way as on insert keeps lookup and uniqueness one rule
+        // (and keeps text PostgreSQL refuses, such as NUL, away from the database).
+        let Ok(email) = Email::parse(email) else { return Ok(None) };
         let row: Option<(String, String, String, String, String, String, Option<String>, i64, i64, String, String)> = sqlx::query_as(
             "SELECT u.id, u.account_id, u.email, u.name, u.role, u.status, u.password_hash, u.created_at, u.updated_at, \
              a.status, a.name FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.email_normalized = $1",
         )
-        .bind(email.to_lowercase())
+        .bind(email.normalized())
         .fetch_optional(self.db.pool())
         .await?;
         let Some((id, account_id, email, name, role, status, hash, created, updated, account_status, account_name)) =
@@ -364,31 +306,5 @@ impl Directory for SqlDirectory {
             account_status: AccountStatus::parse(&account_status).unwrap_or(AccountStatus::Disabled),
             account_name,
         }))
-    }
-
-    async fn record(&self, entry: &AuditEntry) -> Result<()> {
-        insert_audit(self.db.pool(), entry).await
-    }
-
-    async fn audit(&self, account: AccountId, limit: u32) -> Result<Vec<AuditEntry>> {
-        let rows: Vec<(String, String, Option<String>, Option<String>, Option<String>, i64)> = sqlx::query_as(
-            "SELECT actor, action, target, detail, ip, at FROM audit_entries WHERE account_id = $1 \
-             ORDER BY at DESC, id DESC LIMIT $2",
-        )
-        .bind(account.to_string())
-        .bind(i64::from(limit))
-        .fetch_all(self.db.pool())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(who, action, target, detail, ip, at)| AuditEntry {
-                account_id: Some(account),
-                actor: Actor { who, ip },
-                action,
-                target,
-                detail,
-                at: from_unix(at),
-            })
-            .collect())
     }
 }
