@@ -1,5 +1,5 @@
 //! The server's implementations of the small traits the domain use cases take: users
-//! from the directory, and the link-proof code mail through the mailer.
+//! from the account and user stores, and the link-proof code mail through the mailer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -130,7 +130,7 @@ async fn authenticate(state: web::Data<AppState>, authorization: Option<String>)
                     "Bearer realm=\"ponte\", error=\"insufficient_scope\", scope=\"{API_SCOPE}\""
                 )));
         }
-        // The role comes from the directory now, not from the token: a demoted, disabled
+        // The role comes from the user store now, not from the token: a demoted, disabled
         // or deleted user loses the API at once.
         let Some((account, user)) = claims.user_ids() else {
             return Err(unauthorized(Some("invalid_token"), "The access token is invalid or expired."));

@@ -1,5 +1,5 @@
 //! Ponte as OpenID Provider, wired to this service: the identity crate's [`Provider`]
-//! over the application's stores, and the directory of users as its [`Subjects`].
+//! over the application's stores, and the user store as its [`Subjects`].
 
 use async_trait::async_trait;
 use ponte_identity::ids::{AccountId, UserId};
@@ -32,7 +32,7 @@ pub fn provider(state: &AppState) -> Provider<'_> {
 }
 
 /// Who may sign in is the account store's one rule (`ponte_linking::account::may_sign_in`), as in
-/// [`AppState::active_user`]; this adapter keeps the directory's own errors.
+/// [`AppState::active_user`]; this adapter keeps the stores' own errors.
 #[async_trait]
 impl Subjects for AppState {
     async fn active_subject(&self, account: AccountId, user: UserId) -> ponte_identity::Result<Option<Subject>> {
