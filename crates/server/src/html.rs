@@ -70,6 +70,15 @@ impl Lang {
     }
 }
 
+impl From<Lang> for ponte_identity::outbox::Lang {
+    fn from(l: Lang) -> Self {
+        match l {
+            Lang::It => Self::It,
+            Lang::En => Self::En,
+        }
+    }
+}
+
 /// Wraps a page body in the common layout. `title` and `body` are trusted HTML.
 pub fn layout(lang: Lang, title: &str, body: &str) -> String {
     format!(

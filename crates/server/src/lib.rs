@@ -6,12 +6,12 @@ pub mod browser;
 pub mod config;
 pub mod extract;
 pub mod html;
-pub mod mail;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod worker;
 
 pub use app::Application;
 pub use config::Config;

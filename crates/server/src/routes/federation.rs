@@ -9,6 +9,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use ponte_identity::outbox::{Message, OutgoingMail};
 use ponte_identity::password;
 use ponte_identity::ratelimit::RateLimit;
 use ponte_identity::secret::{constant_time_eq, digest, random_bytes, random_token};
@@ -662,22 +663,17 @@ pub async fn confirm(
                 let provider_name = provider(&state, &pending.identity.provider)
                     .map(|p| p.config.display_name.clone())
                     .unwrap_or_default();
-                let mail = crate::mail::Mail {
+                let mail = OutgoingMail {
                     to: user.email.clone(),
-                    subject: "Ponte: codice per collegare il tuo ID / code to link your ID".into(),
-                    body: format!(
-                        "Codice / code: {code}\n\nQualcuno vuole collegare l'ID {provider_name} ({}) al tuo account Ponte. Se non sei tu, ignora questa email.\nSomeone wants to link the {provider_name} ID ({}) to your Ponte account. If it was not you, ignore this email.\n",
-                        pending.identity.email.clone().unwrap_or_default(),
-                        pending.identity.email.clone().unwrap_or_default(),
-                    ),
+                    lang: lang.into(),
+                    message: Message::LinkCode {
+                        code,
+                        provider_name,
+                        upstream_email: pending.identity.email.clone().unwrap_or_default(),
+                    },
                 };
-                if let Err(e) = state.mailer.send(mail).await {
-                    tracing::error!(error = %e, "could not queue the link code email");
-                    return Err(Problem::unavailable(
-                        "mail_unavailable",
-                        "The email could not be sent; try again shortly.",
-                    ));
-                }
+                // Queued, not sent: a mail server that is away delays the code, never the page.
+                state.outbox.send(mail).await?;
                 return render_confirm(
                     &req,
                     &state,
