@@ -65,9 +65,9 @@ impl SqlJobs {
     }
 
     /// Stores a job inside the caller's transaction (pass `&mut *tx`), so it exists if and
-    /// only if the change that causes it commits. On PostgreSQL every worker is woken at
-    /// commit; in-process workers are woken now and wait for the commit on their claim
-    /// (SQLite's write lock) or are woken again by the notification (PostgreSQL).
+    /// only if the change that causes it commits. Workers wake at commit: on PostgreSQL
+    /// through `NOTIFY` (every process), on SQLite in this process (its claim waits for the
+    /// transaction's write lock; other processes poll).
     pub async fn enqueue_in(&self, conn: &mut AnyConnection, job: NewJob, now: OffsetDateTime) -> Result<Enqueued> {
         let id = JobId::new();
         let key = job.idempotency_key.unwrap_or_else(|| id.to_string());
@@ -96,10 +96,14 @@ impl SqlJobs {
         let stored = parse(row)?;
         let created = stored.id == id;
         if created {
-            if self.db.backend() == Backend::Postgres {
-                sqlx::query(super::postgres::NOTIFY).execute(&mut *conn).await?;
+            match self.db.backend() {
+                // Delivered at commit, to every listening worker in every process.
+                Backend::Postgres => {
+                    sqlx::query(super::postgres::NOTIFY).execute(&mut *conn).await?;
+                }
+                // A woken worker's claim waits for this transaction's write lock, then sees the job.
+                Backend::Sqlite => self.wake.notify_one(),
             }
-            self.wake.notify_one();
         }
         Ok(Enqueued { job: stored, created })
     }
@@ -149,6 +153,10 @@ impl JobStore for SqlJobs {
         let mut tx = self.db.pool().begin().await?;
         let enqueued = self.enqueue_in(&mut tx, job, now).await?;
         tx.commit().await?;
+        if enqueued.created {
+            // Committed: this process's worker can claim it now, without waiting for NOTIFY.
+            self.wake.notify_one();
+        }
         Ok(enqueued)
     }
 

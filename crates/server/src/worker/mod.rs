@@ -21,7 +21,7 @@ use ponte_identity::jobs::sql::wall_clock_ms;
 use ponte_identity::jobs::{AfterFailure, Backoff, Job, JobFailure, JobId, JobState, JobStore, SqlJobs, after_failure};
 use ponte_identity::outbox::MAIL_SEND;
 use time::Duration;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, WorkerConfig};
@@ -140,8 +140,13 @@ impl Worker {
                 u64::try_from(self.settings.lease.whole_seconds() - 1).unwrap_or(1).max(1),
             ),
             clock: self.clock.clone(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
+        // Claims run ahead of the handlers: up to twice `concurrency` jobs are held (the
+        // extra ones wait for a permit), and the queue is asked again only once half of
+        // that has drained, so claims come in batches rather than one per finished job.
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let (low, high) = (self.settings.concurrency, self.settings.concurrency * 2);
         let in_flight: InFlight = Arc::default();
         let mut tasks = JoinSet::new();
         let mut housekeeping = Housekeeping::default();
@@ -153,23 +158,19 @@ impl Worker {
             }
             while tasks.try_join_next().is_some() {}
             housekeeping.maybe_run(&self.store, &self.settings, self.clock.now()).await;
-            let free = permits.available_permits();
-            if free == 0 {
+            if tasks.len() > low {
                 tokio::select! {
-                    _ = permits.acquire() => {}
+                    _ = tasks.join_next() => {}
                     _ = stopping(&mut stop) => {}
                 }
                 continue;
             }
-            let claimed =
-                self.store.claim(u32::try_from(free).unwrap_or(1), self.settings.lease, self.clock.now()).await;
-            match claimed {
+            let limit = u32::try_from(high - tasks.len()).unwrap_or(1);
+            match self.store.claim(limit, self.settings.lease, self.clock.now()).await {
                 Ok(jobs) if !jobs.is_empty() => {
                     for job in jobs {
-                        // Only this loop takes permits and it claimed no more than were free.
-                        let Ok(permit) = permits.clone().try_acquire_owned() else { break };
                         lock(&in_flight).insert(job.id, job.clone());
-                        tasks.spawn(run_one(ctx.clone(), job, permit, in_flight.clone()));
+                        tasks.spawn(run_one(ctx.clone(), job, permits.clone(), in_flight.clone()));
                     }
                 }
                 Ok(_) => {
@@ -188,6 +189,8 @@ impl Worker {
                 }
             }
         }
+        // Claimed jobs still waiting for a permit do not start now; their leases are released.
+        ctx.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(in_flight = tasks.len(), "worker stopping: no new claims");
         let drained =
             tokio::time::timeout(self.settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} })
@@ -218,6 +221,8 @@ struct Ctx {
     backoff: Backoff,
     deadline: StdDuration,
     clock: Arc<dyn Clock>,
+    /// Set at shutdown: claimed jobs that have not started yet stay unstarted.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 fn lock(m: &Mutex<HashMap<JobId, Job>>) -> std::sync::MutexGuard<'_, HashMap<JobId, Job>> {
@@ -245,7 +250,11 @@ fn jitter() -> f64 {
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-async fn run_one(ctx: Arc<Ctx>, job: Job, _permit: OwnedSemaphorePermit, in_flight: InFlight) {
+async fn run_one(ctx: Arc<Ctx>, job: Job, permits: Arc<Semaphore>, in_flight: InFlight) {
+    let Ok(_permit) = permits.acquire_owned().await else { return };
+    if ctx.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return; // left in `in_flight`: its lease is released
+    }
     let kind = job.kind.clone();
     metrics::counter!("job_attempts_total", "kind" => kind.clone()).increment(1);
     let result = match ctx.registry.get(&job.kind) {
