@@ -104,6 +104,73 @@ async fn ponte_killed_mid_delivery_delivers_the_mail_once_after_restart() {
 }
 
 #[tokio::test]
+async fn ponte_worker_alone_delivers_and_at_sigterm_releases_what_it_could_not_finish() {
+    let sink = Sink::start().await;
+    let db = TestDb::sqlite();
+    let store = SqlJobs::new(db.open_migrated().await, 8);
+    let env = [
+        ("PONTE_DATABASE_URL", db.url.clone()),
+        ("PONTE_SMTP_URL", sink.url()),
+        ("PONTE_WORKER__POLL_INTERVAL_MS", "100".into()),
+        ("PONTE_WORKER__SHUTDOWN_GRACE_SECS", "1".into()),
+        ("PONTE_MASTER_KEY", MasterKey::generate().encode()),
+    ];
+    let mut worker = PonteProcess::worker(db.dir.path(), &env);
+    let first = store.enqueue(link_code("anna@esempio.it", "10101010").to_job().unwrap(), SystemClock.now()).await;
+    let first = first.unwrap().job.id;
+    eventually("ponte worker delivered the first mail", Duration::from_secs(30), || async {
+        job_state(&store, first).await.0 == JobState::Done
+    })
+    .await;
+
+    // The second is stuck at the sink when SIGTERM arrives: after the grace its lease is given back.
+    sink.hold(true);
+    let second = store.enqueue(link_code("bea@esempio.it", "20202020").to_job().unwrap(), SystemClock.now()).await;
+    let second = second.unwrap().job.id;
+    sink.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(job_state(&store, second).await, (JobState::Running, 1));
+    let status = worker.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "a clean exit: {status}");
+    let released = store.get(second).await.unwrap().unwrap();
+    assert_eq!((released.state, released.attempts, released.lease_token), (JobState::Pending, 0, None));
+    sink.hold(false);
+}
+
+#[tokio::test]
+async fn an_enqueue_in_another_process_wakes_an_idle_worker_through_notify() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let sink = Sink::start().await;
+    let store = SqlJobs::new(db.open_migrated().await, 8);
+    // Polling once a minute: only LISTEN/NOTIFY can make this quick.
+    let env = [
+        ("PONTE_DATABASE_URL", db.url.clone()),
+        ("PONTE_SMTP_URL", sink.url()),
+        ("PONTE_WORKER__POLL_INTERVAL_MS", "60000".into()),
+        ("PONTE_MASTER_KEY", MasterKey::generate().encode()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let _ponte = PonteProcess::serve(dir.path(), &env).await;
+    // Give the worker its first (empty) claim and the listener its connection, then enqueue.
+    eventually("the listener is connected", Duration::from_secs(10), || async {
+        let listening: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+            .fetch_one(store.database().pool())
+            .await
+            .unwrap();
+        listening.0 > 0
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let id = store.enqueue(link_code("carla@esempio.it", "30303030").to_job().unwrap(), SystemClock.now()).await;
+    let id = id.unwrap().job.id;
+    eventually("the mail is delivered", Duration::from_secs(10), || async {
+        job_state(&store, id).await.0 == JobState::Done
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "woken, not polled");
+    assert_eq!(sink.distinct_message_ids(), BTreeSet::from([message_id(id)]));
+}
+
+#[tokio::test]
 async fn two_replicas_on_one_postgres_deliver_500_mails_once_each() {
     let Some(db) = TestDb::postgres().await else { return };
     let sink = Sink::start().await;

@@ -41,13 +41,11 @@ pub struct PonteProcess {
 }
 
 impl PonteProcess {
-    /// `ponte serve` in `dir` with `env` (and nothing else of ours from the environment),
-    /// once it answers `/healthz`.
-    pub async fn serve(dir: &Path, env: &[(&str, String)]) -> Self {
+    fn spawn(subcommand: &str, dir: &Path, env: &[(&str, String)]) -> (Child, String, PathBuf) {
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
         let mut command = Command::new(ponte_bin());
-        command.arg("serve").current_dir(dir).stdin(Stdio::null()).stdout(Stdio::null());
+        command.arg(subcommand).current_dir(dir).stdin(Stdio::null()).stdout(Stdio::null());
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("PONTE_")) {
             command.env_remove(key);
         }
@@ -60,9 +58,15 @@ impl PonteProcess {
         for (key, value) in env {
             command.env(key, value);
         }
-        let log = dir.join(format!("ponte-{port}.log"));
+        let log = dir.join(format!("ponte-{subcommand}-{port}.log"));
         command.stderr(std::fs::File::create(&log).unwrap());
-        let mut child = command.spawn().expect("the ponte binary starts");
+        (command.spawn().expect("the ponte binary starts"), base, log)
+    }
+
+    /// `ponte serve` in `dir` with `env` (and nothing else of ours from the environment),
+    /// once it answers `/healthz`.
+    pub async fn serve(dir: &Path, env: &[(&str, String)]) -> Self {
+        let (mut child, base, log) = Self::spawn("serve", dir, env);
         let http = reqwest::Client::new();
         for _ in 0..300 {
             if let Some(status) = child.try_wait().unwrap() {
@@ -74,6 +78,26 @@ impl PonteProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("ponte serve did not become healthy");
+    }
+
+    /// `ponte worker` in `dir` with `env` (it has no port: the caller watches its jobs).
+    pub fn worker(dir: &Path, env: &[(&str, String)]) -> Self {
+        let (child, base, _) = Self::spawn("worker", dir, env);
+        Self { child, base }
+    }
+
+    /// SIGTERM, then the exit status (within `within`).
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "ponte did not stop after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL: no drain, no lease released.
