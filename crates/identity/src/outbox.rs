@@ -94,20 +94,20 @@ impl OutgoingMail {
                 let intro_html = match self.lang {
                     Lang::It => format!(
                         "Qualcuno vuole collegare l'ID <b>{}</b> ({}) al tuo account Ponte.",
-                        escape(provider_name),
-                        escape(upstream_email)
+                        escape_html(provider_name),
+                        escape_html(upstream_email)
                     ),
                     Lang::En => format!(
                         "Someone wants to link the <b>{}</b> ID ({}) to your Ponte account.",
-                        escape(provider_name),
-                        escape(upstream_email)
+                        escape_html(provider_name),
+                        escape_html(upstream_email)
                     ),
                 };
                 let html = format!(
                     "<!doctype html><html lang=\"{lang}\"><body><p>{intro_html}</p>\
                      <p>{label}: <strong id=\"code\">{code}</strong></p><p>{ignore}</p></body></html>",
                     lang = self.lang_code(),
-                    code = escape(code),
+                    code = escape_html(code),
                 );
                 Rendered { subject: subject.to_owned(), text, html }
             }
@@ -133,8 +133,8 @@ impl OutgoingMail {
     }
 }
 
-/// Escapes text for HTML bodies and double-quoted attributes.
-fn escape(s: &str) -> String {
+/// Escapes text for HTML bodies and double-quoted attributes (mail here, pages in the server).
+pub fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use ponte_identity::clock::{Clock, SystemClock};
 use ponte_identity::db::{Backend, Database};
 use ponte_identity::jobs::{Backoff, Job, JobFailure, JobState, JobStore, NewJob, SqlJobs};
+use ponte_server::config::Secret;
 use ponte_server::worker::{JobHandler, Registry, Settings, Worker};
 use sqlx::Connection;
 use time::Duration;
@@ -68,7 +69,7 @@ async fn run(label: &str, url: &str) {
         backoff: Backoff::default(),
         shutdown_grace: StdDuration::from_secs(5),
         retain_done: Duration::days(7),
-        listen_url: (db.backend() == Backend::Postgres).then(|| url.to_owned()),
+        listen_url: (db.backend() == Backend::Postgres).then(|| Secret::from(url)),
     };
     let registry = Registry::new().with("noop", Arc::new(NoOp));
     let (stop, stopped) = tokio::sync::watch::channel(false);

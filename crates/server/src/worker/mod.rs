@@ -24,7 +24,7 @@ use time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, WorkerConfig};
+use crate::config::{Config, Secret, WorkerConfig};
 
 /// Runs one kind of job. Must be idempotent: after a crash the same job may run again, and
 /// its effect must still happen once (pass the job id to anything external).
@@ -73,7 +73,7 @@ pub struct Settings {
     /// How long done jobs are kept.
     pub retain_done: Duration,
     /// A PostgreSQL URL to `LISTEN` on for enqueues by other processes.
-    pub listen_url: Option<String>,
+    pub listen_url: Option<Secret>,
 }
 
 impl Settings {
@@ -89,7 +89,7 @@ impl Settings {
             },
             shutdown_grace: StdDuration::from_secs(w.shutdown_grace_secs),
             retain_done: Duration::days(i64::try_from(w.retain_done_days).unwrap_or(7)),
-            listen_url: (backend == Backend::Postgres).then(|| database_url.to_owned()),
+            listen_url: (backend == Backend::Postgres).then(|| Secret::from(database_url)),
         }
     }
 }
@@ -348,9 +348,9 @@ async fn listen_once(url: &str, wake: &Notify) -> Result<(), sqlx::Error> {
 
 /// Turns PostgreSQL notifications of enqueues (from any replica) into wake-ups, and
 /// reconnects when the connection drops.
-async fn listen(url: String, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+async fn listen(url: Secret, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let session = listen_once(&url, &wake);
+        let session = listen_once(url.expose(), &wake);
         tokio::select! {
             result = session => {
                 if let Err(e) = result {
