@@ -255,13 +255,24 @@ async fn run_one(ctx: Arc<Ctx>, job: Job, permits: Arc<Semaphore>, in_flight: In
     if ctx.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         return; // left in `in_flight`: its lease is released
     }
+    // A job claimed ahead may have waited for its permit: it runs only within what is
+    // left of its lease (less a second), so no other worker can take it while it runs.
+    let left = job.lease_until.map_or(Duration::ZERO, |until| until - ctx.clock.now() - Duration::SECOND);
+    let Some(left) = StdDuration::try_from(left).ok().filter(|d| !d.is_zero()) else {
+        if let Err(e) = ctx.store.release(&job, ctx.clock.now()).await {
+            tracing::warn!(job = %job.id, error = %e, "could not release a lease; it runs out by itself");
+        }
+        lock(&in_flight).remove(&job.id);
+        return;
+    };
+    let deadline = ctx.deadline.min(left);
     let kind = job.kind.clone();
     metrics::counter!("job_attempts_total", "kind" => kind.clone()).increment(1);
     let result = match ctx.registry.get(&job.kind) {
         None => Err(JobFailure::Permanent(format!("no handler for job kind {:?}", job.kind))),
-        Some(handler) => match tokio::time::timeout(ctx.deadline, handler.run(&job)).await {
+        Some(handler) => match tokio::time::timeout(deadline, handler.run(&job)).await {
             Ok(r) => r,
-            Err(_) => Err(JobFailure::Retry(format!("timed out after {} s", ctx.deadline.as_secs()))),
+            Err(_) => Err(JobFailure::Retry(format!("timed out after {} s", deadline.as_secs()))),
         },
     };
     let (outcome, next) = match &result {
