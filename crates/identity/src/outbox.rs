@@ -160,6 +160,10 @@ pub fn message_id(job: JobId) -> String {
 pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// Queues a mail for delivery; returns the job that carries it.
     async fn send(&self, mail: OutgoingMail) -> Result<JobId>;
+
+    /// Queues a mail inside the caller's transaction (pass `&mut *tx`): it leaves only if
+    /// that transaction commits.
+    async fn send_in(&self, conn: &mut AnyConnection, mail: &OutgoingMail, now: OffsetDateTime) -> Result<JobId>;
 }
 
 /// The outbox on the job queue.
@@ -174,18 +178,16 @@ impl JobOutbox {
     pub fn new(jobs: Arc<SqlJobs>, clock: Arc<dyn Clock>) -> Self {
         Self { jobs, clock }
     }
-
-    /// Queues a mail inside the caller's transaction (pass `&mut *tx`): it leaves only if
-    /// that transaction commits.
-    pub async fn send_in(&self, conn: &mut AnyConnection, mail: &OutgoingMail, now: OffsetDateTime) -> Result<JobId> {
-        Ok(self.jobs.enqueue_in(conn, mail.to_job()?, now).await?.job.id)
-    }
 }
 
 #[async_trait]
 impl Outbox for JobOutbox {
     async fn send(&self, mail: OutgoingMail) -> Result<JobId> {
         Ok(self.jobs.enqueue(mail.to_job()?, self.clock.now()).await?.job.id)
+    }
+
+    async fn send_in(&self, conn: &mut AnyConnection, mail: &OutgoingMail, now: OffsetDateTime) -> Result<JobId> {
+        Ok(self.jobs.enqueue_in(conn, mail.to_job()?, now).await?.job.id)
     }
 }
 

@@ -66,6 +66,24 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, within: D
 }
 
 #[tokio::test]
+async fn a_mail_queued_in_a_rolled_back_transaction_never_leaves() {
+    let sink = Sink::start().await;
+    let app =
+        TestApp::spawn_with(TestDb::sqlite(), None, |c| c.smtp.url = Some(Secret::from(sink.url().as_str()))).await;
+    let pool = app.state.db.pool().clone();
+    let mut tx = pool.begin().await.unwrap();
+    let dropped = app.state.outbox.send_in(&mut tx, &link_code("gone@esempio.it", "1"), SystemClock.now()).await;
+    tx.rollback().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let kept = app.state.outbox.send_in(&mut tx, &link_code("kept@esempio.it", "2"), SystemClock.now()).await;
+    tx.commit().await.unwrap();
+    sink.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(sink.distinct_message_ids(), BTreeSet::from([message_id(kept.unwrap())]));
+    assert!(app.state.jobs.get(dropped.unwrap()).await.unwrap().is_none());
+    assert!(sink.deliveries().iter().all(|d| d.to == ["kept@esempio.it"]));
+}
+
+#[tokio::test]
 async fn ponte_killed_mid_delivery_delivers_the_mail_once_after_restart() {
     let sink = Sink::start().await;
     sink.hold(true);
