@@ -170,12 +170,38 @@ export async function startPonte(extraEnv = {}, options = {}) {
         const split = text.indexOf('\r\n\r\n');
         const head = split === -1 ? text : text.slice(0, split);
         const header = (key) => head.match(new RegExp(`^${key}: (.*)$`, 'mi'))?.[1]?.trim();
-        return { file: name, to: header('To'), subject: header('Subject'), body: split === -1 ? '' : text.slice(split + 4) };
+        return { file: name, to: header('To'), subject: header('Subject'), body: split === -1 ? '' : quotedPrintable(text.slice(split + 4)) };
       }));
+    },
+    /** The outbox once it holds at least `count` messages (the worker writes them shortly after the request). */
+    async waitForOutbox(count, timeoutMs = 10000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const mail = await ponte.outbox();
+        if (mail.length >= count) return mail;
+        if (Date.now() > deadline) throw new Error(`the outbox has ${mail.length} of ${count} messages`);
+        await new Promise((ok) => setTimeout(ok, 50));
+      }
     },
     stop,
   };
   return ponte;
+}
+
+/** Decodes quoted-printable text (the mail parts' transfer encoding) as UTF-8. */
+function quotedPrintable(text) {
+  const joined = text.replace(/=\r?\n/g, '');
+  const bytes = [];
+  for (let i = 0; i < joined.length; i++) {
+    const hex = joined.slice(i + 1, i + 3);
+    if (joined[i] === '=' && /^[0-9A-F]{2}$/.test(hex)) {
+      bytes.push(parseInt(hex, 16));
+      i += 2;
+    } else {
+      bytes.push(...Buffer.from(joined[i], 'utf8'));
+    }
+  }
+  return Buffer.from(bytes).toString('utf8');
 }
 
 /** The value of a form's hidden csrf_token field. */

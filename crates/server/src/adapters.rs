@@ -1,16 +1,15 @@
 //! The server's implementations of the small traits the domain use cases take: users
-//! from the account and user stores, and the link-proof code mail through the mailer.
+//! from the account and user stores, and the link-proof code mail through the outbox.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ponte_identity::outbox::{Lang, Message, Outbox, OutgoingMail};
 use ponte_identity::upstream::Upstream;
 use ponte_linking::account::{AccountStore, LoginCandidate, User, UserStore, active_user};
 use ponte_linking::federation::{FederationUsers, LinkCode, LinkCodeMail, MailUnavailable};
 use ponte_linking::ids::{AccountId, UserId};
-
-use crate::mail::{Mail, Mailer};
 
 /// [`FederationUsers`] over the account and user stores.
 #[derive(Debug, Clone)]
@@ -36,29 +35,30 @@ impl FederationUsers for StoreUsers {
     }
 }
 
-/// [`LinkCodeMail`] through the mailer, naming the provider as configured.
+/// [`LinkCodeMail`] through the outbox, naming the provider as configured: the code is
+/// queued as a `mail.send` job, so a mail server that is away delays it, never the page.
 #[derive(Debug, Clone)]
-pub struct MailerLinkCode {
+pub struct OutboxLinkCode {
     /// Where mail goes.
-    pub mailer: Arc<dyn Mailer>,
+    pub outbox: Arc<dyn Outbox>,
     /// The providers, for their display names.
     pub providers: Arc<BTreeMap<String, Arc<Upstream>>>,
 }
 
 #[async_trait]
-impl LinkCodeMail for MailerLinkCode {
+impl LinkCodeMail for OutboxLinkCode {
     async fn send_link_code(&self, mail: LinkCode<'_>) -> Result<(), MailUnavailable> {
         let provider_name =
             self.providers.get(mail.provider).map(|p| p.config.display_name.clone()).unwrap_or_default();
-        let (code, upstream_email) = (mail.code, mail.upstream_email);
-        // One bilingual message for now; the outbox brings per-language templates.
-        let message = Mail {
+        let message = OutgoingMail {
             to: mail.to.to_owned(),
-            subject: "Ponte: codice per collegare il tuo ID / code to link your ID".into(),
-            body: format!(
-                "Codice / code: {code}\n\nQualcuno vuole collegare l'ID {provider_name} ({upstream_email}) al tuo account Ponte. Se non sei tu, ignora questa email.\nSomeone wants to link the {provider_name} ID ({upstream_email}) to your Ponte account. If it was not you, ignore this email.\n",
-            ),
+            lang: if mail.lang == "en" { Lang::En } else { Lang::It },
+            message: Message::LinkCode {
+                code: mail.code.to_owned(),
+                provider_name,
+                upstream_email: mail.upstream_email.to_owned(),
+            },
         };
-        self.mailer.send(message).await.map_err(|e| MailUnavailable(e.to_string()))
+        self.outbox.send(message).await.map(|_| ()).map_err(|e| MailUnavailable(e.to_string()))
     }
 }

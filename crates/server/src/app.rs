@@ -10,8 +10,10 @@ use actix_web::{App, HttpServer, web};
 use ponte_identity::client::{CachedClients, SqlClients};
 use ponte_identity::clock::{Clock, SystemClock};
 use ponte_identity::db::{Backend, Database};
+use ponte_identity::jobs::SqlJobs;
 use ponte_identity::keys::{KeyRing, Keys, SqlKeys};
 use ponte_identity::oidc::SqlConsents;
+use ponte_identity::outbox::JobOutbox;
 use ponte_identity::refresh::SqlRefresh;
 use ponte_identity::seal::MasterKey;
 use ponte_identity::session::{MemoryStore, RedisStore, SessionPolicy, SessionStore, Sessions};
@@ -24,6 +26,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::config::Config;
 use crate::state::AppState;
+use crate::worker::Worker;
 use crate::{extract, routes, telemetry};
 
 /// Why the service could not start.
@@ -41,6 +44,9 @@ pub enum StartError {
     /// The listener could not be bound.
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    /// The worker could not be built (e.g. an unusable `[smtp]` table).
+    #[error("worker: {0}")]
+    Worker(String),
 }
 
 /// Opens the configured database (SQLite under the data folder by default).
@@ -122,12 +128,14 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
             .map_err(|e| StartError::Setup(format!("providers.{id}: {e}")))?;
         providers.insert(id.clone(), Arc::new(upstream));
     }
-    let mailer = Arc::new(crate::mail::FileOutbox::new(config.data_dir.join("outbox")));
+    let jobs = Arc::new(SqlJobs::new(db.clone(), config.worker.max_attempts));
+    let outbox = Arc::new(JobOutbox::new(jobs.clone(), clock.clone()));
     Ok(AppState {
         issuer: config.issuer(),
         providers: Arc::new(providers),
         links: Arc::new(SqlLinks::new(db.clone())),
-        mailer,
+        outbox,
+        jobs,
         sessions: Sessions::new(session_store(&config)?, policy),
         accounts: Arc::new(SqlAccounts::new(db.clone())),
         users: Arc::new(SqlUsers::new(db.clone())),
@@ -164,6 +172,7 @@ pub struct Application {
     port: u16,
     state: AppState,
     server: Server,
+    worker: Option<Worker>,
 }
 
 impl std::fmt::Debug for Application {
@@ -215,7 +224,15 @@ impl Application {
             server = server.workers(n.max(1));
         }
         spawn_key_refresher(state.clone());
-        Ok(Self { port, state, server: server.run() })
+        let worker = if state.config.worker.enabled {
+            Some(
+                Worker::from_config(&state.config, state.jobs.clone(), state.clock.clone())
+                    .map_err(StartError::Worker)?,
+            )
+        } else {
+            None
+        };
+        Ok(Self { port, state, server: server.run(), worker })
     }
 
     /// The port actually bound.
@@ -228,8 +245,46 @@ impl Application {
         &self.state
     }
 
-    /// Serves until the process is told to stop (SIGINT/SIGTERM drain gracefully).
+    /// Serves (and runs the worker) until the process is told to stop: on SIGINT/SIGTERM
+    /// the HTTP server drains its connections and the worker its jobs, side by side.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let Some(worker) = self.worker else { return self.server.await };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stop = Arc::new(stop);
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = on_signal.send(true);
+        });
+        let worker = tokio::spawn(worker.run(stopped));
+        let served = self.server.await;
+        // The server may also end without a signal (its handle stopped it): stop the worker too.
+        let _ = stop.send(true);
+        if let Err(e) = worker.await {
+            tracing::error!(error = %e, "the worker ended abnormally");
+        }
+        served
     }
+}
+
+/// Resolves at the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }

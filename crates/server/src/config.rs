@@ -92,6 +92,69 @@ pub struct Config {
     pub assert_email_verified: bool,
     /// Upstream OpenID Providers by id (`[providers.<id>]`).
     pub providers: std::collections::BTreeMap<String, ponte_identity::upstream::ProviderConfig>,
+    /// Outgoing mail (`[smtp]`).
+    pub smtp: SmtpConfig,
+    /// The background worker that runs jobs (`[worker]`).
+    pub worker: WorkerConfig,
+}
+
+/// Outgoing mail: SMTP when `url` is set, else `.eml` files under `data_dir/outbox/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// `smtp://[user:pass@]host[:port]` (plain), `…?tls=starttls`, or `smtps://…` (implicit TLS).
+    pub url: Option<Secret>,
+    /// The `From` address, e.g. `Ponte <no-reply@example.com>`.
+    pub from: String,
+    /// Seconds one delivery may take before it is retried later.
+    pub timeout_secs: u64,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self { url: None, from: "Ponte <no-reply@localhost>".into(), timeout_secs: 20 }
+    }
+}
+
+/// The background worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Run the worker inside `ponte serve` (turn off on replicas that should only serve).
+    pub enabled: bool,
+    /// Jobs run at the same time by one process.
+    pub concurrency: usize,
+    /// Milliseconds between polls when nothing wakes the worker.
+    pub poll_interval_ms: u64,
+    /// Seconds a claim lasts; a job still running then may be claimed by another worker,
+    /// so a handler is given a little less than this.
+    pub lease_secs: u64,
+    /// Attempts before a job is dead (jobs may ask for their own number).
+    pub max_attempts: u32,
+    /// Seconds before the first retry; doubles per attempt, with jitter.
+    pub backoff_base_secs: u64,
+    /// The longest wait between attempts, in seconds.
+    pub backoff_max_secs: u64,
+    /// Seconds in-flight jobs get to finish at shutdown before their leases are released.
+    pub shutdown_grace_secs: u64,
+    /// Days a finished job is kept for support before it is deleted.
+    pub retain_done_days: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: 4,
+            poll_interval_ms: 1000,
+            lease_secs: 60,
+            max_attempts: 8,
+            backoff_base_secs: 2,
+            backoff_max_secs: 3600,
+            shutdown_grace_secs: 10,
+            retain_done_days: 7,
+        }
+    }
 }
 
 impl Default for Config {
@@ -119,12 +182,17 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             assert_email_verified: false,
             providers: Default::default(),
+            smtp: SmtpConfig::default(),
+            worker: WorkerConfig::default(),
         }
     }
 }
 
 /// Keys whose value may come from a file named by `PONTE_<KEY>_FILE`.
 const SECRET_KEYS: [&str; 3] = ["master_key", "database_url", "redis_url"];
+
+/// Environment names (after `PONTE_`) of nested keys, and the key they set.
+const ALIASES: [(&str, &str); 1] = [("smtp_url", "smtp.url")];
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -166,10 +234,24 @@ impl Config {
                 .filter(|k| {
                     k != "config"
                         && !k.starts_with("test_")
-                        && !SECRET_KEYS.iter().any(|s| k.as_str() == format!("{s}_file"))
+                        // Env keys keep their case (PONTE_MASTER_KEY_FILE): compare without it.
+                        && !SECRET_KEYS.iter().any(|s| k == format!("{s}_file").as_str())
+                        && !ALIASES.iter().any(|(var, _)| k == *var || k == format!("{var}_file").as_str())
                 })
                 .split("__"),
         );
+        // Short names for nested keys (PONTE_SMTP_URL for smtp.url), each with a _FILE form.
+        for (var, key) in ALIASES {
+            let upper = var.to_uppercase();
+            if let Some(value) = std::env::var_os(format!("PONTE_{upper}")) {
+                figment = figment.merge(Serialized::default(key, value.to_string_lossy().into_owned()));
+            }
+            if let Some(file) = std::env::var_os(format!("PONTE_{upper}_FILE")) {
+                let path = PathBuf::from(file);
+                let value = std::fs::read_to_string(&path).map_err(|source| ConfigError::File { path, source })?;
+                figment = figment.merge(Serialized::default(key, value.trim()));
+            }
+        }
         for key in SECRET_KEYS {
             let var = format!("PONTE_{}_FILE", key.to_uppercase());
             if let Some(file) = std::env::var_os(&var) {
@@ -227,6 +309,24 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid("max_body_bytes must be at least 1024".into()));
         }
+        let w = &self.worker;
+        if w.concurrency == 0 || w.poll_interval_ms == 0 || w.max_attempts == 0 || w.backoff_base_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "worker.concurrency, poll_interval_ms, max_attempts and backoff_base_secs must be greater than zero"
+                    .into(),
+            ));
+        }
+        if w.lease_secs < 2 || w.backoff_max_secs < w.backoff_base_secs {
+            return Err(ConfigError::Invalid(
+                "worker.lease_secs must be at least 2 and backoff_max_secs at least backoff_base_secs".into(),
+            ));
+        }
+        if self.smtp.timeout_secs == 0 || self.smtp.timeout_secs >= w.lease_secs {
+            return Err(ConfigError::Invalid(
+                "smtp.timeout_secs must be greater than zero and shorter than worker.lease_secs".into(),
+            ));
+        }
+        crate::worker::smtp::check(&self.smtp).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -322,6 +422,23 @@ mod tests {
             "[providers.tsid]\nissuer = \"https://id.example.com\"\nclient_id = \"p\"\ndisplay_name = \"X\"\n",
         );
         assert!(no_secret.is_err());
+    }
+
+    #[test]
+    fn worker_and_smtp_tables_have_safe_defaults_and_are_checked() {
+        let c = from_toml("").unwrap();
+        assert!(c.worker.enabled && c.worker.concurrency > 0 && c.smtp.url.is_none());
+        let c =
+            from_toml("[worker]\nenabled = false\nconcurrency = 2\n[smtp]\nurl = \"smtp://127.0.0.1:2525\"\n").unwrap();
+        assert!(!c.worker.enabled);
+        assert_eq!(c.worker.concurrency, 2);
+        assert!(from_toml("[worker]\nconcurency = 2\n").unwrap_err().to_string().contains("concurency"));
+        assert!(from_toml("[worker]\nconcurrency = 0\n").is_err());
+        assert!(from_toml("[smtp]\nurl = \"http://mail\"\n").is_err());
+        assert!(from_toml("[smtp]\nfrom = \"not an address\"\n").is_err());
+        assert!(from_toml("[smtp]\ntimeout_secs = 60\n").is_err(), "a delivery must end before its lease");
+        let c = from_toml("[smtp]\nurl = \"smtp://u:hunter2@mail:25\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

@@ -3,21 +3,8 @@
 use actix_web::HttpRequest;
 use actix_web::http::header;
 
-/// Escapes text for HTML bodies and double-quoted attributes.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Escapes text for HTML bodies and double-quoted attributes (one escaper for pages and mail).
+pub use ponte_identity::outbox::escape_html as escape;
 
 /// The languages pages speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +53,15 @@ impl Lang {
         match self {
             Lang::It => it,
             Lang::En => en,
+        }
+    }
+}
+
+impl From<Lang> for ponte_identity::outbox::Lang {
+    fn from(l: Lang) -> Self {
+        match l {
+            Lang::It => Self::It,
+            Lang::En => Self::En,
         }
     }
 }

@@ -7,13 +7,13 @@ pub mod browser;
 pub mod config;
 pub mod extract;
 pub mod html;
-pub mod mail;
 pub mod op;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod worker;
 
 pub use app::Application;
 pub use config::Config;

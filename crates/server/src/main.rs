@@ -2,10 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use ponte_identity::client::{ClientRepo, GrantType, NewClient, SqlClients};
 use ponte_identity::clock::{Clock, SystemClock};
+use ponte_identity::jobs::SqlJobs;
+use ponte_server::worker::Worker;
 use ponte_server::{Application, Config, app, install_crypto_provider, openapi, telemetry};
 
 #[derive(Debug, Parser)]
@@ -20,8 +23,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the service.
+    /// Run the service (with the background worker unless worker.enabled = false).
     Serve,
+    /// Run only the background worker that delivers mail and other jobs.
+    Worker,
     /// Apply pending database migrations and exit.
     Migrate,
     /// Manage OAuth clients.
@@ -104,6 +109,22 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             let application = Application::build(config).await.map_err(|e| e.to_string())?;
             tracing::info!(%bind, port = application.port(), %public_url, "ponte is serving");
             application.run_until_stopped().await.map_err(|e| e.to_string())
+        }
+        Command::Worker => {
+            let db = app::open_database(&config).map_err(|e| e.to_string())?;
+            if config.migrate_on_start {
+                app::migrate(&db).await.map_err(|e| e.to_string())?;
+            }
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let jobs = Arc::new(SqlJobs::new(db, config.worker.max_attempts));
+            let worker = Worker::from_config(&config, jobs, clock)?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                app::shutdown_signal().await;
+                let _ = stop.send(true);
+            });
+            worker.run(stopped).await;
+            Ok(())
         }
         Command::Migrate => {
             let db = app::open_database(&config).map_err(|e| e.to_string())?;

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api, oauth, ops, token};
+use crate::routes::{api, jobs, oauth, ops, token};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use crate::routes::{api, oauth, ops, token};
         api::list_sessions, api::revoke_session,
         api::list_identities, api::unlink_identity,
         api::list_audit,
+        jobs::list_jobs, jobs::retry_job,
     ),
     components(schemas(crate::problem::ProblemBody, crate::problem::FieldError)),
     modifiers(&BearerAuth),
@@ -26,6 +27,7 @@ use crate::routes::{api, oauth, ops, token};
         (name = "sessions", description = "Browser sessions of a user"),
         (name = "identities", description = "Upstream identities linked to a user"),
         (name = "audit", description = "Who did what"),
+        (name = "jobs", description = "The durable job queue (mail and other side effects), for support"),
         (name = "oauth2", description = "Tokens and keys"),
         (name = "operations", description = "Health and readiness"),
     )

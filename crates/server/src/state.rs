@@ -52,8 +52,10 @@ pub struct AppState {
     pub providers: Arc<std::collections::BTreeMap<String, Arc<Upstream>>>,
     /// External-identity links.
     pub links: Arc<dyn Links>,
-    /// Where emails go.
-    pub mailer: Arc<dyn crate::mail::Mailer>,
+    /// Where emails go: queued as `mail.send` jobs, delivered by the worker.
+    pub outbox: Arc<dyn ponte_identity::outbox::Outbox>,
+    /// The durable job queue (support's REST view, and enqueues).
+    pub jobs: Arc<ponte_identity::jobs::SqlJobs>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
 }

@@ -25,11 +25,11 @@ pub use confirm::{
 pub use pending::{Pending, PendingKind, void_pending_links};
 
 use crate::Result;
+use crate::account::LoginCandidate;
 use crate::account::{User, may_sign_in};
 use crate::audit::Actor;
 use crate::ids::{AccountId, UserId};
 use crate::links::{Decision, Links};
-use crate::account::LoginCandidate;
 
 /// The users the federation use cases look at.
 #[async_trait]

@@ -18,7 +18,7 @@ use ponte_linking::ids::UserId;
 use serde::Deserialize;
 use std::sync::Arc;
 
-use crate::adapters::{MailerLinkCode, StoreUsers};
+use crate::adapters::{OutboxLinkCode, StoreUsers};
 use crate::browser::{cookie, csrf_failed_page, csrf_ok, current_session, see_other, start_session};
 use crate::extract::client_ip;
 use crate::html::Lang;
@@ -198,7 +198,7 @@ pub async fn confirm(
     let action = ConfirmAction::parse(&form.action, form.password, form.code);
     let (binding, session, ip) = (binding_cookie(&req, &state), current_session(&req, &state).await?, client_ip(&req));
     let browser = Browser { binding: binding.as_deref(), session: session.as_ref(), ip: ip.as_deref() };
-    let mail = MailerLinkCode { mailer: state.mailer.clone(), providers: state.providers.clone() };
+    let mail = OutboxLinkCode { outbox: state.outbox.clone(), providers: state.providers.clone() };
     let lang = Lang::from_request(&req).code();
     let users = StoreUsers { accounts: state.accounts.clone(), users: state.users.clone() };
     let outcome = linking::confirm(stores(&state, &users), &mail, &form.id, action, lang, browser, state.now());

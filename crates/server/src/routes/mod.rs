@@ -3,6 +3,7 @@
 pub mod api;
 pub mod authorize;
 pub mod federation;
+pub mod jobs;
 pub mod oauth;
 pub mod ops;
 pub mod pages;
@@ -21,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     federation::configure(cfg);
     pages::configure(cfg);
     api::configure(cfg);
+    jobs::configure(cfg);
 }
 
 /// Anything unrouted.

@@ -10,12 +10,12 @@ use serde_json::{Value, json};
 
 use crate::harness::{NowForTest, TestApp, TestDb, TestRedis, csrf_from};
 
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
 /// The upstream provider and Ponte federated to it, with people on both sides.
-struct World {
-    upstream: TestApp,
-    ponte: TestApp,
+pub(crate) struct World {
+    pub(crate) upstream: TestApp,
+    pub(crate) ponte: TestApp,
     admin_token: String,
     account: Value,
 }
@@ -72,11 +72,21 @@ impl World {
     }
 
     async fn on(db: TestDb, redis: Option<TestRedis>) -> Self {
+        Self::configured(db, redis, |_| {}).await
+    }
+
+    /// With Ponte's configuration adjusted by the test (e.g. its `[smtp]`).
+    pub(crate) async fn configured(
+        db: TestDb,
+        redis: Option<TestRedis>,
+        adjust: impl FnOnce(&mut ponte_server::Config),
+    ) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (upstream, provider) = upstream_provider(&base, &[]).await;
         let ponte = TestApp::spawn_on_listener(listener, db, redis, |c| {
             c.providers.insert("up".into(), provider);
+            adjust(c);
         })
         .await;
         let admin_token = ponte.admin_token().await;
@@ -120,7 +130,7 @@ impl World {
     /// Follows redirects between Ponte and the upstream; signs in upstream as `upstream_user`
     /// whenever the upstream shows its login page. Returns the first response that is not
     /// a redirect, and the path of the last redirect into Ponte.
-    async fn browse(
+    pub(crate) async fn browse(
         &self,
         browser: &reqwest::Client,
         start: &str,
@@ -169,7 +179,7 @@ impl World {
         (page.text().await.unwrap(), seen)
     }
 
-    async fn press(
+    pub(crate) async fn press(
         &self,
         browser: &reqwest::Client,
         html: &str,
@@ -372,11 +382,10 @@ async fn an_existing_user_proves_the_account_with_a_password_or_an_emailed_code(
     let sent = world.press(&browser, &html, "send_code", &[]).await;
     let html = sent.text().await.unwrap();
     assert!(html.contains("link-code"));
-    let outbox = world.ponte.db.dir.path().join("outbox");
-    let mail = std::fs::read_dir(&outbox).unwrap().next().unwrap().unwrap().path();
-    let text = std::fs::read_to_string(mail).unwrap();
-    assert!(text.starts_with("To: mario@esempio.it"));
-    let code = text.split("code: ").nth(1).unwrap()[..8].to_owned();
+    // The worker delivers the queued mail into the file outbox (the embedded default).
+    let text = crate::mail::wait_for_outbox_file(&world.ponte.db.dir.path().join("outbox")).await;
+    assert!(text.contains("To: mario@esempio.it"), "{text}");
+    let code = crate::mail::code_in(&text);
     let done = world.press(&browser, &html, "code", &[("code", &code)]).await;
     assert_eq!(done.status(), 303, "linked and signed in");
     assert_eq!(browser.get(world.ponte.url("/")).send().await.unwrap().status(), 200);

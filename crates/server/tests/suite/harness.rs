@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 /// An env var a backend needs; `None` skips that backend, except under CI where a
 /// missing variable must not silently turn a suite into a no-op.
-fn backend_env(var: &str) -> Option<String> {
+pub fn backend_env(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ if std::env::var_os("CI").is_some() => panic!("{var} must be set when CI is set"),

@@ -1,0 +1,243 @@
+//! The mail outbox: every email is a `mail.send` job, enqueued with the change that causes
+//! it and delivered by the worker, so a mail server that is away delays mail but never
+//! loses it or fails the request that asked for it.
+//!
+//! The message is a typed template, rendered at delivery in the recipient's language.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
+use time::OffsetDateTime;
+
+use crate::clock::Clock;
+use crate::jobs::{JobId, JobStore, NewJob, SqlJobs};
+use crate::{Error, Result};
+
+/// The job kind that carries an email.
+pub const MAIL_SEND: &str = "mail.send";
+
+/// The languages mail is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    /// Italiano.
+    It,
+    /// English.
+    En,
+}
+
+/// The templates Ponte sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "template", rename_all = "snake_case")]
+pub enum Message {
+    /// A single-use code proving the recipient owns the account an upstream ID wants to link to.
+    LinkCode {
+        /// The code to type in.
+        code: String,
+        /// The upstream provider's display name.
+        provider_name: String,
+        /// The email of the upstream identity asking to be linked.
+        upstream_email: String,
+    },
+}
+
+/// One email, before rendering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutgoingMail {
+    /// The recipient's address.
+    pub to: String,
+    /// The recipient's language.
+    pub lang: Lang,
+    /// What to say.
+    pub message: Message,
+}
+
+/// A rendered email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The subject line.
+    pub subject: String,
+    /// The plain-text body.
+    pub text: String,
+    /// The HTML body; every interpolated value is escaped.
+    pub html: String,
+}
+
+impl OutgoingMail {
+    /// Renders subject, text and HTML in the recipient's language.
+    pub fn render(&self) -> Rendered {
+        match &self.message {
+            Message::LinkCode { code, provider_name, upstream_email } => {
+                let (subject, intro, ignore) = match self.lang {
+                    Lang::It => (
+                        "Ponte: il codice per collegare il tuo ID",
+                        format!(
+                            "Qualcuno vuole collegare l'ID {provider_name} ({upstream_email}) al tuo account Ponte."
+                        ),
+                        "Se non sei stato tu, ignora questa email: senza il codice non succede nulla.",
+                    ),
+                    Lang::En => (
+                        "Ponte: your code to link your ID",
+                        format!(
+                            "Someone wants to link the {provider_name} ID ({upstream_email}) to your Ponte account."
+                        ),
+                        "If it was not you, ignore this email: nothing happens without the code.",
+                    ),
+                };
+                let label = match self.lang {
+                    Lang::It => "Codice",
+                    Lang::En => "Code",
+                };
+                let text = format!("{intro}\n\n{label}: {code}\n\n{ignore}\n");
+                let intro_html = match self.lang {
+                    Lang::It => format!(
+                        "Qualcuno vuole collegare l'ID <b>{}</b> ({}) al tuo account Ponte.",
+                        escape_html(provider_name),
+                        escape_html(upstream_email)
+                    ),
+                    Lang::En => format!(
+                        "Someone wants to link the <b>{}</b> ID ({}) to your Ponte account.",
+                        escape_html(provider_name),
+                        escape_html(upstream_email)
+                    ),
+                };
+                let html = format!(
+                    "<!doctype html><html lang=\"{lang}\"><body><p>{intro_html}</p>\
+                     <p>{label}: <strong id=\"code\">{code}</strong></p><p>{ignore}</p></body></html>",
+                    lang = self.lang_code(),
+                    code = escape_html(code),
+                );
+                Rendered { subject: subject.to_owned(), text, html }
+            }
+        }
+    }
+
+    fn lang_code(&self) -> &'static str {
+        match self.lang {
+            Lang::It => "it",
+            Lang::En => "en",
+        }
+    }
+
+    /// The `mail.send` job that carries this mail.
+    pub fn to_job(&self) -> Result<NewJob> {
+        let payload = serde_json::to_value(self).map_err(|e| Error::Invalid(format!("mail payload: {e}")))?;
+        Ok(NewJob::new(MAIL_SEND, payload))
+    }
+
+    /// The mail a `mail.send` job carries.
+    pub fn from_payload(payload: &serde_json::Value) -> Result<Self> {
+        serde_json::from_value(payload.clone()).map_err(|e| Error::Corrupt(format!("mail payload: {e}")))
+    }
+}
+
+/// Escapes text for HTML bodies and double-quoted attributes (mail here, pages in the server).
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#x27;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The `Message-ID` of the mail a job sends: the same on every delivery attempt, so a
+/// duplicate delivery after a crash is recognisable as one.
+pub fn message_id(job: JobId) -> String {
+    format!("<{job}@ponte>")
+}
+
+/// Where emails go.
+#[async_trait]
+pub trait Outbox: Send + Sync + std::fmt::Debug {
+    /// Queues a mail for delivery; returns the job that carries it.
+    async fn send(&self, mail: OutgoingMail) -> Result<JobId>;
+
+    /// Queues a mail inside the caller's transaction (pass `&mut *tx`): it leaves only if
+    /// that transaction commits.
+    async fn send_in(&self, conn: &mut AnyConnection, mail: &OutgoingMail, now: OffsetDateTime) -> Result<JobId>;
+}
+
+/// The outbox on the job queue.
+#[derive(Debug, Clone)]
+pub struct JobOutbox {
+    jobs: Arc<SqlJobs>,
+    clock: Arc<dyn Clock>,
+}
+
+impl JobOutbox {
+    /// An outbox enqueueing into `jobs`.
+    pub fn new(jobs: Arc<SqlJobs>, clock: Arc<dyn Clock>) -> Self {
+        Self { jobs, clock }
+    }
+}
+
+#[async_trait]
+impl Outbox for JobOutbox {
+    async fn send(&self, mail: OutgoingMail) -> Result<JobId> {
+        Ok(self.jobs.enqueue(mail.to_job()?, self.clock.now()).await?.job.id)
+    }
+
+    async fn send_in(&self, conn: &mut AnyConnection, mail: &OutgoingMail, now: OffsetDateTime) -> Result<JobId> {
+        Ok(self.jobs.enqueue_in(conn, mail.to_job()?, now).await?.job.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn link_code(lang: Lang, provider_name: &str, upstream_email: &str) -> OutgoingMail {
+        OutgoingMail {
+            to: "mario@esempio.it".into(),
+            lang,
+            message: Message::LinkCode {
+                code: "12345678".into(),
+                provider_name: provider_name.into(),
+                upstream_email: upstream_email.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn the_link_code_speaks_the_recipients_language_in_text_and_html() {
+        let it = link_code(Lang::It, "TeamSystem ID", "mario@gruppo.it").render();
+        assert_eq!(it.subject, "Ponte: il codice per collegare il tuo ID");
+        assert!(it.text.contains("Codice: 12345678"), "{}", it.text);
+        assert!(it.text.contains("collegare l'ID TeamSystem ID (mario@gruppo.it)"), "{}", it.text);
+        assert!(it.html.contains("lang=\"it\"") && it.html.contains("<strong id=\"code\">12345678</strong>"));
+        let en = link_code(Lang::En, "TeamSystem ID", "mario@gruppo.it").render();
+        assert_eq!(en.subject, "Ponte: your code to link your ID");
+        assert!(en.text.contains("Code: 12345678") && !en.text.contains("Codice"), "{}", en.text);
+        assert!(en.html.contains("lang=\"en\"") && en.html.contains("the <b>TeamSystem ID</b> ID"));
+    }
+
+    #[test]
+    fn interpolated_values_are_escaped_in_html_only() {
+        let r = link_code(Lang::En, "<script>alert(1)</script>", "a&b\"'@x.it").render();
+        assert!(!r.html.contains("<script>"), "{}", r.html);
+        assert!(r.html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(r.html.contains("a&amp;b&quot;&#x27;@x.it"));
+        assert!(r.text.contains("<script>alert(1)</script>"), "plain text stays as typed");
+    }
+
+    #[test]
+    fn a_mail_survives_its_job_payload() {
+        let mail = link_code(Lang::It, "X", "y@z.it");
+        let job = mail.to_job().unwrap();
+        assert_eq!(job.kind, MAIL_SEND);
+        assert_eq!(OutgoingMail::from_payload(&job.payload).unwrap(), mail);
+        assert!(OutgoingMail::from_payload(&serde_json::json!({"to": 1})).is_err());
+        let id = JobId::new();
+        assert_eq!(message_id(id), format!("<{id}@ponte>"));
+    }
+}

@@ -1,0 +1,378 @@
+//! The background worker: claims due jobs with a lease, runs each through the handler
+//! registered for its kind, and records the outcome by the queue's rules
+//! (`ponte_identity::jobs`). It runs inside `ponte serve` unless `worker.enabled = false`,
+//! or alone as `ponte worker`.
+//!
+//! Idle, it sleeps until an enqueue in this process wakes it, a PostgreSQL `NOTIFY` from
+//! any replica does, or the poll interval passes. On shutdown it stops claiming, gives
+//! in-flight jobs the grace period, and releases the leases of those that did not finish.
+
+pub mod mail;
+pub mod smtp;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration as StdDuration, Instant};
+
+use async_trait::async_trait;
+use ponte_identity::clock::Clock;
+use ponte_identity::db::Backend;
+use ponte_identity::jobs::sql::wall_clock_ms;
+use ponte_identity::jobs::{AfterFailure, Backoff, Job, JobFailure, JobId, JobState, JobStore, SqlJobs, after_failure};
+use ponte_identity::outbox::MAIL_SEND;
+use time::Duration;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, Secret, WorkerConfig};
+
+/// Runs one kind of job. Must be idempotent: after a crash the same job may run again, and
+/// its effect must still happen once (pass the job id to anything external).
+#[async_trait]
+pub trait JobHandler: Send + Sync + std::fmt::Debug {
+    /// Does the job's work.
+    async fn run(&self, job: &Job) -> Result<(), JobFailure>;
+}
+
+/// Handlers by job kind.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn JobHandler>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the handler for `kind`.
+    pub fn with(mut self, kind: impl Into<String>, handler: Arc<dyn JobHandler>) -> Self {
+        self.handlers.insert(kind.into(), handler);
+        self
+    }
+
+    fn get(&self, kind: &str) -> Option<&Arc<dyn JobHandler>> {
+        self.handlers.get(kind)
+    }
+}
+
+/// How the worker runs (from `[worker]`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Jobs at the same time.
+    pub concurrency: usize,
+    /// Sleep between polls when nothing wakes the worker.
+    pub poll_interval: StdDuration,
+    /// Length of a claim.
+    pub lease: Duration,
+    /// Waits between attempts.
+    pub backoff: Backoff,
+    /// How long in-flight jobs may take to finish at shutdown.
+    pub shutdown_grace: StdDuration,
+    /// How long done jobs are kept.
+    pub retain_done: Duration,
+    /// A PostgreSQL URL to `LISTEN` on for enqueues by other processes.
+    pub listen_url: Option<Secret>,
+}
+
+impl Settings {
+    /// The settings of `[worker]`, listening on `database_url` when it is PostgreSQL.
+    pub fn from_config(w: &WorkerConfig, backend: Backend, database_url: &str) -> Self {
+        Self {
+            concurrency: w.concurrency.max(1),
+            poll_interval: StdDuration::from_millis(w.poll_interval_ms.max(1)),
+            lease: Duration::seconds(i64::try_from(w.lease_secs).unwrap_or(60)),
+            backoff: Backoff {
+                base: Duration::seconds(i64::try_from(w.backoff_base_secs).unwrap_or(2)),
+                max: Duration::seconds(i64::try_from(w.backoff_max_secs).unwrap_or(3600)),
+            },
+            shutdown_grace: StdDuration::from_secs(w.shutdown_grace_secs),
+            retain_done: Duration::days(i64::try_from(w.retain_done_days).unwrap_or(7)),
+            listen_url: (backend == Backend::Postgres).then(|| Secret::from(database_url)),
+        }
+    }
+}
+
+/// The worker, ready to run.
+#[derive(Debug)]
+pub struct Worker {
+    store: Arc<SqlJobs>,
+    registry: Registry,
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+}
+
+/// Jobs claimed by this worker and not yet finished: their leases are released at shutdown.
+type InFlight = Arc<Mutex<HashMap<JobId, Job>>>;
+
+/// How often gauges are refreshed and old done jobs pruned.
+const HOUSEKEEPING_EVERY: StdDuration = StdDuration::from_secs(15);
+
+impl Worker {
+    /// A worker over `store` running the handlers in `registry`.
+    pub fn new(store: Arc<SqlJobs>, registry: Registry, settings: Settings, clock: Arc<dyn Clock>) -> Self {
+        Self { store, registry, settings, clock }
+    }
+
+    /// The worker `ponte serve` and `ponte worker` run: every built-in job kind.
+    pub fn from_config(config: &Config, store: Arc<SqlJobs>, clock: Arc<dyn Clock>) -> Result<Self, String> {
+        let registry = Registry::new().with(MAIL_SEND, Arc::new(mail::MailHandler::from_config(config)?));
+        let settings =
+            Settings::from_config(&config.worker, store.database().backend(), &config.effective_database_url());
+        Ok(Self::new(store, registry, settings, clock))
+    }
+
+    /// Runs until `shutdown` turns true, then drains as described in the module docs.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let wake = self.store.waker();
+        let mut listener = None;
+        if let Some(url) = self.settings.listen_url.clone() {
+            listener = Some(tokio::spawn(listen(url, wake.clone(), shutdown.clone())));
+        }
+        let ctx = Arc::new(Ctx {
+            store: self.store.clone(),
+            registry: self.registry,
+            backoff: self.settings.backoff,
+            // A little less than the lease, so a slow handler gives up before another
+            // worker may claim its job.
+            deadline: StdDuration::from_secs(
+                u64::try_from(self.settings.lease.whole_seconds() - 1).unwrap_or(1).max(1),
+            ),
+            clock: self.clock.clone(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        });
+        // Claims run ahead of the handlers: up to twice `concurrency` jobs are held (the
+        // extra ones wait for a permit), and the queue is asked again only once half of
+        // that has drained, so claims come in batches rather than one per finished job.
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let (low, high) = (self.settings.concurrency, self.settings.concurrency * 2);
+        let in_flight: InFlight = Arc::default();
+        let mut tasks = JoinSet::new();
+        let mut housekeeping = Housekeeping::default();
+        let mut stop = shutdown.clone();
+        tracing::info!(concurrency = self.settings.concurrency, "worker started");
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            housekeeping.maybe_run(&self.store, &self.settings, self.clock.now()).await;
+            if tasks.len() > low {
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    _ = stopping(&mut stop) => {}
+                }
+                continue;
+            }
+            let limit = u32::try_from(high - tasks.len()).unwrap_or(1);
+            match self.store.claim(limit, self.settings.lease, self.clock.now()).await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    for job in jobs {
+                        lock(&in_flight).insert(job.id, job.clone());
+                        tasks.spawn(run_one(ctx.clone(), job, permits.clone(), in_flight.clone()));
+                    }
+                }
+                Ok(_) => {
+                    tokio::select! {
+                        _ = wake.notified() => {}
+                        _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                        _ = stopping(&mut stop) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "worker: cannot claim jobs; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                        _ = stopping(&mut stop) => {}
+                    }
+                }
+            }
+        }
+        // Claimed jobs still waiting for a permit do not start now; their leases are released.
+        ctx.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(in_flight = tasks.len(), "worker stopping: no new claims");
+        let drained =
+            tokio::time::timeout(self.settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} })
+                .await;
+        if drained.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        let unfinished: Vec<Job> = lock(&in_flight).drain().map(|(_, j)| j).collect();
+        for job in unfinished {
+            match self.store.release(&job, self.clock.now()).await {
+                Ok(_) => tracing::info!(job = %job.id, kind = %job.kind, "lease released at shutdown"),
+                Err(e) => tracing::warn!(job = %job.id, error = %e, "could not release a lease; it runs out by itself"),
+            }
+        }
+        if let Some(l) = listener {
+            l.abort();
+        }
+        tracing::info!("worker stopped");
+    }
+}
+
+/// What every job task needs.
+#[derive(Debug)]
+struct Ctx {
+    store: Arc<SqlJobs>,
+    registry: Registry,
+    backoff: Backoff,
+    deadline: StdDuration,
+    clock: Arc<dyn Clock>,
+    /// Set at shutdown: claimed jobs that have not started yet stay unstarted.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+fn lock(m: &Mutex<HashMap<JobId, Job>>) -> std::sync::MutexGuard<'_, HashMap<JobId, Job>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Resolves when `rx` says stop; never, if its sender is gone without saying so.
+async fn stopping(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A uniform number in `[0, 1)` for the backoff's jitter.
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+async fn run_one(ctx: Arc<Ctx>, job: Job, permits: Arc<Semaphore>, in_flight: InFlight) {
+    let Ok(_permit) = permits.acquire_owned().await else { return };
+    if ctx.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return; // left in `in_flight`: its lease is released
+    }
+    // A job claimed ahead may have waited for its permit: it runs only within what is
+    // left of its lease (less a second), so no other worker can take it while it runs.
+    let left = job.lease_until.map_or(Duration::ZERO, |until| until - ctx.clock.now() - Duration::SECOND);
+    let Some(left) = StdDuration::try_from(left).ok().filter(|d| !d.is_zero()) else {
+        if let Err(e) = ctx.store.release(&job, ctx.clock.now()).await {
+            tracing::warn!(job = %job.id, error = %e, "could not release a lease; it runs out by itself");
+        }
+        lock(&in_flight).remove(&job.id);
+        return;
+    };
+    let deadline = ctx.deadline.min(left);
+    let kind = job.kind.clone();
+    metrics::counter!("job_attempts_total", "kind" => kind.clone()).increment(1);
+    let result = match ctx.registry.get(&job.kind) {
+        None => Err(JobFailure::Permanent(format!("no handler for job kind {:?}", job.kind))),
+        Some(handler) => match tokio::time::timeout(deadline, handler.run(&job)).await {
+            Ok(r) => r,
+            Err(_) => Err(JobFailure::Retry(format!("timed out after {} s", deadline.as_secs()))),
+        },
+    };
+    let (outcome, next) = match &result {
+        Ok(()) => ("done", None),
+        Err(failure) => {
+            let next = after_failure(job.attempts, job.max_attempts, failure, &ctx.backoff, ctx.clock.now(), jitter());
+            (if next == AfterFailure::Dead { "dead" } else { "retry" }, Some((next, failure)))
+        }
+    };
+    // A database blip must not turn a finished job into one that runs again: try a few times.
+    let mut recorded = Err(ponte_identity::Error::Invalid("not tried".into()));
+    for attempt in 0..3 {
+        let now = ctx.clock.now();
+        recorded = match next {
+            None => ctx.store.complete(&job, now).await,
+            Some((next, failure)) => ctx.store.fail(&job, next, failure.message(), now).await,
+        };
+        if recorded.is_ok() {
+            break;
+        }
+        tokio::time::sleep(StdDuration::from_millis(200 * (attempt + 1))).await;
+    }
+    match recorded {
+        Ok(true) => {
+            metrics::counter!("jobs_finished_total", "kind" => kind.clone(), "outcome" => outcome).increment(1);
+            if outcome == "done" {
+                let secs = (wall_clock_ms() - job.enqueued_at_ms).max(0) as f64 / 1000.0;
+                metrics::histogram!("job_enqueue_to_done_seconds", "kind" => kind).record(secs);
+            }
+            match &result {
+                Ok(()) => tracing::debug!(job = %job.id, kind = %job.kind, "job done"),
+                Err(f) => tracing::warn!(job = %job.id, kind = %job.kind, attempt = job.attempts, outcome, error = %f,
+                    "job failed"),
+            }
+        }
+        Ok(false) => tracing::warn!(job = %job.id, kind = %job.kind, "job finished after its lease was lost"),
+        Err(e) => tracing::error!(job = %job.id, error = %e, "cannot record a job's outcome; it will run again"),
+    }
+    lock(&in_flight).remove(&job.id);
+}
+
+/// Gauges of jobs by kind and state, and pruning of old done jobs.
+#[derive(Debug, Default)]
+struct Housekeeping {
+    last: Option<Instant>,
+    kinds: BTreeSet<String>,
+}
+
+impl Housekeeping {
+    async fn maybe_run(&mut self, store: &SqlJobs, settings: &Settings, now: time::OffsetDateTime) {
+        if self.last.is_some_and(|t| t.elapsed() < HOUSEKEEPING_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        match store.counts().await {
+            Ok(counts) => {
+                self.kinds.extend(counts.iter().map(|c| c.kind.clone()));
+                // Every known (kind, state) is set, so a state that emptied reads 0, not stale.
+                for kind in &self.kinds {
+                    for state in JobState::ALL {
+                        let n = counts.iter().find(|c| &c.kind == kind && c.state == state).map_or(0, |c| c.count);
+                        metrics::gauge!("jobs", "kind" => kind.clone(), "state" => state.as_str()).set(n as f64);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "worker: cannot count jobs"),
+        }
+        if let Err(e) = store.prune_done(now - settings.retain_done).await {
+            tracing::debug!(error = %e, "worker: cannot prune done jobs");
+        }
+    }
+}
+
+async fn listen_once(url: &str, wake: &Notify) -> Result<(), sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(ponte_identity::jobs::postgres::CHANNEL).await?;
+    // Enqueues may have happened while we were not listening: look once.
+    wake.notify_one();
+    loop {
+        listener.recv().await?;
+        wake.notify_one();
+    }
+}
+
+/// Turns PostgreSQL notifications of enqueues (from any replica) into wake-ups, and
+/// reconnects when the connection drops.
+async fn listen(url: Secret, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let session = listen_once(url.expose(), &wake);
+        tokio::select! {
+            result = session => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "worker: job notifications lost; reconnecting (polling meanwhile)");
+                }
+            }
+            _ = stopping(&mut shutdown) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(StdDuration::from_secs(1)) => {}
+            _ = stopping(&mut shutdown) => return,
+        }
+    }
+}
