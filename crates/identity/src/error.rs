@@ -21,6 +21,10 @@ pub enum Error {
     /// Data in the store does not have the shape we wrote.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// Too much work is already waiting (the password hashing queue is full): try again
+    /// shortly.
+    #[error("busy")]
+    Busy,
     /// A value given by the caller is not acceptable.
     #[error("invalid input: {0}")]
     Invalid(String),

@@ -691,7 +691,7 @@ pub async fn confirm(
             }
             let proved = if action == "password" {
                 let hash = state.directory.login_candidate(&user.email).await?.and_then(|c| c.password_hash);
-                password::verify(form.password.clone().unwrap_or_default(), hash).await
+                password::verify(form.password.clone().unwrap_or_default(), hash).await?
             } else {
                 let presented = digest(&format!("{}:{}", form.id, form.code.as_deref().unwrap_or("").trim()));
                 pending.code_digest.as_ref().is_some_and(|d| constant_time_eq(d.as_bytes(), presented.as_bytes()))
