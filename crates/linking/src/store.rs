@@ -195,7 +195,7 @@ impl Directory for SqlDirectory {
     ) -> Result<(Account, User)> {
         let account =
             Account { id: AccountId::new(), name, status: AccountStatus::Active, created_at: now, updated_at: now };
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("INSERT INTO accounts (id, name, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
             .bind(account.id.to_string())
             .bind(&account.name)
@@ -255,7 +255,7 @@ impl Directory for SqlDirectory {
     }
 
     async fn create_user(&self, account: AccountId, new: NewUser, actor: &Actor, now: OffsetDateTime) -> Result<User> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM accounts WHERE id = $1")
             .bind(account.to_string())
             .fetch_optional(&mut *tx)
@@ -278,7 +278,7 @@ impl Directory for SqlDirectory {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<User> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let current = select_user(&mut *tx, account, user).await?.ok_or(Error::NotFound("user"))?;
         check_patch(&current, &patch)?;
         let mut changed = Vec::new();
@@ -331,7 +331,7 @@ impl Directory for SqlDirectory {
     }
 
     async fn delete_user(&self, account: AccountId, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let current = select_user(&mut *tx, account, user).await?.ok_or(Error::NotFound("user"))?;
         check_delete(&current)?;
         sqlx::query("DELETE FROM users WHERE account_id = $1 AND id = $2")

@@ -168,6 +168,10 @@ impl From<ponte_identity::Error> for Problem {
             E::Busy => {
                 Self::unavailable("busy", "The server has too much work queued; try again in a moment.").retry_after(1)
             }
+            E::UnstorableText(cause) => {
+                tracing::info!(error = %cause, "refused a value the database cannot store");
+                Self::bad_request("invalid_characters", "A value holds a character that is not allowed (such as NUL).")
+            }
             E::Invalid(message) => Self::validation("body", message),
             other => Self::internal(&other),
         }
