@@ -1,9 +1,19 @@
-//! Password hashing with argon2id, off the async threads, with no timing oracle.
+//! Password hashing with argon2id on a bounded pool of workers, with no timing oracle.
+//!
+//! Each argon2id computation needs 19 MiB. Run on tokio's blocking pool, every hash
+//! allocated and freed its own block on whichever thread ran it, and glibc kept each freed
+//! block in that thread's arena: a flood of failed logins took the process to gigabytes.
+//! Here a fixed set of worker threads (one per core) each owns one block for its lifetime
+//! and reuses it, so memory is bounded by `workers × 19 MiB`. A bounded queue sits in
+//! front; when it is full the caller gets [`Error::Busy`] at once instead of piling up.
 
-use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
 
 use crate::secret::random_bytes;
 use crate::{Error, Result};
@@ -13,11 +23,16 @@ pub const MIN_LENGTH: usize = 10;
 /// Longest password we accept (argon2 would take more, but nobody types this much).
 pub const MAX_LENGTH: usize = 256;
 
-fn hasher() -> Argon2<'static> {
-    // OWASP's argon2id recommendation: 19 MiB, 2 passes, 1 lane.
-    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-}
+/// OWASP's argon2id recommendation: 19 MiB, 2 passes, 1 lane.
+const M_COST_KIB: u32 = 19 * 1024;
+const T_COST: u32 = 2;
+const P_COST: u32 = 1;
+/// Stored hashes with a bigger memory cost than this are refused rather than letting a
+/// worker hold more (256 MiB); ours use 19 MiB.
+const MAX_M_COST_KIB: u32 = 256 * 1024;
+/// Hashes that may wait for a worker, per worker: a burst of this size is absorbed (about
+/// a second of work per worker), anything beyond it is refused as busy.
+const QUEUE_PER_WORKER: usize = 32;
 
 /// Checks length rules; returns a message a person can act on.
 pub fn check_policy(password: &str) -> Result<()> {
@@ -31,54 +46,229 @@ pub fn check_policy(password: &str) -> Result<()> {
     Ok(())
 }
 
-/// Hashes `password` into a PHC string, on a blocking thread.
+/// Hashes `password` into a PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`) on the
+/// hashing pool; [`Error::Busy`] when its queue is full.
 pub async fn hash(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || hash_blocking(&password)).await.map_err(|e| Error::Crypto(e.to_string()))?
+    run(move |memory| hash_with(memory, password.as_bytes())).await?
 }
 
-fn hash_blocking(password: &str) -> Result<String> {
-    let salt = SaltString::encode_b64(&random_bytes::<16>()).map_err(|e| Error::Crypto(e.to_string()))?;
-    hasher().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| Error::Crypto(e.to_string()))
-}
-
-/// Verifies `password` against `stored`, on a blocking thread. With no stored hash
-/// (unknown user, or a user without a password) the same work is done against a dummy
-/// hash and the answer is `false`, so response time does not tell whether a user exists.
-pub async fn verify(password: String, stored: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let (hash, real) = match stored {
-            Some(h) => (h, true),
-            None => (dummy_hash().to_owned(), false),
-        };
-        let ok = PasswordHash::new(&hash)
-            .map(|parsed| hasher().verify_password(password.as_bytes(), &parsed).is_ok())
-            .unwrap_or(false);
-        ok && real
+/// Verifies `password` against `stored` on the hashing pool. With no stored hash (unknown
+/// user, or a user without a password) the same work is done against a dummy and the
+/// answer is `false`, so response time does not tell whether a user exists. An unreadable
+/// stored hash is `false`; a full queue is [`Error::Busy`].
+pub async fn verify(password: String, stored: Option<String>) -> Result<bool> {
+    run(move |memory| match stored {
+        Some(stored) => verify_with(memory, password.as_bytes(), &stored),
+        None => {
+            // Same parameters as a real hash, so the same time; the result is discarded.
+            let _ =
+                compute(memory, &default_params(), Algorithm::Argon2id, Version::V0x13, password.as_bytes(), &[0; 16]);
+            false
+        }
     })
     .await
-    .unwrap_or(false)
 }
 
-fn dummy_hash() -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| hash_blocking("ponte-dummy-password").unwrap_or_default())
+/// Memory a worker owns and reuses for every computation.
+type Memory = Vec<Block>;
+type Job = Box<dyn FnOnce(&mut Memory) + Send>;
+
+/// A fixed set of hashing threads behind a bounded queue.
+struct Pool {
+    queue: SyncSender<Job>,
+}
+
+impl Pool {
+    fn start(workers: usize, capacity: usize) -> Self {
+        let (queue, jobs) = sync_channel::<Job>(capacity);
+        let jobs = Arc::new(Mutex::new(jobs));
+        for n in 0..workers {
+            let jobs = jobs.clone();
+            let spawned = std::thread::Builder::new().name(format!("ponte-argon2-{n}")).spawn(move || work(&jobs));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password hashing worker");
+            }
+        }
+        Self { queue }
+    }
+}
+
+/// A worker: takes jobs one at a time until the pool is gone, always with its own memory.
+fn work(jobs: &Mutex<Receiver<Job>>) {
+    let mut memory = Memory::new();
+    loop {
+        // The lock is held only while waiting for the next job, never while hashing.
+        let job = match jobs.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(_) => return,
+        };
+        match job {
+            Ok(job) => job(&mut memory),
+            Err(_) => return,
+        }
+    }
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let workers = std::thread::available_parallelism().map_or(2, usize::from);
+        Pool::start(workers, workers * QUEUE_PER_WORKER)
+    })
+}
+
+/// Runs `f` on a hashing worker and waits for its answer without blocking the runtime.
+async fn run<T: Send + 'static>(f: impl FnOnce(&mut Memory) -> T + Send + 'static) -> Result<T> {
+    let (reply, answer) = oneshot::channel();
+    let job: Job = Box::new(move |memory| {
+        let _ = reply.send(f(memory));
+    });
+    match pool().queue.try_send(job) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            tracing::debug!("password hashing queue full");
+            return Err(Error::Busy);
+        }
+        Err(TrySendError::Disconnected(_)) => return Err(Error::Crypto("password hashing pool stopped".into())),
+    }
+    answer.await.map_err(|_| Error::Crypto("password hashing worker stopped".into()))
+}
+
+fn default_params() -> Params {
+    Params::new(M_COST_KIB, T_COST, P_COST, None).unwrap_or_default()
+}
+
+/// The raw argon2 output for `password`, computed in `memory` (grown once if too small).
+fn compute(
+    memory: &mut Memory,
+    params: &Params,
+    algorithm: Algorithm,
+    version: Version,
+    password: &[u8],
+    salt: &[u8],
+) -> Result<Vec<u8>> {
+    if params.m_cost() > MAX_M_COST_KIB {
+        return Err(Error::Crypto(format!("argon2 memory cost {} KiB is above the limit", params.m_cost())));
+    }
+    let needed = params.block_count();
+    if memory.len() < needed {
+        memory.resize(needed, Block::new());
+    }
+    let mut out = vec![0u8; params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)];
+    Argon2::new(algorithm, version, params.clone())
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..needed])
+        .map_err(|e| Error::Crypto(e.to_string()))?;
+    Ok(out)
+}
+
+fn hash_with(memory: &mut Memory, password: &[u8]) -> Result<String> {
+    let salt = random_bytes::<16>();
+    let params = default_params();
+    let out = compute(memory, &params, Algorithm::Argon2id, Version::V0x13, password, &salt)?;
+    let crypto = |e: argon2::password_hash::Error| Error::Crypto(e.to_string());
+    let salt = SaltString::encode_b64(&salt).map_err(crypto)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: (&params).try_into().map_err(crypto)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(crypto)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Re-hashes with the stored hash's own algorithm, version, parameters and salt, and
+/// compares in constant time.
+fn verify_with(memory: &mut Memory, password: &[u8], stored: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(stored) else { return false };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else { return false };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else { return false };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::V0x13,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = Params::try_from(&parsed) else { return false };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    match compute(memory, &params, algorithm, version, password, salt) {
+        Ok(out) => out.as_slice().ct_eq(expected.as_bytes()).into(),
+        Err(e) => {
+            tracing::warn!(error = %e, "stored password hash could not be checked");
+            false
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 
     #[tokio::test]
     async fn hash_then_verify() {
         let h = hash("correct horse battery".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(verify("correct horse battery".into(), Some(h.clone())).await);
-        assert!(!verify("wrong horse battery".into(), Some(h)).await);
+        assert!(verify("correct horse battery".into(), Some(h.clone())).await.unwrap());
+        assert!(!verify("wrong horse battery".into(), Some(h)).await.unwrap());
     }
 
     #[tokio::test]
     async fn unknown_user_never_verifies_even_with_dummy_password() {
-        assert!(!verify("ponte-dummy-password".into(), None).await);
+        assert!(!verify("ponte-dummy-password".into(), None).await.unwrap());
+        assert!(!verify(String::new(), None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn hashes_made_by_the_argon2_crate_still_verify_and_ours_verify_there() {
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, default_params());
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let theirs = argon2.hash_password(b"correct horse battery", &salt).unwrap().to_string();
+        assert!(verify("correct horse battery".into(), Some(theirs.clone())).await.unwrap());
+        assert!(!verify("correct horse batterY".into(), Some(theirs)).await.unwrap());
+
+        let ours = hash("correct horse battery".into()).await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(argon2.verify_password(b"correct horse battery", &parsed).is_ok());
+    }
+
+    #[tokio::test]
+    async fn other_parameters_are_read_from_the_stored_hash() {
+        // A weaker hash from an older policy: its own m, t and salt are used.
+        let params = Params::new(4096, 3, 1, None).unwrap();
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let salt = SaltString::encode_b64(&[9u8; 16]).unwrap();
+        let old = argon2.hash_password(b"an older password", &salt).unwrap().to_string();
+        assert!(verify("an older password".into(), Some(old)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn unreadable_stored_hashes_never_verify() {
+        for stored in [
+            "",
+            "plain text",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$",
+            "$argon2id$v=19$m=999999999,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        ] {
+            assert!(!verify("whatever".into(), Some(stored.into())).await.unwrap(), "{stored:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_queue_is_busy_not_a_pile() {
+        // A pool whose only worker is stuck: one job runs, `capacity` wait, the rest are refused.
+        let pool = Pool::start(1, 2);
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let block: Job = Box::new(move |_| {
+            let _ = started.send(());
+            let _ = stuck.recv();
+        });
+        pool.queue.try_send(block).unwrap();
+        running.recv().unwrap();
+        let accepted = (0..5).filter(|_| pool.queue.try_send(Box::new(|_| {})).is_ok()).count();
+        assert_eq!(accepted, 2);
+        release.send(()).unwrap();
     }
 
     #[test]

@@ -1,4 +1,10 @@
 //! Email addresses that can only hold plausible values.
+//!
+//! Normalisation: surrounding whitespace is trimmed; the address is kept as given for
+//! display and compared lower-cased (Unicode `to_lowercase`) for uniqueness and sign-in.
+//! Refused: whitespace and control characters anywhere, `<>",;`, a second `@`, and any
+//! invisible or direction-changing character (see [`invisible`]), so that no stored
+//! address can look like another one.
 
 use std::fmt;
 
@@ -16,6 +22,12 @@ impl Email {
         let bad = |m: &str| Error::invalid("email", m);
         if s.is_empty() {
             return Err(bad("email is required"));
+        }
+        if let Some(c) = s.chars().find(|c| invisible(*c)) {
+            return Err(bad(&format!(
+                "email contains an invisible or direction-changing character (U+{:04X})",
+                u32::from(c)
+            )));
         }
         if s.len() > 254 {
             return Err(bad("email is longer than 254 characters"));
@@ -55,6 +67,55 @@ impl Email {
     }
 }
 
+/// Characters that render as nothing or reorder the text around them, so that an address
+/// holding one looks like another: every format character (general category Cf, from
+/// Unicode 16.0 `DerivedGeneralCategory.txt`: zero-width space and joiners, bidi marks,
+/// embeddings, overrides and isolates, the byte-order mark, tags…), the other
+/// default-ignorable code points (`DerivedCoreProperties.txt`: variation selectors, the
+/// combining grapheme joiner, Hangul fillers, Khmer inherent vowels) and the blank
+/// Braille pattern.
+pub fn invisible(c: char) -> bool {
+    const RANGES: &[(u32, u32)] = &[
+        // Cf, general category "format".
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+        // Default_Ignorable_Code_Point beyond Cf.
+        (0x034F, 0x034F),
+        (0x115F, 0x1160),
+        (0x17B4, 0x17B5),
+        (0x180B, 0x180F),
+        (0x2065, 0x2065),
+        (0x3164, 0x3164),
+        (0xFE00, 0xFE0F),
+        (0xFFA0, 0xFFA0),
+        (0xFFF0, 0xFFF8),
+        (0xE0000, 0xE0FFF),
+        // Blank, though not ignorable.
+        (0x2800, 0x2800),
+    ];
+    let c = u32::from(c);
+    RANGES.iter().any(|(low, high)| (*low..=*high).contains(&c))
+}
+
 impl fmt::Display for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -91,5 +152,32 @@ mod tests {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(Email::parse(&format!("{}@example.com", "a".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn refuses_invisible_and_direction_changing_characters() {
+        for c in ['\u{200B}', '\u{200C}', '\u{200D}', '\u{200E}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{00AD}'] {
+            for input in [format!("a{c}@pos.test"), format!("a@p{c}os.test"), format!("a@pos.test{c}")] {
+                let message = match Email::parse(&input) {
+                    Err(Error::Invalid { field: "email", message }) => message,
+                    other => panic!("{input:?} should be refused, got {other:?}"),
+                };
+                assert!(
+                    message.contains("invisible") && message.contains(&format!("U+{:04X}", u32::from(c))),
+                    "{message}"
+                );
+            }
+        }
+        for c in ['\u{034F}', '\u{3164}', '\u{FE0F}', '\u{E0041}', '\u{E0100}', '\u{2800}', '\u{1D173}'] {
+            assert!(invisible(c), "U+{:04X}", u32::from(c));
+        }
+    }
+
+    #[test]
+    fn visible_letters_of_any_script_stay_allowed() {
+        for c in ['a', 'à', 'ß', 'ж', 'ع', '中', '-', '.', '+', '_', '\u{0301}'] {
+            assert!(!invisible(c), "U+{:04X}", u32::from(c));
+        }
+        assert!(Email::parse("zoë.müller@straße.de").is_ok());
     }
 }

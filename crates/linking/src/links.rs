@@ -192,7 +192,7 @@ impl Links for SqlLinks {
             .await?;
             return Ok(decision);
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO external_identities (id, user_id, account_id, provider, issuer, subject, email, name, linked_at, last_login_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
@@ -241,7 +241,7 @@ impl Links for SqlLinks {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<bool> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let done =
             sqlx::query("DELETE FROM external_identities WHERE account_id = $1 AND user_id = $2 AND provider = $3")
                 .bind(account.to_string())
@@ -269,7 +269,7 @@ impl Links for SqlLinks {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("UPDATE external_identities SET email = $1, name = $2, last_login_at = $3 WHERE id = $4")
             .bind(identity.email.clone())
             .bind(identity.name.clone())

@@ -71,6 +71,12 @@ impl Problem {
         self
     }
 
+    /// Sets `Retry-After` in seconds (503 and 429).
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
     /// The stable code.
     pub fn code(&self) -> &'static str {
         self.code
@@ -103,9 +109,7 @@ impl Problem {
 
     /// 503 for a dependency that is away.
     pub fn unavailable(code: &'static str, detail: impl Into<String>) -> Self {
-        let mut p = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "Service unavailable").detail(detail);
-        p.retry_after = Some(5);
-        p
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "Service unavailable").detail(detail).retry_after(5)
     }
 
     /// The body as sent.
@@ -161,6 +165,13 @@ impl From<ponte_identity::Error> for Problem {
                 tracing::warn!(error = %cause, "session store unavailable");
                 Self::unavailable("session_store_unavailable", "The session store is not reachable; try again shortly.")
             }
+            E::Busy => {
+                Self::unavailable("busy", "The server has too much work queued; try again in a moment.").retry_after(1)
+            }
+            E::UnstorableText(cause) => {
+                tracing::info!(error = %cause, "refused a value the database cannot store");
+                Self::bad_request("invalid_characters", "A value holds a character that is not allowed (such as NUL).")
+            }
             E::Invalid(message) => Self::validation("body", message),
             other => Self::internal(&other),
         }
@@ -206,6 +217,9 @@ mod tests {
         assert_eq!(status_and_code(away.into()), (503, "session_store_unavailable"));
         let away = ponte_identity::Error::DatabaseUnavailable(sqlx::Error::PoolTimedOut);
         assert_eq!(status_and_code(away.into()), (503, "database_unavailable"));
+        let busy: Problem = ponte_identity::Error::Busy.into();
+        assert_eq!(busy.error_response().headers().get(header::RETRY_AFTER).unwrap(), "1");
+        assert_eq!(status_and_code(busy), (503, "busy"));
     }
 
     #[test]

@@ -150,7 +150,7 @@ pub fn wall_clock_ms() -> i64 {
 #[async_trait]
 impl JobStore for SqlJobs {
     async fn enqueue(&self, job: NewJob, now: OffsetDateTime) -> Result<Enqueued> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         let enqueued = self.enqueue_in(&mut tx, job, now).await?;
         tx.commit().await?;
         if enqueued.created {

@@ -206,7 +206,7 @@ pub async fn confirm(
                 ConfirmAction::SendCode => return send_code(stores, mail, id, pending, user, lang).await,
                 ConfirmAction::Password(password) => {
                     let hash = stores.users.by_email(&user.email).await?.and_then(|c| c.password_hash);
-                    ponte_identity::password::verify(password, hash).await
+                    ponte_identity::password::verify(password, hash).await?
                 }
                 ConfirmAction::Code(code) => pending.code_matches(id, &code),
                 _ => false,

@@ -50,7 +50,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, Problem>
         Ok(HttpResponse::Ok().json(Health { status: "ok" }))
     } else {
         Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "Service unavailable")
-            .detail(format!("Unreachable: {}.", down.join(", "))))
+            .detail(format!("Unreachable: {}.", down.join(", ")))
+            .retry_after(5))
     }
 }
 

@@ -221,7 +221,7 @@ pub async fn login(
     }
     let candidate = if email.is_empty() { None } else { state.users.login_candidate(&email).await? };
     let stored_hash = candidate.as_ref().and_then(|c| c.password_hash.clone());
-    let password_ok = password::verify(form.password, stored_hash).await;
+    let password_ok = password::verify(form.password, stored_hash).await?;
     let candidate = candidate.filter(|c| password_ok && may_sign_in(&c.user, c.account_status));
     let Some(candidate) = candidate else {
         metrics::counter!("login_failures_total").increment(1);

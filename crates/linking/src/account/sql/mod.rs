@@ -143,7 +143,7 @@ impl AccountStore for SqlAccounts {
     ) -> Result<(Account, User)> {
         let account =
             Account { id: AccountId::new(), name, status: AccountStatus::Active, created_at: now, updated_at: now };
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         sqlx::query("INSERT INTO accounts (id, name, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
             .bind(account.id.to_string())
             .bind(&account.name)
@@ -193,7 +193,7 @@ impl UserStore for SqlUsers {
     }
 
     async fn create(&self, account: AccountId, new: NewUser, actor: &Actor, now: OffsetDateTime) -> Result<User> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         if !lock_account(self.db.backend(), &mut tx, account).await? {
             return Err(Error::NotFound("account"));
         }
@@ -213,7 +213,7 @@ impl UserStore for SqlUsers {
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<User> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         // No account means no such user in it: the lookup below answers that.
         lock_account(self.db.backend(), &mut tx, account).await?;
         let current = select_user(&mut *tx, account, user).await?.ok_or(Error::NotFound("user"))?;
@@ -268,7 +268,7 @@ impl UserStore for SqlUsers {
     }
 
     async fn delete(&self, account: AccountId, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin().await?;
         lock_account(self.db.backend(), &mut tx, account).await?;
         let current = select_user(&mut *tx, account, user).await?.ok_or(Error::NotFound("user"))?;
         check_delete(&current)?;
