@@ -47,3 +47,8 @@ entity_id!(
     /// Identifies a user within an account.
     UserId
 );
+entity_id!(
+    /// Identifies a job of the durable queue; also the idempotency key its handler hands
+    /// to external systems.
+    JobId
+);

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use crate::clock::Clock;
 use crate::jobs::{JobId, JobStore, NewJob, SqlJobs};
+use crate::seal::MasterKey;
 use crate::{Error, Result};
 
 /// The job kind that carries an email.
@@ -121,15 +122,22 @@ impl OutgoingMail {
         }
     }
 
-    /// The `mail.send` job that carries this mail.
-    pub fn to_job(&self) -> Result<NewJob> {
-        let payload = serde_json::to_value(self).map_err(|e| Error::Invalid(format!("mail payload: {e}")))?;
-        Ok(NewJob::new(MAIL_SEND, payload))
+    /// The `mail.send` job that carries this mail, sealed with the master key: mail
+    /// carries single-use codes and links, which must not sit readable in the jobs table.
+    pub fn to_job(&self, master: &MasterKey) -> Result<NewJob> {
+        let json = serde_json::to_vec(self).map_err(|e| Error::Invalid(format!("mail payload: {e}")))?;
+        let sealed = master.seal(&json, MAIL_SEND)?;
+        Ok(NewJob::new(MAIL_SEND, serde_json::json!({ "sealed": sealed })))
     }
 
-    /// The mail a `mail.send` job carries.
-    pub fn from_payload(payload: &serde_json::Value) -> Result<Self> {
-        serde_json::from_value(payload.clone()).map_err(|e| Error::Corrupt(format!("mail payload: {e}")))
+    /// The mail a `mail.send` job carries, opened with the master key.
+    pub fn from_payload(payload: &serde_json::Value, master: &MasterKey) -> Result<Self> {
+        let sealed = payload
+            .get("sealed")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::Corrupt("mail payload: not a sealed mail".into()))?;
+        let json = master.open(sealed, MAIL_SEND)?;
+        serde_json::from_slice(&json).map_err(|e| Error::Corrupt(format!("mail payload: {e}")))
     }
 }
 
@@ -170,24 +178,25 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct JobOutbox {
     jobs: Arc<SqlJobs>,
+    master: MasterKey,
     clock: Arc<dyn Clock>,
 }
 
 impl JobOutbox {
-    /// An outbox enqueueing into `jobs`.
-    pub fn new(jobs: Arc<SqlJobs>, clock: Arc<dyn Clock>) -> Self {
-        Self { jobs, clock }
+    /// An outbox enqueueing into `jobs`, sealing each mail with `master`.
+    pub fn new(jobs: Arc<SqlJobs>, master: MasterKey, clock: Arc<dyn Clock>) -> Self {
+        Self { jobs, master, clock }
     }
 }
 
 #[async_trait]
 impl Outbox for JobOutbox {
     async fn send(&self, mail: OutgoingMail) -> Result<JobId> {
-        Ok(self.jobs.enqueue(mail.to_job()?, self.clock.now()).await?.job.id)
+        Ok(self.jobs.enqueue(mail.to_job(&self.master)?, self.clock.now()).await?.job.id)
     }
 
     async fn send_in(&self, conn: &mut AnyConnection, mail: &OutgoingMail, now: OffsetDateTime) -> Result<JobId> {
-        Ok(self.jobs.enqueue_in(conn, mail.to_job()?, now).await?.job.id)
+        Ok(self.jobs.enqueue_in(conn, mail.to_job(&self.master)?, now).await?.job.id)
     }
 }
 
@@ -231,12 +240,21 @@ mod tests {
     }
 
     #[test]
-    fn a_mail_survives_its_job_payload() {
+    fn a_mail_survives_its_sealed_job_payload_and_no_code_is_readable_there() {
+        let master = MasterKey::generate();
         let mail = link_code(Lang::It, "X", "y@z.it");
-        let job = mail.to_job().unwrap();
+        let job = mail.to_job(&master).unwrap();
         assert_eq!(job.kind, MAIL_SEND);
-        assert_eq!(OutgoingMail::from_payload(&job.payload).unwrap(), mail);
-        assert!(OutgoingMail::from_payload(&serde_json::json!({"to": 1})).is_err());
+        let stored = job.payload.to_string();
+        for clear in ["y@z.it", "mario@esempio.it", "12345678"] {
+            assert!(!stored.contains(clear), "{clear} is readable in {stored}");
+        }
+        assert_eq!(OutgoingMail::from_payload(&job.payload, &master).unwrap(), mail);
+        assert!(
+            OutgoingMail::from_payload(&job.payload, &MasterKey::generate()).is_err(),
+            "another key cannot open it"
+        );
+        assert!(OutgoingMail::from_payload(&serde_json::json!({"to": 1}), &master).is_err());
         let id = JobId::new();
         assert_eq!(message_id(id), format!("<{id}@ponte>"));
     }

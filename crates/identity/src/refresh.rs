@@ -51,6 +51,31 @@ pub struct Family {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
+impl Family {
+    /// A new family with a fresh id and its first token, as every store starts one.
+    pub fn start(new: NewFamily, lifetime: Duration, now: OffsetDateTime) -> (Self, String) {
+        let id = random_token()[..22].to_owned();
+        let token = new_token(&id);
+        let family = Self {
+            id,
+            client_id: new.client_id,
+            user_id: new.user_id,
+            account_id: new.account_id,
+            scope: new.scope,
+            sid: new.sid,
+            auth_time: new.auth_time,
+            amr: new.amr,
+            current_digest: digest(&token),
+            previous_digest: None,
+            rotated_at: now,
+            created_at: now,
+            expires_at: now + lifetime,
+            revoked_at: None,
+        };
+        (family, token)
+    }
+}
+
 /// What to do with a presented refresh token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -158,24 +183,7 @@ type Row = (
 #[async_trait]
 impl RefreshRepo for SqlRefresh {
     async fn start(&self, new: NewFamily, lifetime: Duration, now: OffsetDateTime) -> Result<(Family, String)> {
-        let id = random_token()[..22].to_owned();
-        let token = new_token(&id);
-        let family = Family {
-            id,
-            client_id: new.client_id,
-            user_id: new.user_id,
-            account_id: new.account_id,
-            scope: new.scope,
-            sid: new.sid,
-            auth_time: new.auth_time,
-            amr: new.amr,
-            current_digest: digest(&token),
-            previous_digest: None,
-            rotated_at: now,
-            created_at: now,
-            expires_at: now + lifetime,
-            revoked_at: None,
-        };
+        let (family, token) = Family::start(new, lifetime, now);
         sqlx::query(
             "INSERT INTO refresh_families (id, client_id, user_id, account_id, scope, sid, auth_time, amr, \
              current_digest, previous_digest, rotated_at, created_at, expires_at, revoked_at) \

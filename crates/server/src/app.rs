@@ -129,7 +129,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         providers.insert(id.clone(), Arc::new(upstream));
     }
     let jobs = Arc::new(SqlJobs::new(db.clone(), config.worker.max_attempts));
-    let outbox = Arc::new(JobOutbox::new(jobs.clone(), clock.clone()));
+    let outbox = Arc::new(JobOutbox::new(jobs.clone(), master.clone(), clock.clone()));
     Ok(AppState {
         issuer: config.issuer(),
         providers: Arc::new(providers),
@@ -226,7 +226,7 @@ impl Application {
         spawn_key_refresher(state.clone());
         let worker = if state.config.worker.enabled {
             Some(
-                Worker::from_config(&state.config, state.jobs.clone(), state.clock.clone())
+                Worker::from_config(&state.config, state.jobs.clone(), state.master.clone(), state.clock.clone())
                     .map_err(StartError::Worker)?,
             )
         } else {

@@ -117,7 +117,8 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             }
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
             let jobs = Arc::new(SqlJobs::new(db, config.worker.max_attempts));
-            let worker = Worker::from_config(&config, jobs, clock)?;
+            let master = app::master_key(&config).map_err(|e| e.to_string())?;
+            let worker = Worker::from_config(&config, jobs, master, clock)?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 app::shutdown_signal().await;

@@ -14,7 +14,7 @@ use crate::keys::{KeyRing, KeyStatus, SigningAlg, generate};
 use crate::oidc::ConsentRepo;
 use crate::refresh::{Family, NewFamily, RefreshRepo, Verdict, new_token};
 use crate::seal::MasterKey;
-use crate::secret::{digest, random_token};
+use crate::secret::digest;
 use crate::session::{MemoryStore, NewSession, Session, SessionPolicy, Sessions};
 use crate::{Error, Result};
 
@@ -55,25 +55,8 @@ pub struct FakeRefresh(pub Mutex<HashMap<String, Family>>);
 #[async_trait]
 impl RefreshRepo for FakeRefresh {
     async fn start(&self, new: NewFamily, lifetime: Duration, now: OffsetDateTime) -> Result<(Family, String)> {
-        let id = random_token()[..22].to_owned();
-        let token = new_token(&id);
-        let family = Family {
-            id: id.clone(),
-            client_id: new.client_id,
-            user_id: new.user_id,
-            account_id: new.account_id,
-            scope: new.scope,
-            sid: new.sid,
-            auth_time: new.auth_time,
-            amr: new.amr,
-            current_digest: digest(&token),
-            previous_digest: None,
-            rotated_at: now,
-            created_at: now,
-            expires_at: now + lifetime,
-            revoked_at: None,
-        };
-        self.0.lock().unwrap().insert(id, family.clone());
+        let (family, token) = Family::start(new, lifetime, now);
+        self.0.lock().unwrap().insert(family.id.clone(), family.clone());
         Ok((family, token))
     }
     async fn find(&self, id: &str) -> Result<Option<Family>> {

@@ -12,6 +12,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use ponte_identity::jobs::{Job, JobFailure, JobId};
 use ponte_identity::outbox::{OutgoingMail, message_id};
+use ponte_identity::seal::MasterKey;
 
 use super::JobHandler;
 use super::smtp::SmtpUrl;
@@ -29,6 +30,7 @@ enum Transport {
 pub struct MailHandler {
     from: Mailbox,
     transport: Transport,
+    master: MasterKey,
 }
 
 impl std::fmt::Debug for MailHandler {
@@ -43,7 +45,7 @@ impl std::fmt::Debug for MailHandler {
 
 impl MailHandler {
     /// The handler the configuration asks for.
-    pub fn from_config(config: &Config) -> Result<Self, String> {
+    pub fn from_config(config: &Config, master: MasterKey) -> Result<Self, String> {
         let smtp: &SmtpConfig = &config.smtp;
         let from = smtp.from.parse::<Mailbox>().map_err(|e| format!("smtp.from: {e}"))?;
         let transport = match smtp.url.as_ref().filter(|u| !u.expose().is_empty()) {
@@ -52,12 +54,12 @@ impl MailHandler {
             }
             None => Transport::Files(config.data_dir.join("outbox")),
         };
-        Ok(Self { from, transport })
+        Ok(Self { from, transport, master })
     }
 
     /// Writes files into `dir` instead of talking SMTP.
-    pub fn files(from: Mailbox, dir: PathBuf) -> Self {
-        Self { from, transport: Transport::Files(dir) }
+    pub fn files(from: Mailbox, dir: PathBuf, master: MasterKey) -> Self {
+        Self { from, transport: Transport::Files(dir), master }
     }
 }
 
@@ -91,7 +93,8 @@ fn classify(e: &lettre::transport::smtp::Error) -> JobFailure {
 #[async_trait]
 impl JobHandler for MailHandler {
     async fn run(&self, job: &Job) -> Result<(), JobFailure> {
-        let mail = OutgoingMail::from_payload(&job.payload).map_err(|e| JobFailure::Permanent(e.to_string()))?;
+        let mail =
+            OutgoingMail::from_payload(&job.payload, &self.master).map_err(|e| JobFailure::Permanent(e.to_string()))?;
         let message = build_message(&self.from, job.id, &mail)?;
         match &self.transport {
             Transport::Smtp(smtp) => {

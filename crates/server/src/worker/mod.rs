@@ -20,6 +20,7 @@ use ponte_identity::db::Backend;
 use ponte_identity::jobs::sql::wall_clock_ms;
 use ponte_identity::jobs::{AfterFailure, Backoff, Job, JobFailure, JobId, JobState, JobStore, SqlJobs, after_failure};
 use ponte_identity::outbox::MAIL_SEND;
+use ponte_identity::seal::MasterKey;
 use time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -116,8 +117,13 @@ impl Worker {
     }
 
     /// The worker `ponte serve` and `ponte worker` run: every built-in job kind.
-    pub fn from_config(config: &Config, store: Arc<SqlJobs>, clock: Arc<dyn Clock>) -> Result<Self, String> {
-        let registry = Registry::new().with(MAIL_SEND, Arc::new(mail::MailHandler::from_config(config)?));
+    pub fn from_config(
+        config: &Config,
+        store: Arc<SqlJobs>,
+        master: MasterKey,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, String> {
+        let registry = Registry::new().with(MAIL_SEND, Arc::new(mail::MailHandler::from_config(config, master)?));
         let settings =
             Settings::from_config(&config.worker, store.database().backend(), &config.effective_database_url());
         Ok(Self::new(store, registry, settings, clock))

@@ -89,16 +89,17 @@ async fn ponte_killed_mid_delivery_delivers_the_mail_once_after_restart() {
     sink.hold(true);
     let db = TestDb::sqlite();
     let store = SqlJobs::new(db.open_migrated().await, 8);
+    let master = MasterKey::generate();
     let env = [
         ("PONTE_DATABASE_URL", db.url.clone()),
         ("PONTE_SMTP_URL", sink.url()),
         ("PONTE_SMTP__TIMEOUT_SECS", "2".into()),
         ("PONTE_WORKER__LEASE_SECS", "3".into()),
         ("PONTE_WORKER__POLL_INTERVAL_MS", "100".into()),
-        ("PONTE_MASTER_KEY", MasterKey::generate().encode()),
+        ("PONTE_MASTER_KEY", master.encode()),
     ];
     let mut first = PonteProcess::serve(db.dir.path(), &env).await;
-    let id = store.enqueue(link_code("mario@esempio.it", "11112222").to_job().unwrap(), SystemClock.now()).await;
+    let id = store.enqueue(link_code("mario@esempio.it", "11112222").to_job(&master).unwrap(), SystemClock.now()).await;
     let id = id.unwrap().job.id;
 
     // The sink has the whole message but holds its "250": the job is running when killed.
@@ -126,15 +127,17 @@ async fn ponte_worker_alone_delivers_and_at_sigterm_releases_what_it_could_not_f
     let sink = Sink::start().await;
     let db = TestDb::sqlite();
     let store = SqlJobs::new(db.open_migrated().await, 8);
+    let master = MasterKey::generate();
     let env = [
         ("PONTE_DATABASE_URL", db.url.clone()),
         ("PONTE_SMTP_URL", sink.url()),
         ("PONTE_WORKER__POLL_INTERVAL_MS", "100".into()),
         ("PONTE_WORKER__SHUTDOWN_GRACE_SECS", "1".into()),
-        ("PONTE_MASTER_KEY", MasterKey::generate().encode()),
+        ("PONTE_MASTER_KEY", master.encode()),
     ];
     let mut worker = PonteProcess::worker(db.dir.path(), &env);
-    let first = store.enqueue(link_code("anna@esempio.it", "10101010").to_job().unwrap(), SystemClock.now()).await;
+    let first =
+        store.enqueue(link_code("anna@esempio.it", "10101010").to_job(&master).unwrap(), SystemClock.now()).await;
     let first = first.unwrap().job.id;
     eventually("ponte worker delivered the first mail", Duration::from_secs(30), || async {
         job_state(&store, first).await.0 == JobState::Done
@@ -143,7 +146,8 @@ async fn ponte_worker_alone_delivers_and_at_sigterm_releases_what_it_could_not_f
 
     // The second is stuck at the sink when SIGTERM arrives: after the grace its lease is given back.
     sink.hold(true);
-    let second = store.enqueue(link_code("bea@esempio.it", "20202020").to_job().unwrap(), SystemClock.now()).await;
+    let second =
+        store.enqueue(link_code("bea@esempio.it", "20202020").to_job(&master).unwrap(), SystemClock.now()).await;
     let second = second.unwrap().job.id;
     sink.wait_for(2, Duration::from_secs(20)).await;
     assert_eq!(job_state(&store, second).await, (JobState::Running, 1));
@@ -160,11 +164,12 @@ async fn an_enqueue_in_another_process_wakes_an_idle_worker_through_notify() {
     let sink = Sink::start().await;
     let store = SqlJobs::new(db.open_migrated().await, 8);
     // Polling once a minute: only LISTEN/NOTIFY can make this quick.
+    let master = MasterKey::generate();
     let env = [
         ("PONTE_DATABASE_URL", db.url.clone()),
         ("PONTE_SMTP_URL", sink.url()),
         ("PONTE_WORKER__POLL_INTERVAL_MS", "60000".into()),
-        ("PONTE_MASTER_KEY", MasterKey::generate().encode()),
+        ("PONTE_MASTER_KEY", master.encode()),
     ];
     let dir = tempfile::tempdir().unwrap();
     let _ponte = PonteProcess::serve(dir.path(), &env).await;
@@ -178,7 +183,7 @@ async fn an_enqueue_in_another_process_wakes_an_idle_worker_through_notify() {
     })
     .await;
     let started = std::time::Instant::now();
-    let id = store.enqueue(link_code("carla@esempio.it", "30303030").to_job().unwrap(), SystemClock.now()).await;
+    let id = store.enqueue(link_code("carla@esempio.it", "30303030").to_job(&master).unwrap(), SystemClock.now()).await;
     let id = id.unwrap().job.id;
     eventually("the mail is delivered", Duration::from_secs(10), || async {
         job_state(&store, id).await.0 == JobState::Done
@@ -194,12 +199,13 @@ async fn two_replicas_on_one_postgres_deliver_500_mails_once_each() {
     let sink = Sink::start().await;
     let database = db.open_migrated().await;
     let store = SqlJobs::new(database.clone(), 8);
+    let master = MasterKey::generate();
     let env = [
         ("PONTE_DATABASE_URL", db.url.clone()),
         ("PONTE_SMTP_URL", sink.url()),
         ("PONTE_WORKER__CONCURRENCY", "8".into()),
         // Replicas of one database share its master key.
-        ("PONTE_MASTER_KEY", MasterKey::generate().encode()),
+        ("PONTE_MASTER_KEY", master.encode()),
     ];
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = PonteProcess::serve(dir_a.path(), &env).await;
@@ -211,7 +217,9 @@ async fn two_replicas_on_one_postgres_deliver_500_mails_once_each() {
         let mut tx = database.pool().begin().await.unwrap();
         for n in 0..50 {
             let mail = link_code(&format!("user{batch}-{n}@esempio.it"), "12345678");
-            ids.insert(store.enqueue_in(&mut tx, mail.to_job().unwrap(), SystemClock.now()).await.unwrap().job.id);
+            ids.insert(
+                store.enqueue_in(&mut tx, mail.to_job(&master).unwrap(), SystemClock.now()).await.unwrap().job.id,
+            );
         }
         tx.commit().await.unwrap();
     }
