@@ -49,7 +49,7 @@ pub struct Database {
 struct Health {
     down: AtomicBool,
     closed: AtomicBool,
-    /// PostgreSQL only: the probe's pool, also used by requests while the server is down.
+    /// PostgreSQL only: the small pool requests use while the server seems down.
     fallback: Option<AnyPool>,
 }
 
@@ -85,16 +85,20 @@ impl Database {
                 let pool = options.max_connections(16).connect_lazy(url)?;
                 let fallback =
                     AnyPoolOptions::new().max_connections(2).acquire_timeout(DOWN_ACQUIRE_TIMEOUT).connect_lazy(url)?;
-                (pool, Some(fallback))
+                // The probe's own connection: requests never queue in front of it, so a
+                // busy service is never taken for a dead database.
+                let probe = AnyPoolOptions::new().max_connections(1).acquire_timeout(PROBE_UP).connect_lazy(url)?;
+                (pool, Some((fallback, probe)))
             }
         };
+        let (fallback, probe_pool) = fallback.unzip();
         let health = Arc::new(Health {
             down: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             fallback: fallback.clone(),
         });
-        if let (Some(fallback), Ok(runtime)) = (fallback, tokio::runtime::Handle::try_current()) {
-            runtime.spawn(probe(Arc::downgrade(&health), fallback));
+        if let (Some(probe_pool), Ok(runtime)) = (probe_pool, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(probe(Arc::downgrade(&health), probe_pool));
         }
         Ok(Self { pool, backend, health })
     }
@@ -147,19 +151,20 @@ impl Database {
     }
 }
 
-/// Watches the server through the fallback pool until the database handle is gone or
-/// closed. Only a connection failure marks it down: a slow answer is load, not an outage.
-async fn probe(health: std::sync::Weak<Health>, fallback: AnyPool) {
+/// Watches the server on a connection of its own until the database handle is gone or
+/// closed. Only a connection failure marks it down: a slow answer is load, and a server
+/// that refuses more connections (53300) still serves the ones the pool holds.
+async fn probe(health: std::sync::Weak<Health>, probe_pool: AnyPool) {
     loop {
         let Some(current) = health.upgrade() else { return };
         if current.closed.load(Ordering::Relaxed) {
             return;
         }
-        let answer = tokio::time::timeout(PROBE_UP * 2, sqlx::query("SELECT 1").execute(&fallback)).await;
+        let answer = tokio::time::timeout(PROBE_UP * 2, sqlx::query("SELECT 1").execute(&probe_pool)).await;
         let was_down = current.down.load(Ordering::Relaxed);
         let down = match answer {
             Ok(Ok(_)) => false,
-            Ok(Err(e)) if is_unavailable(&e) => {
+            Ok(Err(e)) if is_unavailable(&e) && !is_too_many_connections(&e) => {
                 if !was_down {
                     tracing::warn!(error = %e, "database unreachable: failing fast until it answers again");
                 }
@@ -176,6 +181,11 @@ async fn probe(health: std::sync::Weak<Health>, fallback: AnyPool) {
         drop(current);
         tokio::time::sleep(if down { PROBE_DOWN } else { PROBE_UP }).await;
     }
+}
+
+/// PostgreSQL's `too_many_connections`: the server is up, only full.
+fn is_too_many_connections(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("53300"))
 }
 
 /// Whether a sqlx error is a unique-constraint violation.
