@@ -7,6 +7,8 @@ use std::time::Duration;
 use ponte_identity::client::{ClientRepo, GrantType, NewClient, SqlClients};
 use ponte_identity::db::Database;
 use ponte_identity::keys::{KeyPolicy, KeyRepo, KeyRing, KeyStatus, SigningAlg, SqlKeys, rotate};
+use ponte_identity::oidc::{ConsentRepo, SqlConsents};
+use ponte_identity::refresh::{NewFamily, RefreshRepo, SqlRefresh, Verdict, judge};
 use ponte_identity::seal::MasterKey;
 use ponte_identity::upstream::UpstreamIdentity;
 use ponte_linking::Error;
@@ -610,5 +612,69 @@ async fn signing_keys_are_made_once_sealed_and_rotated() {
         let ring = KeyRing::load_or_create(&repo, &master, &POLICY, later).await.unwrap();
         assert_eq!(ring.jwks().len(), 2);
         assert!(ring.jwks().iter().all(|k| k.kid != first.signing_kid()));
+    }
+}
+
+fn family_for(user: UserId, sid: &str) -> NewFamily {
+    NewFamily {
+        client_id: "cl_app".into(),
+        user_id: user,
+        account_id: AccountId::new(),
+        scope: "openid offline_access".into(),
+        sid: Some(sid.into()),
+        auth_time: now().unix_timestamp(),
+        amr: "pwd".into(),
+    }
+}
+
+#[tokio::test]
+async fn refresh_families_rotate_by_compare_and_set_and_revoke_by_session_and_user_on_every_engine() {
+    for test_db in TestDb::all().await {
+        let db = test_db.open_migrated().await;
+        let repo: Box<dyn RefreshRepo> = Box::new(SqlRefresh::new(db));
+        let (anna, bruno) = (UserId::new(), UserId::new());
+        let t0 = now();
+        let (family, first) = repo.start(family_for(anna, "sid-1"), time::Duration::days(30), t0).await.unwrap();
+        let stored = repo.find(&family.id).await.unwrap().expect("the family is kept");
+        assert_eq!(stored, family, "typed ids and every field read back as written");
+        assert_eq!(judge(&stored, &first, t0), Verdict::Rotate);
+
+        let second = repo.advance(&stored, Verdict::Rotate, t0).await.unwrap().expect("rotated");
+        // The same snapshot cannot advance twice: a parallel refresh loses and judges again.
+        assert_eq!(repo.advance(&stored, Verdict::Rotate, t0).await.unwrap(), None);
+        let rotated = repo.find(&family.id).await.unwrap().unwrap();
+        assert_eq!(judge(&rotated, &second, t0), Verdict::Rotate);
+        assert_eq!(judge(&rotated, &first, t0), Verdict::RetryWithinGrace, "the token just replaced");
+        assert_eq!(judge(&rotated, &first, t0 + time::Duration::minutes(1)), Verdict::Reuse);
+
+        let (other_session, _) = repo.start(family_for(anna, "sid-2"), time::Duration::days(30), t0).await.unwrap();
+        let (brunos, _) = repo.start(family_for(bruno, "sid-3"), time::Duration::days(30), t0).await.unwrap();
+        assert_eq!(repo.revoke_session("sid-1", t0).await.unwrap(), 1);
+        assert_eq!(judge(&repo.find(&family.id).await.unwrap().unwrap(), &second, t0), Verdict::Dead);
+        assert!(
+            repo.find(&other_session.id).await.unwrap().unwrap().revoked_at.is_none(),
+            "other sessions keep theirs"
+        );
+        assert_eq!(repo.revoke_user(anna, t0).await.unwrap(), 1, "only anna's live family is left to revoke");
+        assert!(repo.find(&other_session.id).await.unwrap().unwrap().revoked_at.is_some());
+        assert!(repo.find(&brunos.id).await.unwrap().unwrap().revoked_at.is_none(), "other users keep theirs");
+        repo.revoke(&brunos.id, t0).await.unwrap();
+        assert!(repo.find(&brunos.id).await.unwrap().unwrap().revoked_at.is_some());
+        assert_eq!(repo.find("nope").await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn consents_widen_and_stay_per_user_and_client_on_every_engine() {
+    for test_db in TestDb::all().await {
+        let db = test_db.open_migrated().await;
+        let consents: Box<dyn ConsentRepo> = Box::new(SqlConsents::new(db));
+        let (anna, bruno) = (UserId::new(), UserId::new());
+        assert!(consents.granted(anna, "cl_shop").await.unwrap().is_empty());
+        consents.grant(anna, "cl_shop", &["openid".into(), "email".into()], now()).await.unwrap();
+        consents.grant(anna, "cl_shop", &["profile".into(), "email".into()], now()).await.unwrap();
+        assert_eq!(consents.granted(anna, "cl_shop").await.unwrap(), ["openid", "email", "profile"]);
+        assert!(consents.granted(anna, "cl_other").await.unwrap().is_empty(), "per client");
+        assert!(consents.granted(bruno, "cl_shop").await.unwrap().is_empty(), "per user");
     }
 }
