@@ -437,7 +437,7 @@ mod tests {
         assert!(from_toml("[smtp]\nurl = \"http://mail\"\n").is_err());
         assert!(from_toml("[smtp]\nfrom = \"not an address\"\n").is_err());
         assert!(from_toml("[smtp]\ntimeout_secs = 60\n").is_err(), "a delivery must end before its lease");
-        let c = from_toml("[smtp]\nurl = \"smtp://u:hunter2@mail:25\"\n").unwrap();
+        let c = from_toml("[smtp]\nurl = \"smtps://u:hunter2@mail:465\"\n").unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 

@@ -48,6 +48,7 @@ impl SmtpUrl {
     /// Parses `smtp://[user:pass@]host[:port][?tls=starttls]` or `smtps://…`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let url = url::Url::parse(text).map_err(|e| format!("smtp.url is not a URL: {e}"))?;
+        let mut plain_asked = false;
         let mut security = match url.scheme() {
             "smtp" => Security::None,
             "smtps" => Security::Implicit,
@@ -56,7 +57,7 @@ impl SmtpUrl {
         for (key, value) in url.query_pairs() {
             match (key.as_ref(), value.as_ref(), security) {
                 ("tls", "starttls", Security::None) => security = Security::StartTls,
-                ("tls", "none", Security::None) => {}
+                ("tls", "none", Security::None) => plain_asked = true,
                 ("tls", "implicit", Security::Implicit) => {}
                 ("tls", v, _) => return Err(format!("smtp.url: tls={v} does not fit {}://", url.scheme())),
                 (k, _, _) => return Err(format!("smtp.url: unknown parameter {k:?}")),
@@ -78,6 +79,19 @@ impl SmtpUrl {
             (user, Some(pass)) => Some((decode(user)?, decode(pass)?)),
             (_, None) => return Err("smtp.url: a user needs a password (user:pass@host)".into()),
         };
+        if security == Security::None {
+            // Mail carries sign-in codes: in clear only on this machine, or when the operator
+            // says so (`?tls=none`, e.g. a relay on a private link), and never a password.
+            if credentials.is_some() {
+                return Err("smtp.url: a user and password need TLS (smtps:// or ?tls=starttls)".into());
+            }
+            if !plain_asked && !is_loopback(&host) {
+                return Err(format!(
+                    "smtp.url: plain SMTP to {host} would send codes in clear; use ?tls=starttls or smtps://, \
+                     or ?tls=none to insist"
+                ));
+            }
+        }
         Ok(Self { host, port, security, credentials })
     }
 
@@ -102,6 +116,10 @@ impl SmtpUrl {
         }
         Ok(builder.build())
     }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn percent_decode(s: &str) -> Result<String, String> {
@@ -148,7 +166,7 @@ mod tests {
         assert_eq!((starttls.port, starttls.security), (587, Security::StartTls));
         let implicit = SmtpUrl::parse("smtps://mail.example.com").unwrap();
         assert_eq!((implicit.port, implicit.security), (465, Security::Implicit));
-        assert_eq!(SmtpUrl::parse("smtp://mail.example.com").unwrap().port, 25);
+        assert_eq!(SmtpUrl::parse("smtp://mail.example.com?tls=none").unwrap().port, 25);
         assert_eq!(SmtpUrl::parse("smtp://[::1]:2525").unwrap().host, "::1");
     }
 
@@ -169,6 +187,10 @@ mod tests {
             "smtps://mail.example.com?tls=starttls",
             "smtp://mail.example.com?auth=plain",
             "smtp://user@mail.example.com",
+            "smtp://mail.example.com",
+            "smtp://192.0.2.1:25",
+            "smtp://user:pass@127.0.0.1:2525",
+            "smtp://user:pass@mail.example.com?tls=none",
             "smtp://mail.example.com/path",
             "not a url",
         ] {
