@@ -84,6 +84,18 @@ pub fn build_message(from: &Mailbox, job: JobId, mail: &OutgoingMail) -> Result<
         .map_err(|e| JobFailure::Permanent(format!("cannot build the message: {e}")))
 }
 
+/// Writes a file only its owner can read: a mail carries single-use codes.
+async fn write_private(path: &std::path::Path, contents: Vec<u8>) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).await?;
+    file.write_all(&contents).await?;
+    file.sync_all().await
+}
+
 /// SMTP's own verdict: 5xx cannot succeed later, anything else (4xx, connection, timeout,
 /// TLS) may.
 fn classify(e: &lettre::transport::smtp::Error) -> JobFailure {
@@ -107,7 +119,7 @@ impl JobHandler for MailHandler {
                     let path = dir.join(format!("{}.eml", job.id));
                     // Written under a temporary name and renamed, so readers never see half a message.
                     let tmp = path.with_extension("tmp");
-                    tokio::fs::write(&tmp, message.formatted()).await?;
+                    write_private(&tmp, message.formatted()).await?;
                     tokio::fs::rename(&tmp, &path).await?;
                     Ok::<_, std::io::Error>(path)
                 };

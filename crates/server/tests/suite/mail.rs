@@ -37,6 +37,9 @@ pub async fn wait_for_outbox_file(dir: &Path) -> String {
             .and_then(|mut entries| entries.find_map(|e| e.ok().map(|e| e.path())))
             .filter(|p| p.extension().is_some_and(|x| x == "eml"));
         if let Some(path) = found {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "a mail in the outbox carries a code: only its owner reads it");
             return std::fs::read_to_string(path).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
