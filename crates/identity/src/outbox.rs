@@ -157,10 +157,10 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-/// The `Message-ID` of the mail a job sends: the same on every delivery attempt, so a
-/// duplicate delivery after a crash is recognisable as one.
-pub fn message_id(job: JobId) -> String {
-    format!("<{job}@ponte>")
+/// The `Message-ID` of the mail a job sends, in the sender's domain: the same on every
+/// delivery attempt, so a duplicate delivery after a crash is recognisable as one.
+pub fn message_id(job: JobId, domain: &str) -> String {
+    format!("<{job}@{domain}>")
 }
 
 /// Where emails go.
@@ -256,6 +256,6 @@ mod tests {
         );
         assert!(OutgoingMail::from_payload(&serde_json::json!({"to": 1}), &master).is_err());
         let id = JobId::new();
-        assert_eq!(message_id(id), format!("<{id}@ponte>"));
+        assert_eq!(message_id(id, "esempio.it"), format!("<{id}@esempio.it>"));
     }
 }

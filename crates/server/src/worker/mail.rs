@@ -75,7 +75,7 @@ pub fn build_message(from: &Mailbox, job: JobId, mail: &OutgoingMail) -> Result<
         .from(from.clone())
         .to(to)
         .subject(rendered.subject)
-        .message_id(Some(message_id(job)))
+        .message_id(Some(message_id(job, from.email.domain())))
         .multipart(
             MultiPart::alternative()
                 .singlepart(part(ContentType::TEXT_PLAIN, rendered.text))

@@ -17,6 +17,9 @@ use crate::harness::{TestApp, TestDb, backend_env};
 use crate::process::{PonteProcess, free_port};
 use crate::sink::{Sink, message_id_of};
 
+/// The domain of the default `smtp.from`, which Message-IDs carry.
+const FROM_DOMAIN: &str = "localhost";
+
 fn link_code(to: &str, code: &str) -> OutgoingMail {
     OutgoingMail {
         to: to.into(),
@@ -81,7 +84,7 @@ async fn a_mail_queued_in_a_rolled_back_transaction_never_leaves() {
     let kept = app.state.outbox.send_in(&mut tx, &link_code("kept@esempio.it", "2"), SystemClock.now()).await;
     tx.commit().await.unwrap();
     sink.wait_for(1, Duration::from_secs(20)).await;
-    assert_eq!(sink.distinct_message_ids(), BTreeSet::from([message_id(kept.unwrap())]));
+    assert_eq!(sink.distinct_message_ids(), BTreeSet::from([message_id(kept.unwrap(), FROM_DOMAIN)]));
     assert!(app.state.jobs.get(dropped.unwrap()).await.unwrap().is_none());
     assert!(sink.deliveries().iter().all(|d| d.to == ["kept@esempio.it"]));
 }
@@ -119,7 +122,11 @@ async fn ponte_killed_mid_delivery_delivers_the_mail_once_after_restart() {
     .await;
     let deliveries = sink.deliveries();
     assert_eq!(deliveries.len(), 2, "the interrupted attempt and the one after the restart");
-    assert_eq!(sink.distinct_message_ids(), BTreeSet::from([message_id(id)]), "both carry the job's Message-ID");
+    assert_eq!(
+        sink.distinct_message_ids(),
+        BTreeSet::from([message_id(id, FROM_DOMAIN)]),
+        "both carry the job's Message-ID"
+    );
     assert_eq!(deliveries.iter().filter(|d| d.acknowledged).count(), 1, "exactly one delivery completed");
     assert!(deliveries.iter().all(|d| d.raw.contains("Code: 11112222")), "the same mail both times");
     assert_eq!(job_state(&store, id).await, (JobState::Done, 2));
@@ -193,7 +200,7 @@ async fn an_enqueue_in_another_process_wakes_an_idle_worker_through_notify() {
     })
     .await;
     assert!(started.elapsed() < Duration::from_secs(10), "woken, not polled");
-    assert_eq!(sink.distinct_message_ids(), BTreeSet::from([message_id(id)]));
+    assert_eq!(sink.distinct_message_ids(), BTreeSet::from([message_id(id, FROM_DOMAIN)]));
 }
 
 #[tokio::test]
@@ -232,7 +239,7 @@ async fn two_replicas_on_one_postgres_deliver_500_mails_once_each() {
     .await;
 
     let deliveries = sink.deliveries();
-    let expected: BTreeSet<String> = ids.iter().map(|id| message_id(*id)).collect();
+    let expected: BTreeSet<String> = ids.iter().map(|id| message_id(*id, FROM_DOMAIN)).collect();
     assert_eq!(sink.distinct_message_ids(), expected, "every job's mail, and only those");
     assert_eq!(deliveries.len(), 500, "no raw duplicate: nothing was interrupted");
     let jobs = store.list(None, None, 1000).await.unwrap();
@@ -282,7 +289,7 @@ async fn a_refused_recipient_is_dead_at_once_a_busy_one_after_its_attempts_and_t
     let busy = store.get(busy).await.unwrap().unwrap();
     assert_eq!(busy.attempts, 3, "a 4xx is retried up to max_attempts");
     assert!(busy.last_error.as_deref().unwrap().contains("451"), "{:?}", busy.last_error);
-    let expected: BTreeSet<String> = good.iter().map(|id| message_id(*id)).collect();
+    let expected: BTreeSet<String> = good.iter().map(|id| message_id(*id, FROM_DOMAIN)).collect();
     assert_eq!(sink.distinct_message_ids(), expected);
     assert_eq!(sink.deliveries().len(), 10);
     assert!(sink.deliveries().iter().all(|d| d.to.len() == 1 && d.to[0].starts_with("ok")));
@@ -407,7 +414,10 @@ async fn the_link_proof_code_arrives_through_aiosmtpd() {
     .await;
     let jobs = store.list(None, None, 10).await.unwrap();
     assert_eq!(jobs.len(), 1);
-    assert_eq!(message_id_of(&raw.replace('\n', "\r\n").replace("\r\r\n", "\r\n")), Some(message_id(jobs[0].id)));
+    assert_eq!(
+        message_id_of(&raw.replace('\n', "\r\n").replace("\r\r\n", "\r\n")),
+        Some(message_id(jobs[0].id, FROM_DOMAIN))
+    );
     let done = world.press(&browser, &html, "code", &[("code", &code_in(&raw))]).await;
     assert_eq!(done.status(), 303, "the emailed code links and signs in");
 }
