@@ -29,6 +29,25 @@ pub enum Lang {
     En,
 }
 
+impl Lang {
+    /// The stored and wire spelling: `it` or `en`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::It => "it",
+            Self::En => "en",
+        }
+    }
+
+    /// Parses the stored and wire spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "it" => Some(Self::It),
+            "en" => Some(Self::En),
+            _ => None,
+        }
+    }
+}
+
 /// The templates Ponte sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "template", rename_all = "snake_case")]

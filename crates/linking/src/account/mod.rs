@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use crate::email::Email;
 use crate::ids::{AccountId, UserId};
 use crate::{Error, Result};
+pub use ponte_identity::outbox::Lang;
 
 macro_rules! text_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
@@ -111,6 +112,8 @@ pub struct User {
     pub status: UserStatus,
     /// Whether a password is set (users may sign in only upstream).
     pub has_password: bool,
+    /// The language its mail is written in.
+    pub lang: Lang,
     /// Creation time.
     pub created_at: OffsetDateTime,
     /// Last change.
@@ -128,6 +131,8 @@ pub struct NewUser {
     pub role: Role,
     /// argon2id PHC string.
     pub password_hash: Option<String>,
+    /// The language its mail is written in.
+    pub lang: Lang,
 }
 
 /// A partial update of a user; `None` leaves a field as it is.
@@ -143,6 +148,8 @@ pub struct UserPatch {
     pub status: Option<UserStatus>,
     /// New password, hashed.
     pub password_hash: Option<String>,
+    /// New mail language.
+    pub lang: Option<Lang>,
 }
 
 impl UserPatch {
@@ -153,6 +160,7 @@ impl UserPatch {
             && self.role.is_none()
             && self.status.is_none()
             && self.password_hash.is_none()
+            && self.lang.is_none()
     }
 }
 
@@ -235,6 +243,7 @@ mod tests {
             role,
             status: UserStatus::Active,
             has_password: true,
+            lang: Lang::It,
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
         }

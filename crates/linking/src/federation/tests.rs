@@ -160,6 +160,7 @@ fn user(email: &str, role: Role, account: AccountId) -> User {
         role,
         status: UserStatus::Active,
         has_password: true,
+        lang: crate::account::Lang::It,
         created_at: NOW,
         updated_at: NOW,
     }

@@ -5,7 +5,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::password;
 use ponte_identity::session::Session;
 use ponte_identity::signout::end_everywhere;
-use ponte_linking::account::{Account, NewUser, Role, User, UserPatch, UserStatus, check_new_user_role, parse_name};
+use ponte_linking::account::{
+    Account, Lang, NewUser, Role, User, UserPatch, UserStatus, check_new_user_role, parse_name,
+};
 use ponte_linking::audit::AuditEntry;
 use ponte_linking::email::Email;
 use ponte_linking::ids::{AccountId, UserId};
@@ -81,6 +83,8 @@ pub struct UserView {
     pub status: String,
     /// Whether a password is set.
     pub has_password: bool,
+    /// The language its mail is written in: `it` or `en`.
+    pub language: String,
     /// Creation time (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -99,6 +103,7 @@ impl From<User> for UserView {
             role: u.role.as_str().into(),
             status: u.status.as_str().into(),
             has_password: u.has_password,
+            language: u.lang.as_str().into(),
             created_at: u.created_at,
             updated_at: u.updated_at,
         }
@@ -115,6 +120,8 @@ pub struct NewOwner {
     pub name: String,
     /// Optional password (10 to 256 characters); without one the owner signs in upstream only.
     pub password: Option<String>,
+    /// `it` (the default) or `en`: the language of the owner's mail.
+    pub language: Option<String>,
 }
 
 /// `POST /api/v1/accounts`.
@@ -150,6 +157,8 @@ pub struct CreateUser {
     pub role: String,
     /// Optional password (10 to 256 characters).
     pub password: Option<String>,
+    /// `it` (the default) or `en`: the language of the user's mail.
+    pub language: Option<String>,
 }
 
 /// `PATCH /api/v1/accounts/{account}/users/{user}`: only the fields given change.
@@ -166,6 +175,8 @@ pub struct UpdateUser {
     pub status: Option<String>,
     /// New password; setting one ends the user's sessions.
     pub password: Option<String>,
+    /// `it` or `en`: the language of the user's mail.
+    pub language: Option<String>,
 }
 
 /// An upstream identity linked to a user.
@@ -344,6 +355,10 @@ fn refield(field: &'static str, e: ponte_linking::Error) -> Problem {
     }
 }
 
+fn parse_lang(field: &'static str, input: Option<&str>) -> Result<Option<Lang>, Problem> {
+    input.map(|l| Lang::parse(l).ok_or_else(|| Problem::validation(field, "language must be it or en"))).transpose()
+}
+
 fn parse_role(input: &str) -> Result<Role, Problem> {
     let role = Role::parse(input).ok_or_else(|| Problem::validation("role", "role must be admin or member"))?;
     check_new_user_role(role)?;
@@ -416,7 +431,8 @@ pub async fn create_account(
     let owner_name = parse_name("owner.name", &body.owner.name)?;
     let email = Email::parse(&body.owner.email).map_err(|e| refield("owner.email", e))?;
     let password_hash = hash_optional_password(body.owner.password, "owner.password").await?;
-    let owner = NewUser { email, name: owner_name, role: Role::Owner, password_hash };
+    let lang = parse_lang("owner.language", body.owner.language.as_deref())?.unwrap_or(Lang::It);
+    let owner = NewUser { email, name: owner_name, role: Role::Owner, password_hash, lang };
     let (account, owner) = state.accounts.create(name, owner, &caller.actor(&req), state.now()).await?;
     let id = account.id.to_string();
     Ok(HttpResponse::Created()
@@ -465,11 +481,12 @@ pub async fn create_user(
     let email = Email::parse(&body.email)?;
     let name = parse_name("name", &body.name)?;
     let role = parse_role(&body.role)?;
+    let lang = parse_lang("language", body.language.as_deref())?.unwrap_or(Lang::It);
     require_account(&state, path.account).await?;
     let password_hash = hash_optional_password(body.password, "password").await?;
     let user = state
         .users
-        .create(path.account, NewUser { email, name, role, password_hash }, &caller.actor(&req), state.now())
+        .create(path.account, NewUser { email, name, role, password_hash, lang }, &caller.actor(&req), state.now())
         .await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/accounts/{}/users/{}", path.account, user.id)))
@@ -504,6 +521,7 @@ pub async fn update_user(
     caller.check(Some(path.account), Need::Manage)?;
     let body = body.into_inner();
     let patch = UserPatch {
+        lang: parse_lang("language", body.language.as_deref())?,
         email: body.email.as_deref().map(Email::parse).transpose()?,
         name: body.name.as_deref().map(|n| parse_name("name", n)).transpose()?,
         role: body

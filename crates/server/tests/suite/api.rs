@@ -65,6 +65,37 @@ async fn accounts_and_users_lifecycle() {
     assert_eq!(member.status(), 201);
     let member: Value = member.json().await.unwrap();
     assert_eq!(member["has_password"], false);
+    assert_eq!((created["owner"]["language"].as_str(), member["language"].as_str()), (Some("it"), Some("it")));
+    let english = http
+        .post(&users_url)
+        .bearer_auth(&token)
+        .json(&json!({"email": "emma@esempio.it", "name": "Emma", "role": "member", "language": "en"}))
+        .send()
+        .await
+        .unwrap();
+    let english: Value = english.json().await.unwrap();
+    assert_eq!(english["language"], "en");
+    let klingon = http
+        .patch(format!("{users_url}/{}", english["id"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .json(&json!({"language": "tlh"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(klingon.status(), 422);
+    assert_eq!(klingon.json::<Value>().await.unwrap()["errors"][0]["field"], "language");
+    let italian: Value = http
+        .patch(format!("{users_url}/{}", english["id"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .json(&json!({"language": "it"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(italian["language"], "it");
+    http.delete(format!("{users_url}/{}", english["id"].as_str().unwrap())).bearer_auth(&token).send().await.unwrap();
 
     let dup = http
         .post(&users_url)

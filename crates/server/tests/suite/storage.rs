@@ -13,7 +13,9 @@ use ponte_identity::seal::MasterKey;
 use ponte_identity::upstream::UpstreamIdentity;
 use ponte_linking::Error;
 use ponte_linking::account::sql::{SqlAccounts, SqlUsers, lock_account};
-use ponte_linking::account::{AccountStatus, AccountStore, NewUser, Role, User, UserPatch, UserStatus, UserStore};
+use ponte_linking::account::{
+    AccountStatus, AccountStore, Lang, NewUser, Role, User, UserPatch, UserStatus, UserStore,
+};
 use ponte_linking::audit::sql::SqlAudit;
 use ponte_linking::audit::{Actor, AuditEntry, AuditLog};
 use ponte_linking::email::Email;
@@ -28,6 +30,7 @@ fn new_user(email: &str, role: Role) -> NewUser {
         name: "Anna Bianchi".into(),
         role,
         password_hash: Some("$argon2id$fake".into()),
+        lang: Lang::En,
     }
 }
 
@@ -676,5 +679,20 @@ async fn consents_widen_and_stay_per_user_and_client_on_every_engine() {
         assert_eq!(consents.granted(anna, "cl_shop").await.unwrap(), ["openid", "email", "profile"]);
         assert!(consents.granted(anna, "cl_other").await.unwrap().is_empty(), "per client");
         assert!(consents.granted(bruno, "cl_shop").await.unwrap().is_empty(), "per user");
+    }
+}
+
+#[tokio::test]
+async fn a_users_mail_language_is_kept_and_changed_on_every_engine() {
+    for test_db in TestDb::all().await {
+        let s = Stores::open(&test_db).await;
+        let (account, owner) = s.account("Bar Sport", "mario@esempio.it").await;
+        assert_eq!(owner.lang, Lang::En, "as created");
+        let patch = UserPatch { lang: Some(Lang::It), ..Default::default() };
+        let changed = s.users.update(account, owner.id, patch, &backend(), now()).await.unwrap();
+        assert_eq!(changed.lang, Lang::It);
+        assert_eq!(s.users.get(account, owner.id).await.unwrap().unwrap().lang, Lang::It);
+        let found = s.users.login_candidate("MARIO@esempio.it").await.unwrap().unwrap();
+        assert_eq!(found.user.lang, Lang::It, "the sign-in lookup reads it too");
     }
 }

@@ -17,7 +17,7 @@ use sqlx::{Any, Transaction};
 use time::OffsetDateTime;
 
 use super::store::{AccountStore, LoginCandidate, UserStore};
-use super::{Account, AccountStatus, NewUser, Role, User, UserPatch, UserStatus, check_delete, check_patch};
+use super::{Account, AccountStatus, Lang, NewUser, Role, User, UserPatch, UserStatus, check_delete, check_patch};
 use crate::audit::{Actor, AuditEntry, sql::append as audit};
 use crate::email::Email;
 use crate::ids::{AccountId, UserId};
@@ -59,11 +59,11 @@ impl SqlUsers {
     }
 }
 
-type UserRow = (String, String, String, String, String, String, Option<String>, i64, i64);
-const USER_COLUMNS: &str = "id, account_id, email, name, role, status, password_hash, created_at, updated_at";
+type UserRow = (String, String, String, String, String, String, Option<String>, String, i64, i64);
+const USER_COLUMNS: &str = "id, account_id, email, name, role, status, password_hash, lang, created_at, updated_at";
 
 fn parse_user(row: UserRow) -> Result<(User, Option<String>)> {
-    let (id, account_id, email, name, role, status, password_hash, created_at, updated_at) = row;
+    let (id, account_id, email, name, role, status, password_hash, lang, created_at, updated_at) = row;
     let corrupt = |what: &str| Error::Identity(ponte_identity::Error::Corrupt(format!("user {id}: {what}")));
     let user = User {
         id: id.parse().map_err(|_| corrupt("id"))?,
@@ -73,6 +73,7 @@ fn parse_user(row: UserRow) -> Result<(User, Option<String>)> {
         role: Role::parse(&role).ok_or_else(|| corrupt("role"))?,
         status: UserStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
         has_password: password_hash.is_some(),
+        lang: Lang::parse(&lang).ok_or_else(|| corrupt("lang"))?,
         created_at: from_unix(created_at),
         updated_at: from_unix(updated_at),
     };
@@ -93,12 +94,13 @@ async fn insert_user(
         role: new.role,
         status: UserStatus::Active,
         has_password: new.password_hash.is_some(),
+        lang: new.lang,
         created_at: now,
         updated_at: now,
     };
     let result = sqlx::query(
-        "INSERT INTO users (id, account_id, email, email_normalized, name, role, status, password_hash, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        "INSERT INTO users (id, account_id, email, email_normalized, name, role, status, password_hash, lang, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
     )
     .bind(user.id.to_string())
     .bind(account.to_string())
@@ -108,6 +110,7 @@ async fn insert_user(
     .bind(user.role.as_str())
     .bind(user.status.as_str())
     .bind(new.password_hash.clone())
+    .bind(new.lang.as_str())
     .bind(to_unix(now))
     .execute(&mut **tx)
     .await;
@@ -240,10 +243,14 @@ impl UserStore for SqlUsers {
             next.has_password = true;
             changed.push("password");
         }
+        if let Some(lang) = patch.lang {
+            next.lang = lang;
+            changed.push("lang");
+        }
         next.updated_at = now;
         let result = sqlx::query(
             "UPDATE users SET email = $1, email_normalized = COALESCE($2, email_normalized), name = $3, role = $4, status = $5, \
-             password_hash = COALESCE($6, password_hash), updated_at = $7 WHERE account_id = $8 AND id = $9",
+             password_hash = COALESCE($6, password_hash), lang = $7, updated_at = $8 WHERE account_id = $9 AND id = $10",
         )
         .bind(&next.email)
         .bind(patch.email.as_ref().map(|e| e.normalized()))
@@ -251,6 +258,7 @@ impl UserStore for SqlUsers {
         .bind(next.role.as_str())
         .bind(next.status.as_str())
         .bind(patch.password_hash)
+        .bind(next.lang.as_str())
         .bind(to_unix(now))
         .bind(account.to_string())
         .bind(user.to_string())
@@ -287,19 +295,32 @@ impl UserStore for SqlUsers {
         // nobody; folding it the same way as on insert keeps lookup and uniqueness one rule
         // (and keeps text PostgreSQL refuses, such as NUL, away from the database).
         let Ok(email) = Email::parse(email) else { return Ok(None) };
-        let row: Option<(String, String, String, String, String, String, Option<String>, i64, i64, String, String)> = sqlx::query_as(
-            "SELECT u.id, u.account_id, u.email, u.name, u.role, u.status, u.password_hash, u.created_at, u.updated_at, \
+        let row: Option<(String, String, String, String, String, String, Option<String>, String, i64, i64, String, String)> = sqlx::query_as(
+            "SELECT u.id, u.account_id, u.email, u.name, u.role, u.status, u.password_hash, u.lang, u.created_at, u.updated_at, \
              a.status, a.name FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.email_normalized = $1",
         )
         .bind(email.normalized())
         .fetch_optional(self.db.pool())
         .await?;
-        let Some((id, account_id, email, name, role, status, hash, created, updated, account_status, account_name)) =
-            row
+        let Some((
+            id,
+            account_id,
+            email,
+            name,
+            role,
+            status,
+            hash,
+            lang,
+            created,
+            updated,
+            account_status,
+            account_name,
+        )) = row
         else {
             return Ok(None);
         };
-        let (user, password_hash) = parse_user((id, account_id, email, name, role, status, hash, created, updated))?;
+        let (user, password_hash) =
+            parse_user((id, account_id, email, name, role, status, hash, lang, created, updated))?;
         Ok(Some(LoginCandidate {
             user,
             password_hash,
