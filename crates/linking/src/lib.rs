@@ -5,6 +5,9 @@
 //! aggregate beside its domain, with its sqlx implementation next to it:
 //! [`account::AccountStore`] and [`account::UserStore`] ([`account::sql`]),
 //! [`audit::AuditLog`] ([`audit::sql`]), [`links::Links`].
+//!
+//! Use cases take those traits and return typed outcomes: [`login`] (password sign-in),
+//! [`account::manage`] (user changes and what they end), [`federation`].
 
 pub mod account;
 pub mod audit;
@@ -13,5 +16,8 @@ pub mod error;
 pub mod federation;
 pub mod ids;
 pub mod links;
+pub mod login;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Error, Result};

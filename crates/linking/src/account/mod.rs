@@ -4,7 +4,10 @@
 //! ([`check_patch`], [`check_delete`], [`may_sign_in`], [`parse_name`]); where it is kept is
 //! [`store`] (the traits) and [`sql`] (their sqlx implementation, with a per-engine file
 //! for the SQL that must differ).
+//! The use cases that change users, and end their sessions when a change calls for it,
+//! are in [`manage`].
 
+pub mod manage;
 pub mod sql;
 pub mod store;
 

@@ -4,12 +4,13 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::password;
 use ponte_identity::session::Session;
-use ponte_identity::signout::end_everywhere;
+use ponte_linking::account::manage::{self, UserStores};
 use ponte_linking::account::{
     Account, Lang, NewUser, Role, User, UserPatch, UserStatus, check_new_user_role, parse_name,
 };
 use ponte_linking::audit::AuditEntry;
 use ponte_linking::email::Email;
+use ponte_linking::federation;
 use ponte_linking::ids::{AccountId, UserId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -539,12 +540,15 @@ pub async fn update_user(
         password_hash: hash_optional_password(body.password, "password").await?,
     };
     guard_owner(&caller, &require_user(&state, path.account, path.user).await?)?;
-    let ends_sessions = patch.password_hash.is_some() || patch.status.is_some_and(|s| s != UserStatus::Active);
-    let user = state.users.update(path.account, path.user, patch, &caller.actor(&req), state.now()).await?;
-    if ends_sessions {
-        end_everywhere(&state.sessions, state.refresh.as_ref(), user.id, state.now()).await?;
-    }
+    let user =
+        manage::update_user(user_stores(&state), path.account, path.user, patch, &caller.actor(&req), state.now())
+            .await?;
     Ok(HttpResponse::Ok().json(UserView::from(user)))
+}
+
+/// The stores a user change touches.
+fn user_stores(state: &AppState) -> UserStores<'_> {
+    UserStores { users: state.users.as_ref(), sessions: &state.sessions, refresh: state.refresh.as_ref() }
 }
 
 /// Deletes a user (never the owner) and ends its sessions.
@@ -563,8 +567,7 @@ pub async fn delete_user(
 ) -> ApiResult {
     caller.check(Some(path.account), Need::Manage)?;
     guard_owner(&caller, &require_user(&state, path.account, path.user).await?)?;
-    state.users.delete(path.account, path.user, &caller.actor(&req), state.now()).await?;
-    end_everywhere(&state.sessions, state.refresh.as_ref(), path.user, state.now()).await?;
+    manage::delete_user(user_stores(&state), path.account, path.user, &caller.actor(&req), state.now()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -654,11 +657,11 @@ pub async fn unlink_identity(
 ) -> ApiResult {
     caller.check(Some(path.account), Need::Manage)?;
     require_user(&state, path.account, path.user).await?;
+    let (store, links, actor) = (state.sessions.store().as_ref(), state.links.as_ref(), caller.actor(&req));
     if path.provider.len() > 64
-        || !state.links.unlink(path.account, path.user, &path.provider, &caller.actor(&req), state.now()).await?
+        || !federation::unlink(store, links, path.account, path.user, &path.provider, &actor, state.now()).await?
     {
         return Err(Problem::not_found("identity_not_found", "This user has no identity linked at that provider."));
     }
-    crate::routes::federation::void_pending_links(&state, path.user).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -3,11 +3,9 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use ponte_identity::password;
-use ponte_identity::ratelimit::RateLimit;
-use ponte_linking::account::may_sign_in;
+use ponte_linking::account::{Account, User};
+use ponte_linking::login::{PasswordAttempt, PasswordLogin, password_login, signed_in};
 use serde::Deserialize;
-use time::Duration;
 
 use crate::browser::{
     CSRF, SESSION, cookie, csrf_ok, csrf_token, end_session, page, removal, session_token, start_session,
@@ -23,11 +21,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/login").get(login_page).post(login))
         .service(web::resource("/logout").post(logout));
 }
-
-/// Sign-in attempts per email address.
-const LOGIN_PER_EMAIL: RateLimit = RateLimit { name: "login-email", max: 10, window: Duration::minutes(15) };
-/// Sign-in attempts per client address.
-const LOGIN_PER_IP: RateLimit = RateLimit { name: "login-ip", max: 100, window: Duration::minutes(15) };
 
 /// "Sign in with …" links for every configured provider, returning to `return_to`.
 fn provider_buttons(state: &AppState, lang: Lang, return_to: &str) -> String {
@@ -81,12 +74,7 @@ fn login_form(
 
 /// The signed-in user's linked identities, with unlink buttons, and for owners and admins
 /// the "connect" links.
-async fn identities_section(
-    state: &AppState,
-    lang: Lang,
-    csrf: &str,
-    user: &ponte_linking::account::User,
-) -> Result<String, Problem> {
+async fn identities_section(state: &AppState, lang: Lang, csrf: &str, user: &User) -> Result<String, Problem> {
     if state.providers.is_empty() {
         return Ok(String::new());
     }
@@ -133,7 +121,7 @@ fn login_response(
     let lang = Lang::from_request(req);
     let (csrf, fresh) = csrf_token(req, state);
     let authz = authz.filter(|a| is_authz_id(a));
-    let return_to = authz.map_or_else(|| "/".to_owned(), |a| format!("/oauth2/authorize/continue?authz={a}"));
+    let return_to = after_sign_in(authz);
     let mut response = page(
         status,
         lang,
@@ -179,88 +167,72 @@ pub struct LoginForm {
     authz: Option<String>,
 }
 
+/// The sign-in form's refusals, in Italian and English.
+const FORM_EXPIRED: (&str, &str) = (
+    "La pagina è scaduta o non è stata aperta da Ponte. Riprova.",
+    "This form expired or did not come from Ponte. Please try again.",
+);
+const TOO_MANY_ATTEMPTS: (&str, &str) =
+    ("Troppi tentativi. Riprova tra qualche minuto.", "Too many attempts. Try again in a few minutes.");
+const WRONG_CREDENTIALS: (&str, &str) = ("Email o password non corretti.", "Email or password is incorrect.");
+
 /// Checks the password and starts a session with a new id.
 pub async fn login(
     req: HttpRequest,
     form: web::Form<LoginForm>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Problem> {
-    let lang = Lang::from_request(&req);
     let form = form.into_inner();
-    if !csrf_ok(&req, &state, form.csrf_token.as_deref()) {
-        return Ok(login_response(
-            &req,
-            &state,
-            form.authz.as_deref(),
-            StatusCode::FORBIDDEN,
-            &form.email,
-            Some(lang.pick(
-                "La pagina è scaduta o non è stata aperta da Ponte. Riprova.",
-                "This form expired or did not come from Ponte. Please try again.",
-            )),
-        ));
-    }
-    let now = state.now();
-    let ip = client_ip(&req);
-    let email = form.email.trim().to_lowercase();
-    let store = state.sessions.store().as_ref();
-    let within_limits = LOGIN_PER_EMAIL.allow(store, &email, now).await?
-        & LOGIN_PER_IP.allow(store, ip.as_deref().unwrap_or("unknown"), now).await?;
-    if !within_limits {
-        return Ok(login_response(
-            &req,
-            &state,
-            form.authz.as_deref(),
-            StatusCode::TOO_MANY_REQUESTS,
-            &form.email,
-            Some(lang.pick(
-                "Troppi tentativi. Riprova tra qualche minuto.",
-                "Too many attempts. Try again in a few minutes.",
-            )),
-        ));
-    }
-    let candidate = if email.is_empty() { None } else { state.users.login_candidate(&email).await? };
-    let stored_hash = candidate.as_ref().and_then(|c| c.password_hash.clone());
-    let password_ok = password::verify(form.password, stored_hash).await?;
-    let candidate = candidate.filter(|c| password_ok && may_sign_in(&c.user, c.account_status));
-    let Some(candidate) = candidate else {
-        metrics::counter!("login_failures_total").increment(1);
-        return Ok(login_response(
-            &req,
-            &state,
-            form.authz.as_deref(),
-            StatusCode::UNAUTHORIZED,
-            &form.email,
-            Some(lang.pick("Email o password non corretti.", "Email or password is incorrect.")),
-        ));
+    let authz = form.authz.as_deref();
+    let (status, (it, en)) = if csrf_ok(&req, &state, form.csrf_token.as_deref()) {
+        let ip = client_ip(&req);
+        let attempt = PasswordAttempt { email: &form.email, password: &form.password, ip: ip.as_deref() };
+        match password_login(state.sessions.store().as_ref(), state.users.as_ref(), attempt, state.now()).await? {
+            PasswordLogin::SignedIn(user) => {
+                let next = after_sign_in(authz.filter(|a| is_authz_id(a)));
+                return Ok(start_session(&req, &state, &user, vec!["pwd".into()], &next).await?.0);
+            }
+            PasswordLogin::Limited => (StatusCode::TOO_MANY_REQUESTS, TOO_MANY_ATTEMPTS),
+            PasswordLogin::Refused => {
+                metrics::counter!("login_failures_total").increment(1);
+                (StatusCode::UNAUTHORIZED, WRONG_CREDENTIALS)
+            }
+        }
+    } else {
+        (StatusCode::FORBIDDEN, FORM_EXPIRED)
     };
-    let next = match form.authz.as_deref().filter(|a| is_authz_id(a)) {
-        Some(authz) => format!("/oauth2/authorize/continue?authz={authz}"),
-        None => "/".to_owned(),
-    };
-    Ok(start_session(&req, &state, &candidate.user, vec!["pwd".into()], &next).await?.0)
+    let message = Lang::from_request(&req).pick(it, en);
+    Ok(login_response(&req, &state, authz, status, &form.email, Some(message)))
+}
+
+/// Where a sign-in goes next: back to the waiting authorization request, or home.
+fn after_sign_in(authz: Option<&str>) -> String {
+    authz.map_or_else(|| "/".to_owned(), |a| format!("/oauth2/authorize/continue?authz={a}"))
 }
 
 /// Who is signed in, with a sign-out button.
 pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
-    let lang = Lang::from_request(&req);
     let token = session_token(&req, &state);
-    let session = match &token {
-        Some(t) => state.sessions.get(t, state.now()).await?,
-        None => None,
-    };
-    let Some(session) = session else {
+    let signed_in =
+        signed_in(&state.sessions, state.accounts.as_ref(), state.users.as_ref(), token.as_deref(), state.now())
+            .await?;
+    let Some((user, account)) = signed_in else {
         return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
     };
-    let (account_id, user_id) = (session.account_id, session.user_id);
-    let (user, account) = tokio::try_join!(state.users.get(account_id, user_id), state.accounts.get(account_id))?;
-    let (Some(user), Some(account)) = (user, account) else {
-        // The user or account is gone: the session goes with it.
-        state.sessions.revoke_token(token.as_deref().unwrap_or_default()).await?;
-        return Ok(HttpResponse::SeeOther().insert_header((header::LOCATION, "/login")).finish());
-    };
+    let lang = Lang::from_request(&req);
     let (csrf, fresh) = csrf_token(&req, &state);
-    let body = format!(
+    let identities = identities_section(&state, lang, &csrf, &user).await?;
+    let body = home_body(lang, &csrf, &user, &account, &identities);
+    let mut response = page(StatusCode::OK, lang, lang.pick("Il tuo account", "Your account"), &body);
+    if fresh {
+        let _ = response.add_cookie(&cookie(&state, CSRF, csrf));
+    }
+    Ok(response)
+}
+
+/// The signed-in page's body: who, in which account, the linked IDs and sign-out.
+fn home_body(lang: Lang, csrf: &str, user: &User, account: &Account, identities: &str) -> String {
+    format!(
         r#"<h1>{heading}</h1>
 <dl>
 <dt>{name_l}</dt><dd id="user-name">{name}</dd>
@@ -273,7 +245,6 @@ pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
 <input type="hidden" name="csrf_token" value="{csrf}">
 <button type="submit">{logout}</button>
 </form>"#,
-        identities = identities_section(&state, lang, &csrf, &user).await?,
         heading = lang.pick("Hai effettuato l'accesso", "You are signed in"),
         name_l = lang.pick("Nome", "Name"),
         role_l = lang.pick("Ruolo", "Role"),
@@ -283,13 +254,8 @@ pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
         email = escape(&user.email),
         role = user.role.as_str(),
         account = escape(&account.name),
-        csrf = escape(&csrf),
-    );
-    let mut response = page(StatusCode::OK, lang, lang.pick("Il tuo account", "Your account"), &body);
-    if fresh {
-        let _ = response.add_cookie(&cookie(&state, CSRF, csrf));
-    }
-    Ok(response)
+        csrf = escape(csrf),
+    )
 }
 
 /// What the sign-out form posts.
