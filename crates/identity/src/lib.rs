@@ -21,6 +21,7 @@ pub mod seal;
 pub mod secret;
 pub mod session;
 pub mod signout;
+pub mod text;
 pub mod token;
 pub mod upstream;
 

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::secret::random_token;
+use crate::text;
 
 /// The discovery fields openidconnect does not model that we need (RFC 9207).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -364,17 +365,18 @@ impl Upstream {
             provider: self.id.clone(),
             issuer,
             subject: claims.subject().as_str().to_owned(),
-            email: pick_email(
-                &self.config.email_claim,
-                claims.email().map(|e| e.as_str()),
-                claims.preferred_username().map(|u| u.as_str()),
-            ),
-            // email_verified speaks of the email claim only, never of preferred_username.
-            email_verified: self.config.email_claim == "email" && claims.email_verified().unwrap_or(false),
+            email: None,
+            email_verified: false,
             name: pick_name(&self.config.name_claim, &raw),
             auth_time,
             sid: raw.get("sid").and_then(|v| v.as_str()).map(str::to_owned),
         };
+        (identity.email, identity.email_verified) = pick_email(
+            &self.config.email_claim,
+            claims.email().map(|e| e.as_str()),
+            claims.preferred_username().map(|u| u.as_str()),
+            claims.email_verified(),
+        );
         if identity.email.is_none() || identity.name.is_none() {
             self.fill_from_userinfo(&client, tokens.access_token().clone(), &mut identity).await?;
         }
@@ -397,12 +399,12 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError::Unreachable(format!("userinfo: {e}")))?;
         if identity.email.is_none() {
-            identity.email = pick_email(
+            (identity.email, identity.email_verified) = pick_email(
                 &self.config.email_claim,
                 info.email().map(|e| e.as_str()),
                 info.preferred_username().map(|u| u.as_str()),
+                info.email_verified(),
             );
-            identity.email_verified = self.config.email_claim == "email" && info.email_verified().unwrap_or(false);
         }
         if identity.name.is_none() {
             let raw = serde_json::to_value(&info).unwrap_or_default();
@@ -562,15 +564,39 @@ fn extra_claims(jwt: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-fn pick_email(claim: &str, email: Option<&str>, preferred_username: Option<&str>) -> Option<String> {
-    match claim {
-        "preferred_username" => preferred_username.filter(|u| u.contains('@')).map(str::to_owned),
-        _ => email.map(str::to_owned),
+/// The email by the configured claim and whether it counts as verified.
+///
+/// An address holding an invisible or direction-changing character (see
+/// [`text::invisible`]) is taken as absent and unverified: it could look like another
+/// person's address on the link confirmation page, and `Email::parse` would refuse it from
+/// anyone else. `email_verified` speaks of the `email` claim only, never of
+/// `preferred_username`.
+fn pick_email(
+    claim: &str,
+    email: Option<&str>,
+    preferred_username: Option<&str>,
+    email_verified: Option<bool>,
+) -> (Option<String>, bool) {
+    let (picked, verified) = match claim {
+        "preferred_username" => (preferred_username.filter(|u| u.contains('@')), false),
+        _ => (email, email_verified.unwrap_or(false)),
+    };
+    match picked {
+        Some(e) if !e.chars().any(text::invisible) => (Some(e.to_owned()), verified),
+        _ => (None, false),
     }
 }
 
+/// The display name by the configured claim, with invisible and control characters
+/// removed; a name left empty is absent.
+///
+/// Removed rather than replaced: the name is only shown, never compared or used to link,
+/// so what matters is that it cannot hide or reorder text (a bidi override would turn the
+/// rest of the line around) while the visible letters stay readable. Names that use a
+/// joiner legitimately (ZWNJ in Persian, ZWJ in Indic scripts) lose at most how two
+/// letters connect; a replacement mark would put a visible `�` into them.
 fn pick_name(claim: &str, raw: &serde_json::Value) -> Option<String> {
-    let get = |k: &str| raw.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let get = |k: &str| raw.get(k).and_then(|v| v.as_str()).map(visible_only).filter(|v| !v.is_empty());
     match claim {
         "given_family" => match (get("given_name"), get("family_name")) {
             (Some(g), Some(f)) => Some(format!("{g} {f}")),
@@ -579,6 +605,11 @@ fn pick_name(claim: &str, raw: &serde_json::Value) -> Option<String> {
         "preferred_username" => get("preferred_username"),
         _ => get("name"),
     }
+}
+
+/// `s` without invisible and control characters, trimmed.
+fn visible_only(s: &str) -> String {
+    s.chars().filter(|c| !text::invisible(*c) && !c.is_control()).collect::<String>().trim().to_owned()
 }
 
 #[cfg(test)]
@@ -591,9 +622,36 @@ mod tests {
         assert_eq!(pick_name("name", &raw).as_deref(), Some("Anna Bianchi"));
         assert_eq!(pick_name("given_family", &raw).as_deref(), Some("Anna Bianchi"));
         assert_eq!(pick_name("preferred_username", &raw).as_deref(), Some("anna"));
-        assert_eq!(pick_email("email", Some("a@x.it"), Some("b@y.it")).as_deref(), Some("a@x.it"));
-        assert_eq!(pick_email("preferred_username", None, Some("b@y.it")).as_deref(), Some("b@y.it"));
-        assert_eq!(pick_email("preferred_username", None, Some("anna")), None);
+        assert_eq!(pick_email("email", Some("a@x.it"), Some("b@y.it"), Some(true)), (Some("a@x.it".into()), true));
+        assert_eq!(pick_email("email", Some("a@x.it"), None, None), (Some("a@x.it".into()), false));
+        assert_eq!(pick_email("preferred_username", None, Some("b@y.it"), Some(true)), (Some("b@y.it".into()), false));
+        assert_eq!(pick_email("preferred_username", None, Some("anna"), None), (None, false));
+    }
+
+    #[test]
+    fn an_email_with_an_invisible_character_is_absent_and_unverified() {
+        for c in ['\u{200B}', '\u{202E}', '\u{FEFF}', '\u{00AD}', '\u{2066}', '\u{E0041}'] {
+            let email = format!("mario{c}@esempio.it");
+            assert_eq!(pick_email("email", Some(&email), None, Some(true)), (None, false), "U+{:04X}", u32::from(c));
+            assert_eq!(pick_email("preferred_username", None, Some(&email), Some(true)), (None, false));
+        }
+        assert_eq!(
+            pick_email("email", Some("mario@esempio.it"), None, Some(true)),
+            (Some("mario@esempio.it".into()), true)
+        );
+    }
+
+    #[test]
+    fn invisible_and_control_characters_leave_the_name() {
+        let raw = serde_json::json!({
+            "name": "Mario\u{200B} Ros\u{202E}si\n",
+            "given_name": "\u{200B}\u{FEFF}",
+            "family_name": "Bianchi\u{2066}",
+            "preferred_username": "\u{200D}",
+        });
+        assert_eq!(pick_name("name", &raw).as_deref(), Some("Mario Rossi"));
+        assert_eq!(pick_name("given_family", &raw).as_deref(), Some("Bianchi"));
+        assert_eq!(pick_name("preferred_username", &raw), None);
     }
 
     #[test]

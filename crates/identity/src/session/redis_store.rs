@@ -158,7 +158,11 @@ impl SessionStore for RedisStore {
 
     async fn incr(&self, key: &str, ttl: u64) -> Result<u64> {
         let key = self.key("c", key);
+        // MULTI/EXEC: INCR never lands without its EXPIRE (a Ponte dying between the two
+        // would leave a counter that counts for good). `NX` keeps the first window's end,
+        // and gives one to a counter that somehow has none.
         let (count,): (u64,) = redis::pipe()
+            .atomic()
             .incr(&key, 1u64)
             .cmd("EXPIRE")
             .arg(&key)

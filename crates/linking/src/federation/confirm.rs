@@ -236,8 +236,6 @@ async fn send_code(
     lang: &str,
 ) -> Result<ConfirmOutcome> {
     let (code, kept) = pending::new_code(id);
-    pending.code_digest = Some(kept);
-    pending::save(stores.store, id, &pending).await?;
     let upstream_email = pending.identity.email.clone().unwrap_or_default();
     let message = LinkCode {
         to: &user.email,
@@ -250,5 +248,9 @@ async fn send_code(
         tracing::error!(error = %e, "could not queue the link code email");
         return Ok(ConfirmOutcome::MailUnavailable);
     }
+    // Kept only once the mail is queued: a code saved for a mail that never left would
+    // have the page ask for it (and a code sent earlier still works).
+    pending.code_digest = Some(kept);
+    pending::save(stores.store, id, &pending).await?;
     Ok(ConfirmOutcome::Ask { view: view(stores, &pending, user).await?, notice: Notice::CodeSent })
 }

@@ -142,6 +142,18 @@ impl LinkCodeMail for FakeMail {
     }
 }
 
+/// A mail outbox that is down: it sees the code it was asked to send, then refuses it.
+#[derive(Debug, Default)]
+struct DownMail(Mutex<Vec<String>>);
+
+#[async_trait]
+impl LinkCodeMail for DownMail {
+    async fn send_link_code(&self, mail: LinkCode<'_>) -> std::result::Result<(), MailUnavailable> {
+        self.0.lock().unwrap().push(mail.code.to_owned());
+        Err(MailUnavailable("outbox down".into()))
+    }
+}
+
 struct World {
     store: MemoryStore,
     users: FakeUsers,
@@ -378,6 +390,30 @@ async fn an_existing_account_is_proved_by_password_or_emailed_code_with_attempts
         ConfirmOutcome::Refused(Refusal::FlowExpired),
         "the pending link was dropped"
     );
+}
+
+#[tokio::test]
+async fn a_code_whose_mail_could_not_be_queued_is_neither_offered_nor_accepted() {
+    let w = World::new().await;
+    let id = w.pending(PendingKind::ProveExisting, &w.member, None).await;
+    let down = DownMail::default();
+    let browser = Browser { binding: Some("cookie"), ..Default::default() };
+    let failed = confirm(w.stores(), &down, &id, ConfirmAction::SendCode, "en", browser, NOW).await.unwrap();
+    assert_eq!(failed, ConfirmOutcome::MailUnavailable);
+    let view = confirmation(w.stores(), &id, browser).await.unwrap().unwrap();
+    assert!(!view.code_sent, "no code field for a mail that never left");
+    let unsent = down.0.lock().unwrap()[0].clone();
+    let tried = w.post(&id, "cookie", None, ConfirmAction::Code(unsent)).await;
+    assert!(matches!(tried, ConfirmOutcome::Ask { notice: Notice::WrongProof, .. }), "{tried:?}");
+
+    // A code that did leave stays good when a later resend fails.
+    let sent = w.post(&id, "cookie", None, ConfirmAction::SendCode).await;
+    assert!(matches!(sent, ConfirmOutcome::Ask { notice: Notice::CodeSent, .. }), "{sent:?}");
+    let (_, code) = w.mail.0.lock().unwrap()[0].clone();
+    let failed = confirm(w.stores(), &down, &id, ConfirmAction::SendCode, "en", browser, NOW).await.unwrap();
+    assert_eq!(failed, ConfirmOutcome::MailUnavailable);
+    assert!(confirmation(w.stores(), &id, browser).await.unwrap().unwrap().code_sent);
+    assert!(matches!(w.post(&id, "cookie", None, ConfirmAction::Code(code)).await, ConfirmOutcome::SignIn { .. }));
 }
 
 #[tokio::test]

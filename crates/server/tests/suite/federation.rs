@@ -265,6 +265,30 @@ async fn admin_links_an_upstream_identity_then_logs_in_with_it() {
     );
 }
 
+/// The upstream here is a Ponte, whose emails `Email::parse` already keeps free of invisible
+/// characters, so the email rule is tested on `UpstreamIdentity` in `upstream.rs`; a name
+/// may hold them upstream, and must arrive without them.
+#[tokio::test]
+async fn invisible_characters_of_an_upstream_name_are_not_shown_or_stored() {
+    let world = World::new().await;
+    let upstream_token = world.upstream.admin_token().await;
+    let created = world
+        .upstream
+        .browser()
+        .post(world.upstream.url("/api/v1/accounts"))
+        .bearer_auth(&upstream_token)
+        .json(&json!({"name": "g", "owner": {"email": "anna@gruppo.it", "name": "Anna\u{202E} Ve\u{200B}rdi", "password": PASSWORD}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let browser = world.admin_browser().await;
+    let (html, _) = world.connect(&browser, "anna@gruppo.it").await;
+    assert_eq!(dd(&html, "upstream-name"), "Anna Verdi");
+    assert_eq!(world.press(&browser, &html, "continue", &[]).await.status(), 303);
+    assert_eq!(world.identities().await["identities"][0]["name"], "Anna Verdi");
+}
+
 #[tokio::test]
 async fn a_stale_upstream_session_of_someone_else_cannot_be_linked() {
     // The seed's case: this browser is still signed in upstream as Bruno.

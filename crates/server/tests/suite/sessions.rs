@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ponte_identity::clock::{Clock, ManualClock};
 use ponte_identity::ids::{AccountId, UserId};
-use ponte_identity::session::{MemoryStore, NewSession, SessionPolicy, SessionStore, Sessions};
+use ponte_identity::session::{MemoryStore, NewSession, RedisStore, SessionPolicy, SessionStore, Sessions};
 use time::Duration;
 
 use crate::harness::{TestRedis, now};
@@ -225,4 +225,84 @@ async fn concurrent_additions_to_one_set_are_all_kept_and_taken_once() {
         assert_eq!(store.take_members(key).await.unwrap().len(), 2);
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_counter_starts_again_after_its_window() {
+    on_every_store(|store| async move {
+        assert_eq!(store.incr("window", 1).await.unwrap(), 1);
+        assert_eq!(store.incr("window", 1).await.unwrap(), 2, "a later count keeps the first window's end");
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(store.incr("window", 1).await.unwrap(), 1, "the store's own expiry ended the window");
+    })
+    .await;
+}
+
+/// A TCP proxy to `target` that forwards each connection until the client starts sending
+/// the command named `cut_at`, delivers what came before it, then drops the connection:
+/// a Ponte that dies (or loses its link) in the middle of a pipeline.
+async fn cut_before(target: std::net::SocketAddr, cut_at: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let marker = format!("${}\r\n{cut_at}\r\n", cut_at.len()).into_bytes();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let marker = marker.clone();
+            tokio::spawn(async move {
+                let server = tokio::net::TcpStream::connect(target).await.unwrap();
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let replies = tokio::spawn(async move { tokio::io::copy(&mut server_read, &mut client_write).await });
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = client_read.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    let start = seen.len();
+                    seen.extend_from_slice(&buf[..n]);
+                    match seen.windows(marker.len()).position(|w| w == marker.as_slice()) {
+                        Some(at) => {
+                            // Back up to the `*N\r\n` header of the cut command.
+                            let header = seen[..at].iter().rposition(|b| *b == b'*').unwrap();
+                            if header > start {
+                                server_write.write_all(&seen[start..header]).await.unwrap();
+                            }
+                            // Let Redis run what it got before the line goes dead.
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            break;
+                        }
+                        None => server_write.write_all(&buf[..n]).await.unwrap(),
+                    }
+                }
+                replies.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_counter_cut_off_between_its_increment_and_its_expiry_is_not_left_forever() {
+    let Some(redis) = TestRedis::new() else { return };
+    let info = redis::Client::open(redis.url.as_str()).unwrap().get_connection_info().clone();
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr() else { panic!("a TCP Redis URL") };
+    let target = tokio::net::lookup_host((host.as_str(), *port)).await.unwrap().next().unwrap();
+    let proxy = cut_before(target, "EXPIRE").await;
+    let cut = RedisStore::new(&format!("redis://{proxy}/{}", info.redis_settings().db()), &redis.prefix).unwrap();
+    assert!(cut.incr("cut", 60).await.is_err(), "the line went dead mid-pipeline");
+
+    // Read the key's TTL directly (layout `c:<key>`, see `redis_store.rs`): -1 would be a
+    // counter without expiry; MULTI/EXEC leaves none at all (-2) or one with its TTL.
+    let mut raw = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let ttl = |key: &str| redis::cmd("TTL").arg(format!("{}c:{key}", redis.prefix)).to_owned();
+    let left: i64 = ttl("cut").query_async(&mut raw).await.unwrap();
+    assert_ne!(left, -1, "a counter without expiry was left behind");
+
+    let store = redis.store();
+    assert_eq!(store.incr("whole", 60).await.unwrap(), 1);
+    let whole: i64 = ttl("whole").query_async(&mut raw).await.unwrap();
+    assert!((1..=60).contains(&whole), "ttl {whole}");
 }
