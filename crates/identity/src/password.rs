@@ -7,6 +7,7 @@
 //! and reuses it, so memory is bounded by `workers × 19 MiB`. A bounded queue sits in
 //! front; when it is full the caller gets [`Error::Busy`] at once instead of piling up.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -94,6 +95,8 @@ impl Pool {
 }
 
 /// A worker: takes jobs one at a time until the pool is gone, always with its own memory.
+/// A job that panics fails alone: its caller's answer channel is dropped (an error for
+/// that request) and the thread lives on, so the pool never shrinks.
 fn work(jobs: &Mutex<Receiver<Job>>) {
     let mut memory = Memory::new();
     loop {
@@ -103,7 +106,12 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
             Err(_) => return,
         };
         match job {
-            Ok(job) => job(&mut memory),
+            Ok(job) => {
+                // The memory is scratch space whatever the job left in it, so it is safe to reuse.
+                if std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut memory))).is_err() {
+                    tracing::error!("a password hashing job panicked; its request failed, the worker goes on");
+                }
+            }
             Err(_) => return,
         }
     }
@@ -131,7 +139,8 @@ async fn run<T: Send + 'static>(f: impl FnOnce(&mut Memory) -> T + Send + 'stati
         }
         Err(TrySendError::Disconnected(_)) => return Err(Error::Crypto("password hashing pool stopped".into())),
     }
-    answer.await.map_err(|_| Error::Crypto("password hashing worker stopped".into()))
+    // No answer: the job panicked (the worker caught it and goes on).
+    answer.await.map_err(|_| Error::Crypto("password hashing failed".into()))
 }
 
 fn default_params() -> Params {
@@ -269,6 +278,25 @@ mod tests {
         let accepted = (0..5).filter(|_| pool.queue.try_send(Box::new(|_| {})).is_ok()).count();
         assert_eq!(accepted, 2);
         release.send(()).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_job_fails_alone_and_its_worker_goes_on() {
+        let pool = Pool::start(1, 4);
+        let (reply, answer) = std::sync::mpsc::channel::<()>();
+        let bad: Job = Box::new(move |_| {
+            let _keep = reply;
+            panic!("injected");
+        });
+        pool.queue.try_send(bad).unwrap();
+        assert!(answer.recv().is_err(), "the panicking job's caller gets no answer, not a hang");
+        // The pool's only worker must still be there to take the next jobs.
+        for n in 0..3 {
+            let (reply, answer) = std::sync::mpsc::channel();
+            pool.queue.try_send(Box::new(move |_| reply.send(n).unwrap())).unwrap();
+            let got = answer.recv_timeout(std::time::Duration::from_secs(5));
+            assert_eq!(got, Ok(n), "job {n} after a panic was not run");
+        }
     }
 
     #[test]

@@ -70,6 +70,7 @@ async fn run(label: &str, url: &str) {
         shutdown_grace: StdDuration::from_secs(5),
         retain_done: Duration::days(7),
         listen_url: (db.backend() == Backend::Postgres).then(|| Secret::from(url)),
+        housekeeping_every: StdDuration::from_secs(15),
     };
     let registry = Registry::new().with("noop", Arc::new(NoOp));
     let (stop, stopped) = tokio::sync::watch::channel(false);

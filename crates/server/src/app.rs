@@ -230,6 +230,9 @@ impl Application {
                     .map_err(StartError::Worker)?,
             )
         } else {
+            // No worker here, but this replica's `/metrics` still shows the queue.
+            let every = crate::worker::housekeeping_every(&state.config.worker);
+            tokio::spawn(crate::worker::refresh_gauges(state.jobs.clone(), every));
             None
         };
         Ok(Self { port, state, server: server.run(), worker })

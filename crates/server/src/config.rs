@@ -139,6 +139,9 @@ pub struct WorkerConfig {
     pub shutdown_grace_secs: u64,
     /// Days a finished job is kept for support before it is deleted.
     pub retain_done_days: u64,
+    /// Seconds between refreshes of the `jobs` gauge (by the worker, or by a `ponte serve`
+    /// without one) and between prunings of done jobs.
+    pub housekeeping_secs: u64,
 }
 
 impl Default for WorkerConfig {
@@ -153,6 +156,7 @@ impl Default for WorkerConfig {
             backoff_max_secs: 3600,
             shutdown_grace_secs: 10,
             retain_done_days: 7,
+            housekeeping_secs: 15,
         }
     }
 }

@@ -5,7 +5,9 @@
 //! or goes back to `pending` with a later `run_at` after a retryable failure, or `dead`
 //! after a permanent failure or its last attempt. A lease that runs out (the worker was
 //! killed) makes the job claimable again, so every handler must be idempotent: the job
-//! id is the idempotency key it passes to anything external.
+//! id is the idempotency key it passes to anything external. A lease that runs out on the
+//! job's last attempt makes it `dead` instead: a job that kills its process every time
+//! (out of memory, say) must not be run forever.
 //!
 //! The rules (backoff, what a failure leads to, when a job is claimable) are pure
 //! functions below; [`sql::SqlJobs`] applies them.
@@ -136,13 +138,21 @@ pub struct Job {
 
 impl Job {
     /// Whether a worker may claim it at `now`: due and pending, or running on a lease that
-    /// has run out. The claim SQL applies the same rule.
+    /// has run out with attempts left. The claim SQL applies the same rule.
     pub fn is_claimable(&self, now: OffsetDateTime) -> bool {
         match self.state {
             JobState::Pending => self.run_at <= now,
-            JobState::Running => lease_expired(self.lease_until, now),
+            JobState::Running => lease_expired(self.lease_until, now) && self.attempts < self.max_attempts,
             JobState::Done | JobState::Dead => false,
         }
+    }
+
+    /// Whether at `now` it is dead without anyone saying so: running on a lease that ran
+    /// out on its last attempt, so whatever ran it died with it (a job that crashes the
+    /// process every time). The claim makes such jobs dead (with
+    /// [`sql::LEASE_RAN_OUT`]) instead of claiming them.
+    pub fn lease_ran_out_on_last_attempt(&self, now: OffsetDateTime) -> bool {
+        self.state == JobState::Running && lease_expired(self.lease_until, now) && self.attempts >= self.max_attempts
     }
 }
 

@@ -16,6 +16,10 @@ use crate::{Error, Result};
 const COLUMNS: &str = "id, kind, payload, idempotency_key, state, attempts, max_attempts, run_at, lease_until, \
                        lease_token, last_error, created_at, updated_at, enqueued_at_ms";
 
+/// `last_error` of a job whose lease ran out on its last attempt.
+pub const LEASE_RAN_OUT: &str =
+    "its lease ran out on its last attempt: the worker running it stopped (crashed or was killed) before finishing";
+
 type Row =
     (String, String, String, String, String, i64, i64, i64, Option<i64>, Option<String>, Option<String>, i64, i64, i64);
 
@@ -164,10 +168,16 @@ impl JobStore for SqlJobs {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let sql = match self.db.backend() {
-            Backend::Postgres => super::postgres::claim(COLUMNS),
-            Backend::Sqlite => super::sqlite::claim(COLUMNS),
+        let (reap, sql) = match self.db.backend() {
+            Backend::Postgres => (super::postgres::REAP, super::postgres::claim(COLUMNS)),
+            Backend::Sqlite => (super::sqlite::REAP, super::sqlite::claim(COLUMNS)),
         };
+        // Before claiming: a job whose lease ran out on its last attempt is dead, not claimed.
+        let reaped: Vec<(String, String)> =
+            sqlx::query_as(reap).bind(to_unix(now)).bind(LEASE_RAN_OUT).fetch_all(self.db.pool()).await?;
+        for (id, kind) in reaped {
+            tracing::warn!(job = %id, kind = %kind, "job dead: its lease ran out on its last attempt");
+        }
         let rows: Vec<Row> = sqlx::query_as(&sql)
             .bind(uuid::Uuid::new_v4().simple().to_string())
             .bind(to_unix(now + lease))

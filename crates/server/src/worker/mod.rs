@@ -75,6 +75,8 @@ pub struct Settings {
     pub retain_done: Duration,
     /// A PostgreSQL URL to `LISTEN` on for enqueues by other processes.
     pub listen_url: Option<Secret>,
+    /// How often the `jobs` gauge is refreshed and old done jobs pruned.
+    pub housekeeping_every: StdDuration,
 }
 
 impl Settings {
@@ -91,6 +93,7 @@ impl Settings {
             shutdown_grace: StdDuration::from_secs(w.shutdown_grace_secs),
             retain_done: Duration::days(i64::try_from(w.retain_done_days).unwrap_or(7)),
             listen_url: (backend == Backend::Postgres).then(|| Secret::from(database_url)),
+            housekeeping_every: housekeeping_every(w),
         }
     }
 }
@@ -107,8 +110,10 @@ pub struct Worker {
 /// Jobs claimed by this worker and not yet finished: their leases are released at shutdown.
 type InFlight = Arc<Mutex<HashMap<JobId, Job>>>;
 
-/// How often gauges are refreshed and old done jobs pruned.
-const HOUSEKEEPING_EVERY: StdDuration = StdDuration::from_secs(15);
+/// How often the `jobs` gauge is refreshed and old done jobs pruned (`worker.housekeeping_secs`).
+pub fn housekeeping_every(w: &WorkerConfig) -> StdDuration {
+    StdDuration::from_secs(w.housekeeping_secs.max(1))
+}
 
 impl Worker {
     /// A worker over `store` running the handlers in `registry`.
@@ -162,11 +167,13 @@ impl Worker {
             if *stop.borrow() {
                 break;
             }
-            while tasks.try_join_next().is_some() {}
+            while let Some(ended) = tasks.try_join_next() {
+                note_task_end(ended);
+            }
             housekeeping.maybe_run(&self.store, &self.settings, self.clock.now()).await;
             if tasks.len() > low {
                 tokio::select! {
-                    _ = tasks.join_next() => {}
+                    ended = tasks.join_next() => ended.into_iter().for_each(note_task_end),
                     _ = stopping(&mut stop) => {}
                 }
                 continue;
@@ -247,6 +254,17 @@ async fn stopping(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Logs a job task that did not end normally. Handler panics are caught in `run_handler`;
+/// this is a panic in the worker's own bookkeeping, whose job is released at shutdown or
+/// claimed again when its lease runs out.
+fn note_task_end(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a job task panicked outside its handler");
+    }
+}
+
 /// A uniform number in `[0, 1)` for the backoff's jitter.
 fn jitter() -> f64 {
     let mut bytes = [0u8; 8];
@@ -276,10 +294,7 @@ async fn run_one(ctx: Arc<Ctx>, job: Job, permits: Arc<Semaphore>, in_flight: In
     metrics::counter!("job_attempts_total", "kind" => kind.clone()).increment(1);
     let result = match ctx.registry.get(&job.kind) {
         None => Err(JobFailure::Permanent(format!("no handler for job kind {:?}", job.kind))),
-        Some(handler) => match tokio::time::timeout(deadline, handler.run(&job)).await {
-            Ok(r) => r,
-            Err(_) => Err(JobFailure::Retry(format!("timed out after {} s", deadline.as_secs()))),
-        },
+        Some(handler) => run_handler(handler.clone(), job.clone(), deadline).await,
     };
     let (outcome, next) = match &result {
         Ok(()) => ("done", None),
@@ -320,19 +335,45 @@ async fn run_one(ctx: Arc<Ctx>, job: Job, permits: Arc<Semaphore>, in_flight: In
     lock(&in_flight).remove(&job.id);
 }
 
-/// Gauges of jobs by kind and state, and pruning of old done jobs.
+/// Runs `handler` on `job` within `deadline`, in a task of its own so that a panic ends
+/// only that task: it becomes a permanent failure (the same panic would happen again)
+/// instead of leaving the job `running` until its lease runs out, attempt after attempt.
+async fn run_handler(handler: Arc<dyn JobHandler>, job: Job, deadline: StdDuration) -> Result<(), JobFailure> {
+    // A set of one rather than a bare handle: dropping it (a timeout, or this task aborted
+    // at shutdown) aborts the handler too, instead of leaving it running detached.
+    let mut task = JoinSet::new();
+    task.spawn(async move { handler.run(&job).await });
+    match tokio::time::timeout(deadline, task.join_next()).await {
+        Ok(Some(Ok(result))) => result,
+        Ok(Some(Err(e))) if e.is_panic() => {
+            Err(JobFailure::Permanent(format!("handler panicked: {}", panic_message(e.into_panic()))))
+        }
+        Ok(Some(Err(e))) => Err(JobFailure::Retry(format!("handler stopped: {e}"))),
+        Ok(None) => Err(JobFailure::Retry("handler did not start".into())),
+        Err(_) => Err(JobFailure::Retry(format!("timed out after {} s", deadline.as_secs()))),
+    }
+}
+
+/// The text a panic was raised with, when it has one.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "(no message)".to_owned(),
+        },
+    }
+}
+
+/// The `jobs{kind,state}` gauge of the whole queue.
 #[derive(Debug, Default)]
-struct Housekeeping {
-    last: Option<Instant>,
+pub struct JobGauges {
     kinds: BTreeSet<String>,
 }
 
-impl Housekeeping {
-    async fn maybe_run(&mut self, store: &SqlJobs, settings: &Settings, now: time::OffsetDateTime) {
-        if self.last.is_some_and(|t| t.elapsed() < HOUSEKEEPING_EVERY) {
-            return;
-        }
-        self.last = Some(Instant::now());
+impl JobGauges {
+    /// Counts the queue (one query) and sets the gauge.
+    pub async fn refresh(&mut self, store: &dyn JobStore) {
         match store.counts().await {
             Ok(counts) => {
                 self.kinds.extend(counts.iter().map(|c| c.kind.clone()));
@@ -344,8 +385,38 @@ impl Housekeeping {
                     }
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "worker: cannot count jobs"),
+            Err(e) => tracing::debug!(error = %e, "cannot count jobs"),
         }
+    }
+}
+
+/// Keeps the `jobs` gauge fresh, every `every`, in a `ponte serve` that runs no worker
+/// (`worker.enabled = false`), so its `/metrics` shows the queue too. It only counts:
+/// claiming and pruning are left to the workers.
+pub async fn refresh_gauges(store: Arc<SqlJobs>, every: StdDuration) {
+    let mut gauges = JobGauges::default();
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        gauges.refresh(store.as_ref()).await;
+    }
+}
+
+/// The gauge, and pruning of old done jobs.
+#[derive(Debug, Default)]
+struct Housekeeping {
+    last: Option<Instant>,
+    gauges: JobGauges,
+}
+
+impl Housekeeping {
+    async fn maybe_run(&mut self, store: &SqlJobs, settings: &Settings, now: time::OffsetDateTime) {
+        if self.last.is_some_and(|t| t.elapsed() < settings.housekeeping_every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        self.gauges.refresh(store).await;
         if let Err(e) = store.prune_done(now - settings.retain_done).await {
             tracing::debug!(error = %e, "worker: cannot prune done jobs");
         }

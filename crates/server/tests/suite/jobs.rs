@@ -115,6 +115,42 @@ async fn the_job_store_conforms_on_every_engine() {
 }
 
 #[tokio::test]
+async fn a_lease_that_runs_out_on_the_last_attempt_makes_the_job_dead_not_claimed_again() {
+    for test_db in TestDb::all().await {
+        let db = test_db.open_migrated().await;
+        let store = SqlJobs::new(db.clone(), 3);
+        let t = now();
+        // Two jobs whose worker dies under them every time (a job that kills the process).
+        let crashy = store.enqueue(job("crashy").max_attempts(2), t).await.unwrap().job;
+        let spare = store.enqueue(job("spare").max_attempts(3), t).await.unwrap().job;
+        assert_eq!(store.claim(10, LEASE, t).await.unwrap().len(), 2);
+
+        // First crash: both have attempts left, so both are claimed again.
+        let t2 = t + LEASE + Duration::seconds(1);
+        let again = store.claim(10, LEASE, t2).await.unwrap();
+        let attempts: Vec<(JobId, u32)> = again.iter().map(|j| (j.id, j.attempts)).collect();
+        assert_eq!(attempts, vec![(crashy.id, 2), (spare.id, 2)]);
+
+        // Second crash: `crashy` has used its two attempts and is dead; `spare` goes on.
+        let t3 = t2 + LEASE + Duration::seconds(1);
+        let third = store.claim(10, LEASE, t3).await.unwrap();
+        assert_eq!(third.iter().map(|j| (j.id, j.attempts)).collect::<Vec<_>>(), vec![(spare.id, 3)]);
+        let dead = store.get(crashy.id).await.unwrap().unwrap();
+        assert_eq!((dead.state, dead.attempts, dead.lease_token.as_deref()), (JobState::Dead, 2, None));
+        assert!(dead.last_error.as_deref().unwrap().contains("lease ran out on its last attempt"), "{dead:?}");
+        assert!(!store.complete(&again[0], t3).await.unwrap(), "the dead job's last claim cannot finish it");
+
+        // The last attempt's lease ran out too: dead on the next claim, which takes nothing.
+        let t4 = t3 + LEASE + Duration::seconds(1);
+        assert!(store.claim(10, LEASE, t4).await.unwrap().is_empty());
+        assert_eq!(store.get(spare.id).await.unwrap().unwrap().state, JobState::Dead);
+        // An operator's retry still revives such a job.
+        assert!(matches!(store.retry(crashy.id, t4).await.unwrap(), RetryOutcome::Retried(_)));
+        db.close().await;
+    }
+}
+
+#[tokio::test]
 async fn a_job_exists_only_if_the_transaction_that_wrote_it_commits() {
     for test_db in TestDb::all().await {
         let db = test_db.open_migrated().await;
@@ -192,6 +228,7 @@ enum Behaviour {
     FailForGood,
     KeepFailing,
     Hang,
+    Panic,
 }
 
 #[derive(Debug)]
@@ -209,6 +246,7 @@ impl JobHandler for TestHandler {
                 tokio::time::sleep(StdDuration::from_secs(3600)).await;
                 Ok(())
             }
+            Behaviour::Panic => panic!("the handler met a bug"),
         }
     }
 }
@@ -222,6 +260,7 @@ fn settings() -> Settings {
         shutdown_grace: StdDuration::from_millis(300),
         retain_done: Duration::days(7),
         listen_url: None,
+        housekeeping_every: StdDuration::from_secs(15),
     }
 }
 
@@ -244,12 +283,14 @@ async fn poison_jobs_go_dead_while_the_others_finish() {
         let registry = Registry::new()
             .with("ok", Arc::new(TestHandler(probe.clone(), Behaviour::Succeed)))
             .with("poison", Arc::new(TestHandler(probe.clone(), Behaviour::FailForGood)))
-            .with("flaky", Arc::new(TestHandler(probe.clone(), Behaviour::KeepFailing)));
+            .with("flaky", Arc::new(TestHandler(probe.clone(), Behaviour::KeepFailing)))
+            .with("buggy", Arc::new(TestHandler(probe.clone(), Behaviour::Panic)));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // The bad jobs go in first: they must not hold up the good ones behind them.
         let poison = store.enqueue(job("poison"), clock.now()).await.unwrap().job.id;
         let flaky = store.enqueue(job("flaky"), clock.now()).await.unwrap().job.id;
         let unknown = store.enqueue(job("nobody-handles-this"), clock.now()).await.unwrap().job.id;
+        let buggy = store.enqueue(job("buggy"), clock.now()).await.unwrap().job.id;
         let mut good = Vec::new();
         for _ in 0..20 {
             good.push(store.enqueue(job("ok"), clock.now()).await.unwrap().job.id);
@@ -272,6 +313,14 @@ async fn poison_jobs_go_dead_while_the_others_finish() {
         let u = store.get(unknown).await.unwrap().unwrap();
         assert_eq!(u.state, JobState::Dead);
         assert!(u.last_error.unwrap().contains("no handler"));
+        wait_until("the panicking job is dead", || {
+            let store = store.clone();
+            async move { store.get(buggy).await.unwrap().unwrap().state == JobState::Dead }
+        })
+        .await;
+        let b = store.get(buggy).await.unwrap().unwrap();
+        assert_eq!((b.attempts, probe.runs(buggy)), (1, 1), "a panic is permanent: the same bug would panic again");
+        assert_eq!(b.last_error.as_deref(), Some("handler panicked: the handler met a bug"));
 
         wait_until("the flaky job has used its attempts", || {
             let store = store.clone();
@@ -313,7 +362,7 @@ async fn shutdown_releases_the_lease_of_a_job_that_did_not_finish_in_the_grace()
 
 #[tokio::test]
 async fn support_lists_and_retries_jobs_with_an_admin_token_only() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(TestDb::sqlite(), None, |c| c.worker.housekeeping_secs = 1).await;
     let admin = app.admin_token().await;
     let http = app.browser();
     // A job nobody handles dies at the worker; a mail is delivered to the file outbox.
@@ -391,4 +440,35 @@ async fn support_lists_and_retries_jobs_with_an_admin_token_only() {
     assert!(metrics.contains("jobs_finished_total{kind=\"mail.send\",outcome=\"done\"}"), "{metrics}");
     assert!(metrics.contains("job_enqueue_to_done_seconds_bucket{kind=\"mail.send\""), "{metrics}");
     assert!(metrics.contains("job_attempts_total{kind=\"nobody.handles\"}"), "{metrics}");
+    // The queue's gauge, refreshed by the worker's housekeeping (every second here).
+    wait_until("the jobs gauge shows the finished jobs", || {
+        let (http, url) = (http.clone(), app.url("/metrics"));
+        async move {
+            let metrics = http.get(url).send().await.unwrap().text().await.unwrap();
+            metrics.contains("jobs{kind=\"mail.send\",state=\"done\"} 1")
+                && metrics.contains("jobs{kind=\"nobody.handles\",state=\"dead\"} 1")
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_server_without_its_worker_still_shows_the_queue_on_metrics() {
+    let app = TestApp::spawn_with(TestDb::sqlite(), None, |c| {
+        c.worker.enabled = false;
+        c.worker.housekeeping_secs = 1;
+    })
+    .await;
+    let id = app.state.jobs.enqueue(job("served.only"), app.clock.now()).await.unwrap().job.id;
+    let http = app.browser();
+    wait_until("the jobs gauge shows the pending job", || {
+        let (http, url) = (http.clone(), app.url("/metrics"));
+        async move {
+            let metrics = http.get(url).send().await.unwrap().text().await.unwrap();
+            metrics.contains("jobs{kind=\"served.only\",state=\"pending\"} 1")
+        }
+    })
+    .await;
+    let j = app.state.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!((j.state, j.attempts), (JobState::Pending, 0), "counted, never claimed: no worker runs here");
 }
