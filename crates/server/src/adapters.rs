@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ponte_identity::outbox::{Lang, Message, Outbox, OutgoingMail};
+use ponte_identity::outbox::{Message, Outbox, OutgoingMail};
 use ponte_identity::upstream::Upstream;
 use ponte_linking::account::{AccountStore, LoginCandidate, User, UserStore, active_user};
 use ponte_linking::federation::{FederationUsers, LinkCode, LinkCodeMail, MailUnavailable};
@@ -52,7 +52,7 @@ impl LinkCodeMail for OutboxLinkCode {
             self.providers.get(mail.provider).map(|p| p.config.display_name.clone()).unwrap_or_default();
         let message = OutgoingMail {
             to: mail.to.to_owned(),
-            lang: if mail.lang == "en" { Lang::En } else { Lang::It },
+            lang: mail.lang,
             message: Message::LinkCode {
                 code: mail.code.to_owned(),
                 provider_name,

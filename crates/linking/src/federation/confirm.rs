@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::pending::{self, Pending, PendingKind};
 use super::{Browser, Stores, refusal_of};
 use crate::Result;
-use crate::account::User;
+use crate::account::{Lang, User};
 
 /// The link-proof code email could not be handed over.
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +22,8 @@ pub struct MailUnavailable(pub String);
 pub struct LinkCode<'a> {
     /// The existing user's email.
     pub to: &'a str,
-    /// The page's language (`it` or `en`).
-    pub lang: &'a str,
+    /// The recipient's language: the user's own, whoever asked for the code.
+    pub lang: Lang,
     /// The single-use code.
     pub code: &'a str,
     /// The provider id of the identity to be linked.
@@ -164,7 +164,6 @@ pub async fn confirm(
     mail: &dyn LinkCodeMail,
     id: &str,
     action: ConfirmAction,
-    lang: &str,
     browser: Browser<'_>,
     now: OffsetDateTime,
 ) -> Result<ConfirmOutcome> {
@@ -203,7 +202,7 @@ pub async fn confirm(
                 return refused(Refusal::TooManyAttempts);
             }
             match action {
-                ConfirmAction::SendCode => return send_code(stores, mail, id, pending, user, lang).await,
+                ConfirmAction::SendCode => return send_code(stores, mail, id, pending, user).await,
                 ConfirmAction::Password(password) => {
                     let hash = stores.users.by_email(&user.email).await?.and_then(|c| c.password_hash);
                     ponte_identity::password::verify(password, hash).await?
@@ -233,13 +232,12 @@ async fn send_code(
     id: &str,
     mut pending: Pending,
     user: User,
-    lang: &str,
 ) -> Result<ConfirmOutcome> {
     let (code, kept) = pending::new_code(id);
     let upstream_email = pending.identity.email.clone().unwrap_or_default();
     let message = LinkCode {
         to: &user.email,
-        lang,
+        lang: user.lang,
         code: &code,
         provider: &pending.identity.provider,
         upstream_email: &upstream_email,

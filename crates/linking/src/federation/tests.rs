@@ -132,12 +132,13 @@ impl Links for FakeLinks {
 }
 
 #[derive(Debug, Default)]
-struct FakeMail(Mutex<Vec<(String, String)>>);
+struct FakeMail(Mutex<Vec<(String, String)>>, Mutex<Vec<crate::account::Lang>>);
 
 #[async_trait]
 impl LinkCodeMail for FakeMail {
     async fn send_link_code(&self, mail: LinkCode<'_>) -> std::result::Result<(), MailUnavailable> {
         self.0.lock().unwrap().push((mail.to.to_owned(), mail.code.to_owned()));
+        self.1.lock().unwrap().push(mail.lang);
         Ok(())
     }
 }
@@ -210,7 +211,8 @@ impl World {
     async fn new() -> Self {
         let account = AccountId::new();
         let admin = user("admin@pos.test", Role::Owner, account);
-        let member = user("member@pos.test", Role::Member, account);
+        // The member reads English; the pages of these tests do not say which language.
+        let member = User { lang: crate::account::Lang::En, ..user("member@pos.test", Role::Member, account) };
         let hash = ponte_identity::password::hash("correct horse battery".into()).await.unwrap();
         let users = FakeUsers(vec![(admin.clone(), Some(hash.clone())), (member.clone(), Some(hash))]);
         Self { store: MemoryStore::new(), users, links: FakeLinks::default(), mail: FakeMail::default(), admin, member }
@@ -244,7 +246,7 @@ impl World {
 
     async fn post(&self, id: &str, binding: &str, session: Option<&Session>, action: ConfirmAction) -> ConfirmOutcome {
         let browser = Browser { binding: Some(binding), session, ip: None };
-        confirm(self.stores(), &self.mail, id, action, "en", browser, NOW).await.unwrap()
+        confirm(self.stores(), &self.mail, id, action, browser, NOW).await.unwrap()
     }
 
     /// The binding cookie value of the pending link's flow is not kept, so tests that post
@@ -367,6 +369,7 @@ async fn an_existing_account_is_proved_by_password_or_emailed_code_with_attempts
     assert_eq!(view.account_name, "Bar Roma");
     let (to, code) = w.mail.0.lock().unwrap()[0].clone();
     assert_eq!(to, "member@pos.test", "the code goes to the existing account, not upstream");
+    assert_eq!(w.mail.1.lock().unwrap()[0], crate::account::Lang::En, "in the recipient's language");
     match w.post(&id, "cookie", None, ConfirmAction::Code(code)).await {
         ConfirmOutcome::SignIn { user, return_to, .. } => {
             assert_eq!((user.id, return_to.as_str()), (w.member.id, "/after"))
@@ -398,7 +401,7 @@ async fn a_code_whose_mail_could_not_be_queued_is_neither_offered_nor_accepted()
     let id = w.pending(PendingKind::ProveExisting, &w.member, None).await;
     let down = DownMail::default();
     let browser = Browser { binding: Some("cookie"), ..Default::default() };
-    let failed = confirm(w.stores(), &down, &id, ConfirmAction::SendCode, "en", browser, NOW).await.unwrap();
+    let failed = confirm(w.stores(), &down, &id, ConfirmAction::SendCode, browser, NOW).await.unwrap();
     assert_eq!(failed, ConfirmOutcome::MailUnavailable);
     let view = confirmation(w.stores(), &id, browser).await.unwrap().unwrap();
     assert!(!view.code_sent, "no code field for a mail that never left");
@@ -410,7 +413,7 @@ async fn a_code_whose_mail_could_not_be_queued_is_neither_offered_nor_accepted()
     let sent = w.post(&id, "cookie", None, ConfirmAction::SendCode).await;
     assert!(matches!(sent, ConfirmOutcome::Ask { notice: Notice::CodeSent, .. }), "{sent:?}");
     let (_, code) = w.mail.0.lock().unwrap()[0].clone();
-    let failed = confirm(w.stores(), &down, &id, ConfirmAction::SendCode, "en", browser, NOW).await.unwrap();
+    let failed = confirm(w.stores(), &down, &id, ConfirmAction::SendCode, browser, NOW).await.unwrap();
     assert_eq!(failed, ConfirmOutcome::MailUnavailable);
     assert!(confirmation(w.stores(), &id, browser).await.unwrap().unwrap().code_sent);
     assert!(matches!(w.post(&id, "cookie", None, ConfirmAction::Code(code)).await, ConfirmOutcome::SignIn { .. }));

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use crate::adapters::{OutboxLinkCode, StoreUsers};
 use crate::browser::{cookie, csrf_failed_page, csrf_ok, current_session, see_other, start_session};
 use crate::extract::client_ip;
-use crate::html::Lang;
 use crate::problem::Problem;
 use crate::state::AppState;
 use pages::{confirm_page, refusal_page};
@@ -199,9 +198,8 @@ pub async fn confirm(
     let (binding, session, ip) = (binding_cookie(&req, &state), current_session(&req, &state).await?, client_ip(&req));
     let browser = Browser { binding: binding.as_deref(), session: session.as_ref(), ip: ip.as_deref() };
     let mail = OutboxLinkCode { outbox: state.outbox.clone(), providers: state.providers.clone() };
-    let lang = Lang::from_request(&req).code();
     let users = StoreUsers { accounts: state.accounts.clone(), users: state.users.clone() };
-    let outcome = linking::confirm(stores(&state, &users), &mail, &form.id, action, lang, browser, state.now());
+    let outcome = linking::confirm(stores(&state, &users), &mail, &form.id, action, browser, state.now());
     match outcome.await? {
         ConfirmOutcome::Linked { return_to } | ConfirmOutcome::Cancelled { return_to } => Ok(see_other(&return_to)),
         ConfirmOutcome::SignIn { user, identity, return_to } => {
