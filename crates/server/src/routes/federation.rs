@@ -14,7 +14,6 @@ use ponte_identity::upstream::{Upstream, UpstreamIdentity};
 use ponte_linking::account::User;
 use ponte_linking::audit::Actor;
 use ponte_linking::federation::{self as linking, Browser, CallbackOutcome, ConfirmAction, ConfirmOutcome, Stores};
-use ponte_linking::ids::UserId;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -217,11 +216,6 @@ pub async fn confirm(
         }
         ConfirmOutcome::Refused(refusal) => Ok(refusal_page(&req, &refusal)),
     }
-}
-
-/// Voids pending proofs and confirmations of a user (after an unlink through the API).
-pub async fn void_pending_links(state: &AppState, user_id: UserId) -> Result<(), Problem> {
-    Ok(linking::void_pending_links(state.sessions.store().as_ref(), user_id).await?)
 }
 
 /// What the unlink form on the signed-in page posts.
