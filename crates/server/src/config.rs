@@ -330,7 +330,8 @@ impl Config {
                 "smtp.timeout_secs must be greater than zero and shorter than worker.lease_secs".into(),
             ));
         }
-        crate::worker::smtp::check(&self.smtp).map_err(ConfigError::Invalid)?;
+        crate::worker::smtp::check(self.smtp.url.as_ref().map(Secret::expose), &self.smtp.from)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -7,8 +7,6 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 
-use crate::config::SmtpConfig;
-
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Security {
@@ -139,15 +137,13 @@ fn percent_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "smtp.url: credentials are not UTF-8".into())
 }
 
-/// Checks the `[smtp]` table at start-up, so a typo fails there rather than at the first mail.
-pub fn check(config: &SmtpConfig) -> Result<(), String> {
-    if let Some(url) = config.url.as_ref().filter(|u| !u.expose().is_empty()) {
-        SmtpUrl::parse(url.expose())?;
+/// Checks `smtp.url` and `smtp.from` at start-up, so a typo fails there rather than at
+/// the first mail.
+pub fn check(url: Option<&str>, from: &str) -> Result<(), String> {
+    if let Some(url) = url.filter(|u| !u.is_empty()) {
+        SmtpUrl::parse(url)?;
     }
-    config
-        .from
-        .parse::<lettre::message::Mailbox>()
-        .map_err(|e| format!("smtp.from {:?} is not an address: {e}", config.from))?;
+    from.parse::<lettre::message::Mailbox>().map_err(|e| format!("smtp.from {from:?} is not an address: {e}"))?;
     Ok(())
 }
 
