@@ -439,8 +439,9 @@ test('confirm-link with the emailed code: the code goes to the Ponte user\'s add
   const mail = (await ponte.waitForOutbox(mailBefore + 1)).slice(mailBefore);
   assert.equal(mail.length, 1, 'one email');
   assert.equal(mail[0].to, owner.email);
-  const code = mail[0].body.match(/code: (\d{8})/i)?.[1];
-  assert.ok(code, `a code in the email:\n${mail[0].body}`);
+  // Written in the recipient's language (a new user's default: Italian), whatever the page spoke.
+  const code = mail[0].body.match(/Codice: (\d{8})/)?.[1];
+  assert.ok(code, `a code in an Italian email:\n${mail[0].body}`);
   assert.match(mail[0].body, new RegExp(person.email.replace(/\./g, '\\.')), 'the email names the upstream ID');
 
   const wrong = code === '00000000' ? '11111111' : '00000000';
