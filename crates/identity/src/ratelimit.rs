@@ -27,6 +27,28 @@ impl RateLimit {
         let count = store.incr(&key, window as u64 + 1).await?;
         Ok(count <= self.max)
     }
+
+    /// [`RateLimit::allow`] for a client address, counted per [`address_key`].
+    pub async fn allow_address(&self, store: &dyn SessionStore, ip: &str, now: OffsetDateTime) -> Result<bool> {
+        self.allow(store, &address_key(ip), now).await
+    }
+}
+
+/// What a per-address limit counts: an IPv4 address as it is, an IPv6 address by its /64
+/// (one customer line holds a whole /64, so counting single addresses would let one
+/// client rotate through 2^64 of them).
+pub fn address_key(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => ip.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -34,6 +56,16 @@ mod tests {
     use super::*;
     use crate::session::MemoryStore;
     use time::macros::datetime;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_and_ipv4_as_they_are() {
+        assert_eq!(address_key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(address_key("2001:db8:1:2:bbbb:cccc:dddd:eeee"), address_key("2001:db8:1:2::9"));
+        assert_ne!(address_key("2001:db8:1:2::1"), address_key("2001:db8:1:3::1"));
+        assert_eq!(address_key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(address_key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(address_key("unknown"), "unknown");
+    }
 
     #[tokio::test]
     async fn allows_max_then_refuses_until_next_window() {

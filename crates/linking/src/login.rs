@@ -51,7 +51,7 @@ pub async fn password_login(
     // Both counters move on every attempt (no short circuit), so neither limit can be
     // dodged by tripping the other first.
     let within_limits = LOGIN_PER_EMAIL.allow(store, &email, now).await?
-        & LOGIN_PER_IP.allow(store, attempt.ip.unwrap_or("unknown"), now).await?;
+        & LOGIN_PER_IP.allow_address(store, attempt.ip.unwrap_or("unknown"), now).await?;
     if !within_limits {
         return Ok(PasswordLogin::Limited);
     }

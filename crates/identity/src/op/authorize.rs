@@ -227,7 +227,7 @@ impl Provider<'_> {
         now: OffsetDateTime,
         then: impl FnOnce(String) -> AuthorizeDecision,
     ) -> Result<AuthorizeDecision> {
-        if !PENDING_PER_IP.allow(self.store, ip, now).await? {
+        if !PENDING_PER_IP.allow_address(self.store, ip, now).await? {
             return Ok(AuthorizeDecision::TooManyRequests);
         }
         Ok(then(pending::park(self.store, request).await?))

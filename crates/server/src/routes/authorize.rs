@@ -129,7 +129,7 @@ fn expired_page(req: &HttpRequest) -> HttpResponse {
 /// Refuses with 429 when one client address parks too much short-lived state (each
 /// record lives ten minutes in the session store, so unbounded creation would fill it).
 pub async fn limit_parked_state(req: &HttpRequest, state: &AppState, limit: &RateLimit) -> Result<(), Problem> {
-    if limit.allow(state.sessions.store().as_ref(), &client_ip(req), state.now()).await? {
+    if limit.allow_address(state.sessions.store().as_ref(), &client_ip(req), state.now()).await? {
         Ok(())
     } else {
         Err(too_many_requests())
