@@ -105,8 +105,12 @@ fn classify(e: &lettre::transport::smtp::Error) -> JobFailure {
 #[async_trait]
 impl JobHandler for MailHandler {
     async fn run(&self, job: &Job) -> Result<(), JobFailure> {
-        let mail =
-            OutgoingMail::from_payload(&job.payload, &self.master).map_err(|e| JobFailure::Permanent(e.to_string()))?;
+        let mail = OutgoingMail::from_payload(&job.payload, &self.master).map_err(|e| {
+            // The cause can quote the payload (a code): it stays in the debug log, not in
+            // last_error, which support reads.
+            tracing::debug!(job = %job.id, error = %e, "mail payload unreadable");
+            JobFailure::Permanent("the mail could not be opened (another master key, or corrupt)".into())
+        })?;
         let message = build_message(&self.from, job.id, &mail)?;
         match &self.transport {
             Transport::Smtp(smtp) => {
