@@ -90,6 +90,27 @@ async fn a_mail_queued_in_a_rolled_back_transaction_never_leaves() {
 }
 
 #[tokio::test]
+async fn a_mail_sealed_under_another_master_key_goes_dead_without_leaving_or_quoting_itself() {
+    let sink = Sink::start().await;
+    let app =
+        TestApp::spawn_with(TestDb::sqlite(), None, |c| c.smtp.url = Some(Secret::from(sink.url().as_str()))).await;
+    let foreign = link_code("mario@esempio.it", "24682468").to_job(&MasterKey::generate()).unwrap();
+    let stored = serde_json::to_string(&foreign.payload).unwrap();
+    assert!(!stored.contains("24682468") && !stored.contains("mario@"), "the jobs table holds it sealed: {stored}");
+    let id = app.state.jobs.enqueue(foreign, SystemClock.now()).await.unwrap().job.id;
+    let ours = app.state.outbox.send(link_code("anna@esempio.it", "13571357")).await.unwrap();
+    sink.wait_for(1, Duration::from_secs(20)).await;
+    eventually("the foreign mail is dead", Duration::from_secs(20), || async {
+        job_state(&app.state.jobs, id).await.0 == JobState::Dead
+    })
+    .await;
+    let dead = app.state.jobs.get(id).await.unwrap().unwrap();
+    let error = dead.last_error.unwrap_or_default();
+    assert!(error.contains("could not be opened") && !error.contains("2468"), "{error}");
+    assert_eq!(sink.distinct_message_ids(), BTreeSet::from([message_id(ours, FROM_DOMAIN)]), "only ours left");
+}
+
+#[tokio::test]
 async fn ponte_killed_mid_delivery_delivers_the_mail_once_after_restart() {
     let sink = Sink::start().await;
     sink.hold(true);
