@@ -148,11 +148,13 @@ impl Job {
     }
 
     /// Whether at `now` it is dead without anyone saying so: running on a lease that ran
-    /// out on its last attempt, so whatever ran it died with it (a job that crashes the
-    /// process every time). The claim makes such jobs dead (with
-    /// [`sql::LEASE_RAN_OUT`]) instead of claiming them.
-    pub fn lease_ran_out_on_last_attempt(&self, now: OffsetDateTime) -> bool {
-        self.state == JobState::Running && lease_expired(self.lease_until, now) && self.attempts >= self.max_attempts
+    /// out on its last attempt more than `grace` ago, so whatever ran it died with it (a
+    /// job that crashes the process every time). The claim makes such jobs dead (with
+    /// [`sql::LEASE_RAN_OUT`]) instead of claiming them, with a whole lease as the grace.
+    pub fn lease_ran_out_on_last_attempt(&self, now: OffsetDateTime, grace: Duration) -> bool {
+        self.state == JobState::Running
+            && lease_expired(self.lease_until, now - grace)
+            && self.attempts >= self.max_attempts
     }
 }
 

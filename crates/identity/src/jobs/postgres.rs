@@ -18,11 +18,12 @@ pub(super) fn claim(columns: &str) -> String {
 /// Makes dead the running jobs whose lease ran out on their last attempt: their worker
 /// died with them (a job that kills the process every time would otherwise be claimed
 /// forever). Rows another replica holds are skipped, not waited for; the claim never takes
-/// them either way. `$1` now, `$2` the error to record.
+/// them either way. `$1` now, `$2` the error to record, `$3` the cutoff: leases that
+/// ended before it (a whole lease ago).
 pub(super) const REAP: &str = "UPDATE jobs SET state = 'dead', last_error = $2, lease_until = NULL, \
                                                 lease_token = NULL, updated_at = $1 \
      WHERE id IN (SELECT id FROM jobs \
-                  WHERE state = 'running' AND lease_until < $1 AND attempts >= max_attempts \
+                  WHERE state = 'running' AND lease_until < $3 AND attempts >= max_attempts \
                   FOR UPDATE SKIP LOCKED) \
      RETURNING id, kind";
 

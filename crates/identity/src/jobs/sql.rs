@@ -172,9 +172,16 @@ impl JobStore for SqlJobs {
             Backend::Postgres => (super::postgres::REAP, super::postgres::claim(COLUMNS)),
             Backend::Sqlite => (super::sqlite::REAP, super::sqlite::claim(COLUMNS)),
         };
-        // Before claiming: a job whose lease ran out on its last attempt is dead, not claimed.
-        let reaped: Vec<(String, String)> =
-            sqlx::query_as(reap).bind(to_unix(now)).bind(LEASE_RAN_OUT).fetch_all(self.db.pool()).await?;
+        // Before claiming: a job whose lease ran out on its last attempt is dead, not claimed,
+        // once a whole lease more has passed: a live worker that claimed it ahead (waiting
+        // for a free slot) or is still recording its outcome gives it back or finishes it
+        // well within that, so only a job whose worker died is taken for dead.
+        let reaped: Vec<(String, String)> = sqlx::query_as(reap)
+            .bind(to_unix(now))
+            .bind(LEASE_RAN_OUT)
+            .bind(to_unix(now - lease))
+            .fetch_all(self.db.pool())
+            .await?;
         for (id, kind) in reaped {
             tracing::warn!(job = %id, kind = %kind, "job dead: its lease ran out on its last attempt");
         }

@@ -79,14 +79,16 @@ fn a_job_is_claimable_when_due_or_when_its_lease_ran_out() {
     clock.advance(Duration::seconds(1));
     assert!(leased.is_claimable(clock.now()), "a lease that ran out (killed worker) is claimable again");
 
-    assert!(!leased.lease_ran_out_on_last_attempt(clock.now()), "it has attempts left");
+    let grace = Duration::seconds(60);
+    assert!(!leased.lease_ran_out_on_last_attempt(clock.now() + grace, grace), "it has attempts left");
 
     // On its last attempt, a lease that ran out means the job died with its worker: dead.
     let last = Job { attempts: 3, ..leased.clone() };
     assert!(!last.is_claimable(clock.now()), "a crash on the last attempt is not retried");
-    assert!(last.lease_ran_out_on_last_attempt(clock.now()));
-    assert!(!last.lease_ran_out_on_last_attempt(start), "not while its lease lasts");
-    assert!(!Job { state: JobState::Pending, ..last }.lease_ran_out_on_last_attempt(clock.now()));
+    assert!(!last.lease_ran_out_on_last_attempt(clock.now(), grace), "not within a lease of its end");
+    assert!(last.lease_ran_out_on_last_attempt(clock.now() + grace, grace));
+    assert!(!last.lease_ran_out_on_last_attempt(start, grace), "not while its lease lasts");
+    assert!(!Job { state: JobState::Pending, ..last }.lease_ran_out_on_last_attempt(clock.now() + grace, grace));
 
     assert!(!job(JobState::Done, start, None).is_claimable(clock.now()));
     assert!(!job(JobState::Dead, start, None).is_claimable(clock.now()));

@@ -131,19 +131,26 @@ async fn a_lease_that_runs_out_on_the_last_attempt_makes_the_job_dead_not_claime
         let attempts: Vec<(JobId, u32)> = again.iter().map(|j| (j.id, j.attempts)).collect();
         assert_eq!(attempts, vec![(crashy.id, 2), (spare.id, 2)]);
 
-        // Second crash: `crashy` has used its two attempts and is dead; `spare` goes on.
+        // Second crash: `crashy` has used its two attempts and is not claimed again; `spare`
+        // goes on. Within a lease of its end `crashy` is not yet taken for dead (a live
+        // worker that claimed it ahead may still give it back)...
         let t3 = t2 + LEASE + Duration::seconds(1);
         let third = store.claim(10, LEASE, t3).await.unwrap();
         assert_eq!(third.iter().map(|j| (j.id, j.attempts)).collect::<Vec<_>>(), vec![(spare.id, 3)]);
+        assert_eq!(store.get(crashy.id).await.unwrap().unwrap().state, JobState::Running);
+        assert!(store.release(&again[0], t3).await.unwrap(), "its live holder can still give it back");
+        let back = store.claim(10, LEASE, t3).await.unwrap();
+        assert_eq!(back.iter().map(|j| (j.id, j.attempts)).collect::<Vec<_>>(), vec![(crashy.id, 2)]);
+        // ...and once a whole lease more has passed, it is dead.
+        let t3 = t3 + LEASE + LEASE + Duration::seconds(1);
+        assert!(store.claim(10, LEASE, t3).await.unwrap().is_empty(), "nothing left to claim");
         let dead = store.get(crashy.id).await.unwrap().unwrap();
         assert_eq!((dead.state, dead.attempts, dead.lease_token.as_deref()), (JobState::Dead, 2, None));
         assert!(dead.last_error.as_deref().unwrap().contains("lease ran out on its last attempt"), "{dead:?}");
-        assert!(!store.complete(&again[0], t3).await.unwrap(), "the dead job's last claim cannot finish it");
-
-        // The last attempt's lease ran out too: dead on the next claim, which takes nothing.
-        let t4 = t3 + LEASE + Duration::seconds(1);
-        assert!(store.claim(10, LEASE, t4).await.unwrap().is_empty());
+        assert!(!store.complete(&back[0], t3).await.unwrap(), "the dead job's last claim cannot finish it");
+        // The last attempt's lease of `spare` ran out in the same time: dead too.
         assert_eq!(store.get(spare.id).await.unwrap().unwrap().state, JobState::Dead);
+        let t4 = t3;
         // An operator's retry still revives such a job.
         assert!(matches!(store.retry(crashy.id, t4).await.unwrap(), RetryOutcome::Retried(_)));
         db.close().await;
