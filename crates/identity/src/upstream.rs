@@ -223,6 +223,19 @@ impl Upstream {
             (None, None) => None,
         };
         IssuerUrl::new(config.issuer.clone()).map_err(|e| UpstreamError::Config(format!("issuer: {e}")))?;
+        // A typo here must not quietly change what counts as a verified email.
+        if !matches!(config.email_claim.as_str(), "email" | "preferred_username") {
+            return Err(UpstreamError::Config(format!(
+                "email_claim must be email or preferred_username, not {:?}",
+                config.email_claim
+            )));
+        }
+        if !matches!(config.name_claim.as_str(), "name" | "preferred_username" | "given_family") {
+            return Err(UpstreamError::Config(format!(
+                "name_claim must be name, preferred_username or given_family, not {:?}",
+                config.name_claim
+            )));
+        }
         Ok(Self { id: id.to_owned(), config, secret, http, metadata: RwLock::new(None) })
     }
 
@@ -378,7 +391,11 @@ impl Upstream {
             claims.email_verified(),
         );
         if identity.email.is_none() || identity.name.is_none() {
-            self.fill_from_userinfo(&client, tokens.access_token().clone(), &mut identity).await?;
+            match self.fill_from_userinfo(&client, tokens.access_token().clone(), &mut identity).await {
+                // Only the display name was missing: sign-in does not depend on it.
+                Err(e) if identity.email.is_some() => tracing::warn!(error = %e, "userinfo for the name failed"),
+                other => other?,
+            }
         }
         Ok(identity)
     }
@@ -578,8 +595,10 @@ fn pick_email(
     email_verified: Option<bool>,
 ) -> (Option<String>, bool) {
     let (picked, verified) = match claim {
+        "email" => (email, email_verified.unwrap_or(false)),
         "preferred_username" => (preferred_username.filter(|u| u.contains('@')), false),
-        _ => (email, email_verified.unwrap_or(false)),
+        // Refused when the provider is configured; never verified in any case.
+        _ => (None, false),
     };
     match picked {
         Some(e) if !e.chars().any(text::invisible) => (Some(e.to_owned()), verified),
@@ -626,6 +645,25 @@ mod tests {
         assert_eq!(pick_email("email", Some("a@x.it"), None, None), (Some("a@x.it".into()), false));
         assert_eq!(pick_email("preferred_username", None, Some("b@y.it"), Some(true)), (Some("b@y.it".into()), false));
         assert_eq!(pick_email("preferred_username", None, Some("anna"), None), (None, false));
+    }
+
+    #[test]
+    fn an_unknown_claim_name_is_refused_at_configuration_and_never_verifies() {
+        let config = |email_claim: &str, name_claim: &str| -> ProviderConfig {
+            serde_json::from_value(serde_json::json!({
+                "issuer": "https://id.example.com", "client_id": "ponte", "display_name": "ID",
+                "email_claim": email_claim, "name_claim": name_claim,
+            }))
+            .unwrap()
+        };
+        let http = reqwest::Client::new();
+        assert!(Upstream::new("up", config("email", "name"), http.clone()).is_ok());
+        assert!(Upstream::new("up", config("preferred_username", "given_family"), http.clone()).is_ok());
+        for (email_claim, name_claim) in [("mail", "name"), ("upn", "name"), ("email", "full_name")] {
+            let refused = Upstream::new("up", config(email_claim, name_claim), http.clone());
+            assert!(matches!(refused, Err(UpstreamError::Config(_))), "{email_claim}/{name_claim}");
+        }
+        assert_eq!(pick_email("mail", Some("a@x.it"), None, Some(true)), (None, false));
     }
 
     #[test]

@@ -139,6 +139,17 @@ impl SessionStore for MemoryStore {
         Ok(true)
     }
 
+    async fn put_if_present(&self, key: &str, value: &str, ttl: u64) -> Result<bool> {
+        let mut inner = self.lock();
+        inner.sweep();
+        let key = format!("o:{key}");
+        if inner.live(&key).is_none() {
+            return Ok(false);
+        }
+        inner.values.insert(key, (value.to_owned(), deadline(ttl)));
+        Ok(true)
+    }
+
     async fn add_member(&self, key: &str, member: &str, ttl: u64) -> Result<()> {
         let mut inner = self.lock();
         inner.sweep();

@@ -126,6 +126,12 @@ impl SessionStore for RedisStore {
         Ok(done.is_some())
     }
 
+    async fn put_if_present(&self, key: &str, value: &str, ttl: u64) -> Result<bool> {
+        let options = SetOptions::default().conditional_set(ExistenceCheck::XX).with_expiration(SetExpiry::EX(ttl));
+        let done: Option<String> = self.conn().set_options(self.key("o", key), value, options).await?;
+        Ok(done.is_some())
+    }
+
     async fn add_member(&self, key: &str, member: &str, ttl: u64) -> Result<()> {
         let key = self.key("m", key);
         // One MULTI: the member and its expiry land together. NX gives a new set its TTL,

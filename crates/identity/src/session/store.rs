@@ -30,6 +30,9 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Stores a one-time value only if none is live under `key`; `true` if this call
     /// stored it. Atomic: of many concurrent callers exactly one wins (replay checks).
     async fn put_if_absent(&self, key: &str, value: &str, ttl: u64) -> Result<bool>;
+    /// Overwrites a one-time value only if one is still live under `key`; `false` if it was
+    /// taken (or expired) meanwhile, so a late write cannot bring a consumed value back.
+    async fn put_if_present(&self, key: &str, value: &str, ttl: u64) -> Result<bool>;
     /// Adds `member` to the set under `key` atomically, so concurrent additions are all
     /// kept; the set then lives at least `ttl` more seconds (never less than before).
     async fn add_member(&self, key: &str, member: &str, ttl: u64) -> Result<()>;

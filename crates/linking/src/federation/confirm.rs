@@ -249,6 +249,8 @@ async fn send_code(
     // Kept only once the mail is queued: a code saved for a mail that never left would
     // have the page ask for it (and a code sent earlier still works).
     pending.code_digest = Some(kept);
-    pending::save(stores.store, id, &pending).await?;
+    if !pending::update(stores.store, id, &pending).await? {
+        return Ok(ConfirmOutcome::Refused(Refusal::FlowExpired));
+    }
     Ok(ConfirmOutcome::Ask { view: view(stores, &pending, user).await?, notice: Notice::CodeSent })
 }

@@ -95,6 +95,14 @@ pub async fn save(store: &dyn SessionStore, id: &str, pending: &Pending) -> Resu
     Ok(())
 }
 
+/// Rewrites a pending link that is still there; `false` if it was consumed meanwhile
+/// (cancelled, or proved in a parallel request), which then stays consumed.
+pub async fn update(store: &dyn SessionStore, id: &str, pending: &Pending) -> Result<bool> {
+    let json =
+        serde_json::to_string(pending).map_err(|e| Error::Identity(ponte_identity::Error::Corrupt(e.to_string())))?;
+    Ok(store.put_if_present(&pending_key(id), &json, FLOW_TTL_SECS).await?)
+}
+
 /// Consumes the pending link; `false` if someone else already did.
 pub async fn take(store: &dyn SessionStore, id: &str) -> Result<bool> {
     Ok(store.take_once(&pending_key(id)).await?.is_some())

@@ -419,6 +419,32 @@ async fn a_code_whose_mail_could_not_be_queued_is_neither_offered_nor_accepted()
     assert!(matches!(w.post(&id, "cookie", None, ConfirmAction::Code(code)).await, ConfirmOutcome::SignIn { .. }));
 }
 
+/// A mail outbox slow enough that the pending link is consumed (a Cancel in another tab)
+/// while the code is being queued.
+struct RacingMail<'a> {
+    store: &'a MemoryStore,
+    id: String,
+}
+
+#[async_trait]
+impl LinkCodeMail for RacingMail<'_> {
+    async fn send_link_code(&self, _mail: LinkCode<'_>) -> std::result::Result<(), MailUnavailable> {
+        assert!(pending::take(self.store, &self.id).await.unwrap(), "the other request consumes it");
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_pending_link_consumed_while_its_code_is_queued_stays_consumed() {
+    let w = World::new().await;
+    let id = w.pending(PendingKind::ProveExisting, &w.member, None).await;
+    let racing = RacingMail { store: &w.store, id: id.clone() };
+    let browser = Browser { binding: Some("cookie"), ..Default::default() };
+    let outcome = confirm(w.stores(), &racing, &id, ConfirmAction::SendCode, browser, NOW).await.unwrap();
+    assert_eq!(outcome, ConfirmOutcome::Refused(Refusal::FlowExpired));
+    assert!(confirmation(w.stores(), &id, browser).await.unwrap().is_err(), "not brought back by the late write");
+}
+
 #[tokio::test]
 async fn an_unlink_voids_pending_links_and_cancel_drops_one() {
     let w = World::new().await;

@@ -92,6 +92,9 @@ async fn write_private(path: &std::path::Path, contents: Vec<u8>) -> std::io::Re
     #[cfg(unix)]
     options.mode(0o600);
     let mut file = options.open(path).await?;
+    // `mode` applies only to a new file: a leftover from before keeps its own.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600)).await?;
     file.write_all(&contents).await?;
     file.sync_all().await
 }

@@ -182,6 +182,20 @@ where
     results
 }
 
+#[tokio::test]
+async fn put_if_present_rewrites_a_live_value_and_never_brings_back_a_taken_one() {
+    on_every_store(|store| async move {
+        assert!(!store.put_if_present("pending:x", "late", 60).await.unwrap(), "nothing there: nothing written");
+        assert_eq!(store.peek("pending:x").await.unwrap(), None);
+        store.put_once("pending:x", "first", 60).await.unwrap();
+        assert!(store.put_if_present("pending:x", "second", 60).await.unwrap());
+        assert_eq!(store.take_once("pending:x").await.unwrap().as_deref(), Some("second"));
+        assert!(!store.put_if_present("pending:x", "third", 60).await.unwrap(), "taken: stays taken");
+        assert_eq!(store.peek("pending:x").await.unwrap(), None);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_many_concurrent_put_if_absent_exactly_one_wins() {
     on_every_store(|store| async move {
