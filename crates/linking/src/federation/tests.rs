@@ -10,13 +10,11 @@ use ponte_identity::federation::{self as flow, CallbackParams, Refusal, StartOut
 use ponte_identity::session::{MemoryStore, Session};
 use ponte_identity::upstream::{Ask, FlowSecrets, LogoutRequest, Provider, Started, UpstreamError, UpstreamIdentity};
 use time::OffsetDateTime;
-use time::macros::datetime;
 
 use super::*;
-use crate::account::{AccountStatus, Role, UserStatus};
+use crate::account::{AccountStatus, Role};
 use crate::links::{ExternalIdentity, decide};
-
-const NOW: OffsetDateTime = datetime!(2026-03-01 10:00:00 UTC);
+use crate::testing::{NOW, user};
 
 #[derive(Debug)]
 struct FakeProvider {
@@ -162,21 +160,6 @@ struct World {
     mail: FakeMail,
     admin: User,
     member: User,
-}
-
-fn user(email: &str, role: Role, account: AccountId) -> User {
-    User {
-        id: UserId::new(),
-        account_id: account,
-        email: email.into(),
-        name: email.into(),
-        role,
-        status: UserStatus::Active,
-        has_password: true,
-        lang: crate::account::Lang::It,
-        created_at: NOW,
-        updated_at: NOW,
-    }
 }
 
 fn identity(subject: &str, email: Option<&str>, verified: bool) -> UpstreamIdentity {
