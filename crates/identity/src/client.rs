@@ -134,7 +134,7 @@ pub fn check_redirect_uri(uri: &str) -> Result<()> {
     if host.is_empty() {
         return bad("must name a host");
     }
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let loopback = is_loopback_host(host);
     match scheme {
         "https" => Ok(()),
         "http" if loopback => Ok(()),
@@ -311,6 +311,12 @@ fn json_list(items: &[String]) -> Result<String> {
 
 fn parse_list(text: &str) -> Result<Vec<String>> {
     serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("uri list: {e}")))
+}
+
+/// Whether `host` (a name or an address, without brackets) stays on this machine:
+/// `localhost` or a loopback address.
+pub fn is_loopback_host(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

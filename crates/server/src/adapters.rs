@@ -20,6 +20,13 @@ pub struct StoreUsers {
     pub users: Arc<dyn UserStore>,
 }
 
+impl StoreUsers {
+    /// The application's account and user stores.
+    pub fn of(state: &crate::state::AppState) -> Self {
+        Self { accounts: state.accounts.clone(), users: state.users.clone() }
+    }
+}
+
 #[async_trait]
 impl FederationUsers for StoreUsers {
     async fn active_user(&self, account: AccountId, user: UserId) -> ponte_linking::Result<Option<User>> {

@@ -69,7 +69,7 @@ pub async fn start(
 ) -> Result<HttpResponse, Problem> {
     let Some(upstream) = provider(&state, &path) else { return Ok(refusal_page(&req, &Refusal::UnknownProvider)) };
     let session = current_session(&req, &state).await?;
-    let users = StoreUsers { accounts: state.accounts.clone(), users: state.users.clone() };
+    let users = StoreUsers::of(&state);
     let planned = linking::plan_start(&users, query.intent.as_deref(), query.return_to.as_deref(), session.as_ref());
     let mut request = match planned.await? {
         Ok(request) => request,
@@ -123,7 +123,7 @@ pub async fn callback(
     let (binding, session, ip) = (binding_cookie(&req, &state), current_session(&req, &state).await?, client_ip(&req));
     let browser = Browser { binding: binding.as_deref(), session: session.as_ref(), ip: ip.as_deref() };
     let redirect_uri = redirect_uri(&state, &upstream.id);
-    let users = StoreUsers { accounts: state.accounts.clone(), users: state.users.clone() };
+    let users = StoreUsers::of(&state);
     let outcome =
         linking::callback(stores(&state, &users), upstream.as_ref(), &redirect_uri, params, browser, state.now());
     match outcome.await? {
@@ -166,7 +166,7 @@ pub async fn confirm_view(
 ) -> Result<HttpResponse, Problem> {
     let binding = binding_cookie(&req, &state);
     let browser = Browser { binding: binding.as_deref(), ..Browser::default() };
-    let users = StoreUsers { accounts: state.accounts.clone(), users: state.users.clone() };
+    let users = StoreUsers::of(&state);
     match linking::confirmation(stores(&state, &users), &query.id, browser).await? {
         Ok(view) => Ok(confirm_page(&req, &state, &query.id, &view, actix_web::http::StatusCode::OK, None)),
         Err(refusal) => Ok(refusal_page(&req, &refusal)),
@@ -197,7 +197,7 @@ pub async fn confirm(
     let (binding, session, ip) = (binding_cookie(&req, &state), current_session(&req, &state).await?, client_ip(&req));
     let browser = Browser { binding: binding.as_deref(), session: session.as_ref(), ip: ip.as_deref() };
     let mail = OutboxLinkCode { outbox: state.outbox.clone(), providers: state.providers.clone() };
-    let users = StoreUsers { accounts: state.accounts.clone(), users: state.users.clone() };
+    let users = StoreUsers::of(&state);
     let outcome = linking::confirm(stores(&state, &users), &mail, &form.id, action, browser, state.now());
     match outcome.await? {
         ConfirmOutcome::Linked { return_to } | ConfirmOutcome::Cancelled { return_to } => Ok(see_other(&return_to)),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use ponte_identity::client::is_loopback_host;
 
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +84,7 @@ impl SmtpUrl {
             if credentials.is_some() {
                 return Err("smtp.url: a user and password need TLS (smtps:// or ?tls=starttls)".into());
             }
-            if !plain_asked && !is_loopback(&host) {
+            if !plain_asked && !is_loopback_host(&host) {
                 return Err(format!(
                     "smtp.url: plain SMTP to {host} would send codes in clear; use ?tls=starttls or smtps://, \
                      or ?tls=none to insist"
@@ -114,10 +115,6 @@ impl SmtpUrl {
         }
         Ok(builder.build())
     }
-}
-
-fn is_loopback(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn percent_decode(s: &str) -> Result<String, String> {
