@@ -3,6 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use ponte_identity::op::pending::is_pending_id;
 use ponte_linking::account::{Account, User};
 use ponte_linking::login::{PasswordAttempt, PasswordLogin, password_login, signed_in};
 use serde::Deserialize;
@@ -120,7 +121,7 @@ fn login_response(
 ) -> HttpResponse {
     let lang = Lang::from_request(req);
     let (csrf, fresh) = csrf_token(req, state);
-    let authz = authz.filter(|a| is_authz_id(a));
+    let authz = authz.filter(|a| is_pending_id(a));
     let return_to = after_sign_in(authz);
     let mut response = page(
         status,
@@ -136,7 +137,7 @@ fn login_response(
 
 /// The sign-in form.
 pub async fn login_page(req: HttpRequest, query: web::Query<LoginQuery>, state: web::Data<AppState>) -> HttpResponse {
-    let authz = query.authz.as_deref().filter(|a| is_authz_id(a));
+    let authz = query.authz.as_deref().filter(|a| is_pending_id(a));
     // Prefill the email an application suggested with login_hint.
     let hint = match authz {
         Some(id) => crate::routes::authorize::login_hint(&state, id).await,
@@ -149,11 +150,6 @@ pub async fn login_page(req: HttpRequest, query: web::Query<LoginQuery>, state: 
 #[derive(Debug, Deserialize)]
 pub struct LoginQuery {
     authz: Option<String>,
-}
-
-/// Pending authorization ids are 256-bit random tokens; anything else is ignored.
-fn is_authz_id(s: &str) -> bool {
-    s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// What the sign-in form posts.
@@ -189,7 +185,7 @@ pub async fn login(
         let attempt = PasswordAttempt { email: &form.email, password: &form.password, ip: ip.as_deref() };
         match password_login(state.sessions.store().as_ref(), state.users.as_ref(), attempt, state.now()).await? {
             PasswordLogin::SignedIn(user) => {
-                let next = after_sign_in(authz.filter(|a| is_authz_id(a)));
+                let next = after_sign_in(authz.filter(|a| is_pending_id(a)));
                 return Ok(start_session(&req, &state, &user, vec!["pwd".into()], &next).await?.0);
             }
             PasswordLogin::Limited => (StatusCode::TOO_MANY_REQUESTS, TOO_MANY_ATTEMPTS),
