@@ -102,7 +102,7 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
-    /// `smtp://[user:pass@]host[:port]` (plain), `…?tls=starttls`, or `smtps://…` (implicit TLS).
+    /// `smtp://host[:port]` (plain: loopback only, unless `?tls=none`), `smtp://[user:pass@]…?tls=starttls`, or `smtps://…` (implicit TLS).
     pub url: Option<Secret>,
     /// The `From` address, e.g. `Ponte <no-reply@example.com>`.
     pub from: String,
