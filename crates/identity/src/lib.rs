@@ -7,6 +7,7 @@ pub mod client;
 pub mod clock;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod federation;
 pub mod ids;
 pub mod jobs;

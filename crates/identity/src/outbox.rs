@@ -61,6 +61,17 @@ pub enum Message {
         /// The email of the upstream identity asking to be linked.
         upstream_email: String,
     },
+    /// A collaboration invite: accept it to activate a company's e-invoicing integration.
+    CollaborationInvite {
+        /// The single-use link to `/invites/{token}`.
+        link: String,
+        /// The company's legal name.
+        company_name: String,
+        /// The platform account the company is tied to.
+        platform_account: String,
+        /// The last day the link works (`YYYY-MM-DD`).
+        expires_on: String,
+    },
 }
 
 /// One email, before rendering.
@@ -130,6 +141,39 @@ impl OutgoingMail {
                     code = escape_html(code),
                 );
                 Rendered { subject: subject.to_owned(), text, html }
+            }
+            Message::CollaborationInvite { link, company_name, platform_account, expires_on } => {
+                let (subject, intro, how, until) = match self.lang {
+                    Lang::It => (
+                        format!("Invito di collaborazione: fatturazione elettronica di {company_name}"),
+                        format!(
+                            "Sei invitato a collaborare sull'account {platform_account} della piattaforma di \
+                             fatturazione elettronica per l'azienda {company_name}."
+                        ),
+                        "Apri il link e accedi con il tuo ID esterno per accettare l'invito:",
+                        format!("Il link vale una sola volta, fino al {expires_on}."),
+                    ),
+                    Lang::En => (
+                        format!("Collaboration invite: electronic invoicing for {company_name}"),
+                        format!(
+                            "You are invited to collaborate on the platform account {platform_account} for the \
+                             electronic invoicing of {company_name}."
+                        ),
+                        "Open the link and sign in with your external ID to accept the invite:",
+                        format!("The link works once, until {expires_on}."),
+                    ),
+                };
+                let text = format!("{intro}\n\n{how}\n{link}\n\n{until}\n");
+                let html = format!(
+                    "<!doctype html><html lang=\"{lang}\"><body><p>{intro}</p><p>{how}<br>\
+                     <a id=\"invite\" href=\"{link}\">{link}</a></p><p>{until}</p></body></html>",
+                    lang = self.lang_code(),
+                    intro = escape_html(&intro),
+                    how = escape_html(how),
+                    link = escape_html(link),
+                    until = escape_html(&until),
+                );
+                Rendered { subject, text, html }
             }
         }
     }
@@ -247,6 +291,28 @@ mod tests {
         assert_eq!(en.subject, "Ponte: your code to link your ID");
         assert!(en.text.contains("Code: 12345678") && !en.text.contains("Codice"), "{}", en.text);
         assert!(en.html.contains("lang=\"en\"") && en.html.contains("the <b>TeamSystem ID</b> ID"));
+    }
+
+    #[test]
+    fn the_collaboration_invite_carries_its_link_and_expiry_in_both_languages() {
+        let mail = |lang| OutgoingMail {
+            to: "mario@esempio.it".into(),
+            lang,
+            message: Message::CollaborationInvite {
+                link: "https://ponte.example/invites/abc".into(),
+                company_name: "Bar <Sport>".into(),
+                platform_account: "Bar Sport S.r.l.".into(),
+                expires_on: "2026-12-08".into(),
+            },
+        };
+        let it = mail(Lang::It).render();
+        assert!(it.subject.contains("Bar <Sport>") && it.subject.starts_with("Invito"), "{}", it.subject);
+        assert!(it.text.contains("https://ponte.example/invites/abc") && it.text.contains("fino al 2026-12-08"));
+        assert!(
+            it.html.contains("href=\"https://ponte.example/invites/abc\"") && it.html.contains("Bar &lt;Sport&gt;")
+        );
+        let en = mail(Lang::En).render();
+        assert!(en.text.contains("until 2026-12-08") && en.subject.starts_with("Collaboration"), "{}", en.text);
     }
 
     #[test]

@@ -67,6 +67,17 @@ impl AuditEntry {
         Self::new(account, format!("account:{account}"), actor, action, at)
     }
 
+    /// Something `actor` did to a company of `account` (or its integration).
+    pub fn for_company(
+        account: AccountId,
+        company: crate::ids::CompanyId,
+        actor: &Actor,
+        action: &str,
+        at: OffsetDateTime,
+    ) -> Self {
+        Self::new(account, format!("company:{company}"), actor, action, at)
+    }
+
     /// The same entry with `detail` (JSON text, never secrets).
     pub fn with_detail(self, detail: impl Into<String>) -> Self {
         Self { detail: Some(detail.into()), ..self }

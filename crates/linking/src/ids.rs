@@ -3,3 +3,12 @@
 //! the linking domain names them where it owns them.
 
 pub use ponte_identity::ids::{AccountId, UserId};
+
+ponte_identity::entity_id!(
+    /// Identifies a company (a legal entity or point of sale) of an account.
+    CompanyId
+);
+ponte_identity::entity_id!(
+    /// Identifies a collaboration invite.
+    InviteId
+);

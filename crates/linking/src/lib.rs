@@ -11,10 +11,13 @@
 
 pub mod account;
 pub mod audit;
+pub mod company;
 pub mod email;
 pub mod error;
 pub mod federation;
 pub mod ids;
+pub mod integration;
+pub mod invite;
 pub mod links;
 pub mod login;
 #[cfg(test)]

@@ -20,6 +20,8 @@ use ponte_identity::session::{MemoryStore, RedisStore, SessionPolicy, SessionSto
 use ponte_identity::upstream::{Upstream, http_client};
 use ponte_linking::account::sql::{SqlAccounts, SqlUsers};
 use ponte_linking::audit::sql::SqlAudit;
+use ponte_linking::company::sql::SqlCompanies;
+use ponte_linking::integration::sql::SqlIntegrations;
 use ponte_linking::links::SqlLinks;
 use time::Duration;
 use tracing_actix_web::TracingLogger;
@@ -130,7 +132,11 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
     }
     let jobs = Arc::new(SqlJobs::new(db.clone(), config.worker.max_attempts));
     let outbox = Arc::new(JobOutbox::new(jobs.clone(), master.clone(), clock.clone()));
+    let invite_ttl = Duration::days(i64::try_from(config.invites.ttl_days).unwrap_or(7).max(1));
+    let integrations = SqlIntegrations::new(db.clone(), jobs.clone(), master.clone(), &config.issuer(), invite_ttl);
     Ok(AppState {
+        companies: Arc::new(SqlCompanies::new(db.clone())),
+        integrations: Arc::new(integrations),
         issuer: config.issuer(),
         providers: Arc::new(providers),
         links: Arc::new(SqlLinks::new(db.clone())),
@@ -225,10 +231,7 @@ impl Application {
         }
         spawn_key_refresher(state.clone());
         let worker = if state.config.worker.enabled {
-            Some(
-                Worker::from_config(&state.config, state.jobs.clone(), state.master.clone(), state.clock.clone())
-                    .map_err(StartError::Worker)?,
-            )
+            Some(Worker::from_state(&state).map_err(StartError::Worker)?)
         } else {
             // No worker here, but this replica's `/metrics` still shows the queue.
             let every = crate::worker::housekeeping_every(&state.config.worker);

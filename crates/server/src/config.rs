@@ -96,6 +96,22 @@ pub struct Config {
     pub smtp: SmtpConfig,
     /// The background worker that runs jobs (`[worker]`).
     pub worker: WorkerConfig,
+    /// Collaboration invites (`[invites]`).
+    pub invites: InvitesConfig,
+}
+
+/// Collaboration invites (`[invites]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvitesConfig {
+    /// Days an invite link works; a resend starts them again.
+    pub ttl_days: u64,
+}
+
+impl Default for InvitesConfig {
+    fn default() -> Self {
+        Self { ttl_days: 7 }
+    }
 }
 
 /// Outgoing mail: SMTP when `url` is set, else `.eml` files under `data_dir/outbox/`.
@@ -188,6 +204,7 @@ impl Default for Config {
             providers: Default::default(),
             smtp: SmtpConfig::default(),
             worker: WorkerConfig::default(),
+            invites: InvitesConfig::default(),
         }
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use ponte_identity::client::{ClientRepo, GrantType, NewClient, SqlClients};
 use ponte_identity::clock::{Clock, SystemClock};
-use ponte_identity::jobs::SqlJobs;
 use ponte_server::worker::Worker;
 use ponte_server::{Application, Config, app, install_crypto_provider, openapi, telemetry};
 
@@ -111,14 +110,9 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             application.run_until_stopped().await.map_err(|e| e.to_string())
         }
         Command::Worker => {
-            let db = app::open_database(&config).map_err(|e| e.to_string())?;
-            if config.migrate_on_start {
-                app::migrate(&db).await.map_err(|e| e.to_string())?;
-            }
             let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-            let jobs = Arc::new(SqlJobs::new(db, config.worker.max_attempts));
-            let master = app::master_key(&config).map_err(|e| e.to_string())?;
-            let worker = Worker::from_config(&config, jobs, master, clock)?;
+            let state = app::build_state(config, clock).await.map_err(|e| e.to_string())?;
+            let worker = Worker::from_state(&state)?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
                 app::shutdown_signal().await;

@@ -56,6 +56,10 @@ pub struct AppState {
     pub outbox: Arc<dyn ponte_identity::outbox::Outbox>,
     /// The durable job queue (support's REST view, and enqueues).
     pub jobs: Arc<ponte_identity::jobs::SqlJobs>,
+    /// The companies of accounts.
+    pub companies: Arc<dyn ponte_linking::company::CompanyStore>,
+    /// Companies' integrations and their invites.
+    pub integrations: Arc<dyn ponte_linking::integration::Integrations>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
 }

@@ -20,12 +20,12 @@ use ponte_identity::db::Backend;
 use ponte_identity::jobs::sql::wall_clock_ms;
 use ponte_identity::jobs::{AfterFailure, Backoff, Job, JobFailure, JobId, JobState, JobStore, SqlJobs, after_failure};
 use ponte_identity::outbox::MAIL_SEND;
-use ponte_identity::seal::MasterKey;
 use time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, Secret, WorkerConfig};
+use crate::config::{Secret, WorkerConfig};
+use crate::state::AppState;
 
 /// Runs one kind of job. Must be idempotent: after a crash the same job may run again, and
 /// its effect must still happen once (pass the job id to anything external).
@@ -121,17 +121,15 @@ impl Worker {
         Self { store, registry, settings, clock }
     }
 
-    /// The worker `ponte serve` and `ponte worker` run: every built-in job kind.
-    pub fn from_config(
-        config: &Config,
-        store: Arc<SqlJobs>,
-        master: MasterKey,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, String> {
-        let registry = Registry::new().with(MAIL_SEND, Arc::new(mail::MailHandler::from_config(config, master)?));
+    /// The worker `ponte serve` and `ponte worker` run: every built-in job kind, on the
+    /// stores of `state`.
+    pub fn from_state(state: &AppState) -> Result<Self, String> {
+        let config = &state.config;
+        let registry =
+            Registry::new().with(MAIL_SEND, Arc::new(mail::MailHandler::from_config(config, state.master.clone())?));
         let settings =
-            Settings::from_config(&config.worker, store.database().backend(), &config.effective_database_url());
-        Ok(Self::new(store, registry, settings, clock))
+            Settings::from_config(&config.worker, state.jobs.database().backend(), &config.effective_database_url());
+        Ok(Self::new(state.jobs.clone(), registry, settings, state.clock.clone()))
     }
 
     /// Runs until `shutdown` turns true, then drains as described in the module docs.
