@@ -184,6 +184,7 @@ impl From<ponte_linking::Error> for Problem {
         match e {
             E::NotFound("account") => Self::not_found("account_not_found", "No such account."),
             E::NotFound("user") => Self::not_found("user_not_found", "No such user in this account."),
+            E::NotFound("company") => Self::not_found("company_not_found", "No such company in this account."),
             E::NotFound(what) => Self::not_found("not_found", format!("No such {what}.")),
             E::EmailTaken => Self::new(StatusCode::CONFLICT, "email_taken", "Conflict")
                 .detail("A user with this email already exists."),

@@ -34,6 +34,28 @@ pub struct CompanyDraft {
     pub legal_name: Option<String>,
     /// Stub.
     pub vat_number: Option<String>,
+    /// Stub.
+    pub tax_code: Option<String>,
+    /// Stub.
+    pub sdi_code: Option<String>,
+    /// Stub.
+    pub pec: Option<String>,
+    /// Stub.
+    pub address: Option<AddressDraft>,
+}
+/// Stub.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AddressDraft {
+    /// Stub.
+    pub street: Option<String>,
+    /// Stub.
+    pub city: Option<String>,
+    /// Stub.
+    pub postal_code: Option<String>,
+    /// Stub.
+    pub province: Option<String>,
+    /// Stub.
+    pub country: Option<String>,
 }
 /// Stub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,7 +32,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session))
             .service(web::resource("/{account}/users/{user}/identities").get(list_identities))
             .service(web::resource("/{account}/users/{user}/identities/{provider}").delete(unlink_identity))
-            .service(web::resource("/{account}/audit").get(list_audit)),
+            .service(web::resource("/{account}/audit").get(list_audit))
+            .configure(super::companies::configure)
+            .configure(super::integrations::configure),
     );
 }
 
@@ -390,7 +392,7 @@ fn guard_owner(caller: &Caller, target: &User) -> Result<(), Problem> {
     }
 }
 
-async fn require_account(state: &AppState, account: AccountId) -> Result<Account, Problem> {
+pub(crate) async fn require_account(state: &AppState, account: AccountId) -> Result<Account, Problem> {
     state.accounts.get(account).await?.ok_or_else(|| Problem::not_found("account_not_found", "No such account."))
 }
 

@@ -2,7 +2,9 @@
 
 pub mod api;
 pub mod authorize;
+pub mod companies;
 pub mod federation;
+pub mod integrations;
 pub mod jobs;
 pub mod oauth;
 pub mod ops;
