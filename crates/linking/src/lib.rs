@@ -11,6 +11,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod company;
 pub mod email;
 pub mod error;
 pub mod federation;

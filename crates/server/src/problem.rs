@@ -188,6 +188,11 @@ impl From<ponte_linking::Error> for Problem {
             E::EmailTaken => Self::new(StatusCode::CONFLICT, "email_taken", "Conflict")
                 .detail("A user with this email already exists."),
             E::Invalid { field, message } => Self::validation(field, message),
+            E::InvalidFields(errors) => {
+                let detail = ponte_linking::company::describe(&errors);
+                let first = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "Validation failed");
+                errors.into_iter().fold(first.detail(detail), |p, e| p.field(e.field, e.message))
+            }
             E::Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, "Conflict").detail(message),
             E::Identity(inner) => inner.into(),
         }
@@ -220,6 +225,23 @@ mod tests {
         let busy: Problem = ponte_identity::Error::Busy.into();
         assert_eq!(busy.error_response().headers().get(header::RETRY_AFTER).unwrap(), "1");
         assert_eq!(status_and_code(busy), (503, "busy"));
+    }
+
+    #[test]
+    fn several_invalid_fields_become_one_422_naming_each() {
+        use ponte_linking::company::FieldError as F;
+        let e: L = vec![F::new("vat_number", "the check digit is wrong"), F::new("pec", "email must contain @")].into();
+        let p: Problem = e.into();
+        let body = serde_json::to_value(p.body()).unwrap();
+        assert_eq!(status_and_code(p), (422, "validation_failed"));
+        assert_eq!(body["detail"], "vat_number: the check digit is wrong; pec: email must contain @");
+        assert_eq!(
+            body["errors"],
+            serde_json::json!([
+                {"field": "vat_number", "message": "the check digit is wrong"},
+                {"field": "pec", "message": "email must contain @"},
+            ])
+        );
     }
 
     #[test]
