@@ -1,5 +1,7 @@
 //! The linking crate's error type.
 
+use crate::company::FieldError;
+
 /// What can go wrong in account and user operations.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,6 +27,9 @@ pub enum Error {
         /// What is wrong, for a person.
         message: String,
     },
+    /// Several fields broke their rules at once (a company form); each names its field.
+    #[error("invalid fields: {}", .0.iter().map(|e| e.field).collect::<Vec<_>>().join(", "))]
+    InvalidFields(Vec<FieldError>),
     /// Storage or crypto failure below.
     #[error(transparent)]
     Identity(#[from] ponte_identity::Error),
@@ -34,6 +39,12 @@ impl Error {
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid { field, message: message.into() }
+    }
+}
+
+impl From<Vec<FieldError>> for Error {
+    fn from(errors: Vec<FieldError>) -> Self {
+        Self::InvalidFields(errors)
     }
 }
 

@@ -69,3 +69,18 @@ impl LinkCodeMail for OutboxLinkCode {
         self.outbox.send(message).await.map(|_| ()).map_err(|e| MailUnavailable(e.to_string()))
     }
 }
+
+/// The platform lookup when no `[platform]` is configured: every reactivation answers that
+/// the platform is unavailable, rather than pretending it has no account.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPlatform;
+
+#[async_trait]
+impl ponte_linking::integration::actions::PlatformLookup for NoPlatform {
+    async fn find_account(
+        &self,
+        _vat_number: &str,
+    ) -> Result<Option<ponte_linking::integration::PlatformAccount>, String> {
+        Err("no invoicing platform is configured ([platform] base_url)".into())
+    }
+}

@@ -137,6 +137,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
     Ok(AppState {
         companies: Arc::new(SqlCompanies::new(db.clone())),
         integrations: Arc::new(integrations),
+        platform_lookup: Arc::new(crate::adapters::NoPlatform),
         issuer: config.issuer(),
         providers: Arc::new(providers),
         links: Arc::new(SqlLinks::new(db.clone())),

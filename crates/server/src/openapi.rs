@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api, jobs, oauth, ops, token};
+use crate::routes::{api, companies, integrations, jobs, oauth, ops, token};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,11 @@ use crate::routes::{api, jobs, oauth, ops, token};
         api::list_sessions, api::revoke_session,
         api::list_identities, api::unlink_identity,
         api::list_audit,
+        companies::list_companies, companies::create_company, companies::get_company,
+        companies::update_company, companies::delete_company,
+        integrations::list_integrations, integrations::get_integration,
+        integrations::disable, integrations::reactivate, integrations::confirm, integrations::retry,
+        integrations::list_invites, integrations::resend_invite,
         jobs::list_jobs, jobs::retry_job,
     ),
     components(schemas(crate::problem::ProblemBody, crate::problem::FieldError)),
@@ -27,6 +32,8 @@ use crate::routes::{api, jobs, oauth, ops, token};
         (name = "sessions", description = "Browser sessions of a user"),
         (name = "identities", description = "Upstream identities linked to a user"),
         (name = "audit", description = "Who did what"),
+        (name = "companies", description = "The companies (legal entities, points of sale) of an account"),
+        (name = "integrations", description = "Each company's e-invoicing integration: status, actions, invites"),
         (name = "jobs", description = "The durable job queue (mail and other side effects), for support"),
         (name = "oauth2", description = "Tokens and keys"),
         (name = "operations", description = "Health and readiness"),

@@ -189,8 +189,42 @@ impl From<ponte_linking::Error> for Problem {
             E::EmailTaken => Self::new(StatusCode::CONFLICT, "email_taken", "Conflict")
                 .detail("A user with this email already exists."),
             E::Invalid { field, message } => Self::validation(field, message),
+            E::InvalidFields(errors) => {
+                let detail = ponte_linking::company::describe(&errors);
+                let first = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "Validation failed");
+                errors.into_iter().fold(first.detail(detail), |p, e| p.field(e.field, e.message))
+            }
             E::Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, "Conflict").detail(message),
             E::Identity(inner) => inner.into(),
+        }
+    }
+}
+
+impl From<ponte_linking::integration::store::Refused> for Problem {
+    fn from(r: ponte_linking::integration::store::Refused) -> Self {
+        use ponte_linking::integration::store::Refused as R;
+        let conflict = |code, detail: String| Self::new(StatusCode::CONFLICT, code, "Conflict").detail(detail);
+        match r {
+            R::NoCompany => Self::not_found("company_not_found", "No such company in this account."),
+            R::Illegal(illegal) => conflict(illegal.code(), illegal.to_string()),
+            R::Invite(refusal) => {
+                let detail = format!("The invite cannot be used ({}).", refusal.code());
+                match refusal {
+                    ponte_linking::invite::InviteRefusal::Unknown => Self::not_found("invite_unknown", detail),
+                    other => conflict(other.code(), detail),
+                }
+            }
+            R::NoInvitee => conflict("invitee_missing", r.to_string()),
+            R::InviteeNotAllowed => conflict("invitee_not_allowed", r.to_string()),
+            R::InviteeWithoutExternalId => conflict("external_id_missing", r.to_string()),
+            R::PlatformUnavailable(cause) => {
+                tracing::warn!(%cause, "invoicing platform unavailable");
+                Self::unavailable(
+                    "platform_unavailable",
+                    "The invoicing platform cannot be reached; try again shortly.",
+                )
+                .retry_after(30)
+            }
         }
     }
 }
@@ -221,6 +255,39 @@ mod tests {
         let busy: Problem = ponte_identity::Error::Busy.into();
         assert_eq!(busy.error_response().headers().get(header::RETRY_AFTER).unwrap(), "1");
         assert_eq!(status_and_code(busy), (503, "busy"));
+    }
+
+    #[test]
+    fn several_invalid_fields_become_one_422_naming_each() {
+        use ponte_linking::company::FieldError as F;
+        let e: L = vec![F::new("vat_number", "the check digit is wrong"), F::new("pec", "email must contain @")].into();
+        let p: Problem = e.into();
+        let body = serde_json::to_value(p.body()).unwrap();
+        assert_eq!(status_and_code(p), (422, "validation_failed"));
+        assert_eq!(body["detail"], "vat_number: the check digit is wrong; pec: email must contain @");
+        assert_eq!(
+            body["errors"],
+            serde_json::json!([
+                {"field": "vat_number", "message": "the check digit is wrong"},
+                {"field": "pec", "message": "email must contain @"},
+            ])
+        );
+    }
+
+    #[test]
+    fn integration_refusals_name_the_state_or_the_missing_piece() {
+        use ponte_linking::integration::store::Refused as R;
+        use ponte_linking::integration::{Illegal, IntegrationState};
+        let illegal = R::Illegal(Illegal { state: IntegrationState::Disabled, event: "confirm" });
+        assert_eq!(status_and_code(illegal.into()), (409, "integration_is_disabled"));
+        assert_eq!(status_and_code(R::NoCompany.into()), (404, "company_not_found"));
+        assert_eq!(status_and_code(R::InviteeWithoutExternalId.into()), (409, "external_id_missing"));
+        let away: Problem = R::PlatformUnavailable("connection refused to 10.0.0.1".into()).into();
+        let body = serde_json::to_string(&away.body()).unwrap();
+        assert!(!body.contains("10.0.0.1"), "the cause stays in the log: {body}");
+        assert_eq!(status_and_code(away), (503, "platform_unavailable"));
+        let expired = R::Invite(ponte_linking::invite::InviteRefusal::Expired);
+        assert_eq!(status_and_code(expired.into()), (409, "invite_expired"));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct AppState {
     pub companies: Arc<dyn ponte_linking::company::CompanyStore>,
     /// Companies' integrations and their invites.
     pub integrations: Arc<dyn ponte_linking::integration::Integrations>,
+    /// The invoicing platform's directory, asked before a reactivation.
+    pub platform_lookup: Arc<dyn ponte_linking::integration::actions::PlatformLookup>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
 }

@@ -1,6 +1,8 @@
-//! Companies of an account: legal entities or points of sale, with validated fields ([`fields`]) and their storage ([`sql`]).
+//! Companies of an account: the legal entities and points of sale that invoices are for,
+//! with fields that can only hold valid values ([`fields`]) and their storage ([`sql`]).
 
 pub mod fields;
+
 pub use fields::*;
 
 pub mod sql;

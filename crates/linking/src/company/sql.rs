@@ -77,7 +77,7 @@ async fn account_exists(tx: &mut Transaction<'_, Any>, account: AccountId) -> Re
 
 fn entry(company: &Company, actor: &Actor, action: &str, now: OffsetDateTime) -> AuditEntry {
     AuditEntry::for_company(company.account_id, company.id, actor, action, now)
-        .with_detail(serde_json::json!({"vat_number": company.data.vat_number.as_str()}).to_string())
+        .with_detail(serde_json::json!({"vat_number": company.data.vat_number().as_str()}).to_string())
 }
 
 #[async_trait]
@@ -113,7 +113,7 @@ impl CompanyStore for SqlCompanies {
         )
         .bind(company.id.to_string())
         .bind(account.to_string())
-        .bind(company.data.vat_number.as_str())
+        .bind(company.data.vat_number().as_str())
         .bind(to_json(&company.data)?)
         .bind(to_unix(now))
         .execute(&mut *tx)
@@ -144,7 +144,7 @@ impl CompanyStore for SqlCompanies {
         let written = sqlx::query(
             "UPDATE companies SET vat_number = $1, data = $2, updated_at = $3 WHERE account_id = $4 AND id = $5",
         )
-        .bind(updated.data.vat_number.as_str())
+        .bind(updated.data.vat_number().as_str())
         .bind(to_json(&updated.data)?)
         .bind(to_unix(now))
         .bind(account.to_string())

@@ -20,7 +20,7 @@ pub type Outcome = std::result::Result<Applied, Refused>;
 
 /// The platform's directory of accounts, asked before a reactivation.
 #[async_trait]
-pub trait PlatformLookup: Send + Sync {
+pub trait PlatformLookup: Send + Sync + std::fmt::Debug {
     /// The account the platform has for this VAT number, if any; `Err` with a reason
     /// when the platform cannot be asked now.
     async fn find_account(&self, vat_number: &str) -> std::result::Result<Option<PlatformAccount>, String>;
@@ -112,7 +112,7 @@ pub async fn reactivate(
         Ok(i) => i,
         Err(refused) => return Ok(Err(refused)),
     };
-    let existing = match platform.find_account(data.vat_number.as_str()).await {
+    let existing = match platform.find_account(data.vat_number().as_str()).await {
         Ok(found) => found,
         Err(reason) => return Ok(Err(Refused::PlatformUnavailable(reason))),
     };

@@ -111,9 +111,7 @@ pub struct AddressView {
 impl CompanyDataView {
     /// The view of validated data: its JSON is the contract shape already.
     pub fn of(data: &CompanyData) -> Result<Self, Problem> {
-        serde_json::to_value(data)
-            .and_then(serde_json::from_value)
-            .map_err(|e| Problem::internal(&e))
+        serde_json::to_value(data).and_then(serde_json::from_value).map_err(|e| Problem::internal(&e))
     }
 }
 
@@ -135,7 +133,12 @@ pub struct CompanyView {
 
 impl CompanyView {
     fn of(c: &Company) -> Result<Self, Problem> {
-        Ok(Self { id: c.id.to_string(), data: CompanyDataView::of(&c.data)?, created_at: c.created_at, updated_at: c.updated_at })
+        Ok(Self {
+            id: c.id.to_string(),
+            data: CompanyDataView::of(&c.data)?,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        })
     }
 }
 

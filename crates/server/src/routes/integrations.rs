@@ -3,11 +3,11 @@
 //! at a glance. Each action is idempotent: repeating it answers the current state.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use ponte_linking::company::CompanyData;
 use ponte_linking::ids::{AccountId, CompanyId, InviteId, UserId};
 use ponte_linking::integration::actions::{self, Stores, Target};
 use ponte_linking::integration::status::{Words, next_step};
 use ponte_linking::integration::{Integration, IntegrationKind, PlatformAccount};
-use ponte_linking::company::CompanyData;
 use ponte_linking::invite::{Invite, InviteState};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -246,7 +246,8 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &web::Bytes) ->
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| Problem::bad_request("invalid_json", format!("The body is not valid: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Problem::bad_request("invalid_json", format!("The body is not valid: {e}")))
 }
 
 async fn target(
@@ -302,8 +303,8 @@ pub async fn list_integrations(caller: Caller, path: web::Path<AccountPath>, sta
         }
         companies.push(CompanyIntegrations {
             company_id: company.id.to_string(),
-            legal_name: company.data.legal_name.as_str().to_owned(),
-            vat_number: company.data.vat_number.as_str().to_owned(),
+            legal_name: company.data.legal_name().as_str().to_owned(),
+            vat_number: company.data.vat_number().as_str().to_owned(),
             integrations: views,
         });
     }
@@ -328,7 +329,12 @@ pub async fn get_integration(
 #[utoipa::path(post, path = "/api/v1/accounts/{account}/companies/{company}/integrations/{kind}/disable",
     tag = "integrations", params(IntegrationPath), security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = IntegrationView), (status = 404, body = ProblemBody, content_type = PROBLEM)))]
-pub async fn disable(caller: Caller, req: HttpRequest, path: web::Path<IntegrationPath>, state: web::Data<AppState>) -> ApiResult {
+pub async fn disable(
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<IntegrationPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
     let t = target(&state, &caller, &req, &path, Need::Manage).await?;
     answer(&state, &t, actions::disable(state.integrations.as_ref(), &t).await?).await
 }
@@ -391,7 +397,12 @@ pub async fn confirm(
         (status = 404, body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = "integration_is_<state>", body = ProblemBody, content_type = PROBLEM),
     ))]
-pub async fn retry(caller: Caller, req: HttpRequest, path: web::Path<IntegrationPath>, state: web::Data<AppState>) -> ApiResult {
+pub async fn retry(
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<IntegrationPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
     let t = target(&state, &caller, &req, &path, Need::Manage).await?;
     answer(&state, &t, actions::retry(state.integrations.as_ref(), &t).await?).await
 }
