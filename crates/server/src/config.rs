@@ -98,6 +98,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Collaboration invites (`[invites]`).
     pub invites: InvitesConfig,
+    /// The invoicing platform (`[platform]`).
+    pub platform: PlatformConfig,
 }
 
 /// Collaboration invites (`[invites]`).
@@ -130,6 +132,98 @@ impl Default for SmtpConfig {
     fn default() -> Self {
         Self { url: None, from: "Ponte <no-reply@localhost>".into(), timeout_secs: 20 }
     }
+}
+
+/// The invoicing platform's connector: off while `base_url` is unset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformConfig {
+    /// The platform's API base, e.g. `https://platform.example.com` (plain http: loopback only).
+    pub base_url: Option<url::Url>,
+    /// The OAuth2 token endpoint; empty means `{base_url}/oauth/token`.
+    pub token_url: Option<url::Url>,
+    /// Ponte's OAuth2 client id at the platform (required with `base_url`).
+    pub client_id: Option<String>,
+    /// Ponte's OAuth2 client secret, sent with `client_secret_basic` (required with `base_url`).
+    pub client_secret: Option<Secret>,
+    /// Space-separated scopes to ask for; empty asks for none.
+    pub scope: Option<String>,
+    /// Seconds one request to the platform (or its token endpoint) may take.
+    pub timeout_secs: u64,
+    /// The key of the HMAC-SHA256 signature on the platform's webhooks.
+    pub webhook_secret: Option<Secret>,
+}
+
+impl PlatformConfig {
+    /// The token endpoint in effect: `token_url`, else `{base_url}/oauth/token`.
+    pub fn token_url(&self) -> Option<url::Url> {
+        if let Some(url) = &self.token_url {
+            return Some(url.clone());
+        }
+        let mut url = self.base_url.clone()?;
+        url.path_segments_mut().ok()?.pop_if_empty().extend(["oauth", "token"]);
+        Some(url)
+    }
+
+    fn check(&self, lease_secs: u64) -> Result<(), String> {
+        if self.timeout_secs == 0 || self.timeout_secs >= lease_secs {
+            return Err("platform.timeout_secs must be greater than zero and shorter than worker.lease_secs".into());
+        }
+        if let Some(scope) = &self.scope
+            && !scope.split_whitespace().all(ponte_identity::client::is_valid_scope_token)
+        {
+            return Err(format!("platform.scope {scope:?} is not a list of scope tokens"));
+        }
+        if self.webhook_secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
+            return Err("platform.webhook_secret must not be empty".into());
+        }
+        let Some(base) = &self.base_url else {
+            return match self.token_url {
+                Some(_) => Err("platform.token_url needs platform.base_url".into()),
+                None => Ok(()),
+            };
+        };
+        check_platform_url("platform.base_url", base)?;
+        if let Some(token_url) = &self.token_url {
+            check_platform_url("platform.token_url", token_url)?;
+        }
+        if self.client_id.as_deref().is_none_or(str::is_empty)
+            || self.client_secret.as_ref().is_none_or(|s| s.expose().is_empty())
+        {
+            return Err("platform.client_id and platform.client_secret are required with platform.base_url".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            base_url: None,
+            token_url: None,
+            client_id: None,
+            client_secret: None,
+            scope: None,
+            timeout_secs: 10,
+            webhook_secret: None,
+        }
+    }
+}
+
+/// A platform URL: https, or http to a loopback host; no credentials, query or fragment
+/// (they would end up in logs and error messages).
+fn check_platform_url(key: &str, url: &url::Url) -> Result<(), String> {
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    match url.scheme() {
+        "https" if !host.is_empty() => {}
+        "http" if ponte_identity::client::is_loopback_host(host) => {}
+        "http" => return Err(format!("{key} must use https unless the host is loopback")),
+        _ => return Err(format!("{key} must be an http(s) URL")),
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{key} must not carry credentials, a query or a fragment"));
+    }
+    Ok(())
 }
 
 /// The background worker.
@@ -205,6 +299,7 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             worker: WorkerConfig::default(),
             invites: InvitesConfig::default(),
+            platform: PlatformConfig::default(),
         }
     }
 }
@@ -213,7 +308,11 @@ impl Default for Config {
 const SECRET_KEYS: [&str; 3] = ["master_key", "database_url", "redis_url"];
 
 /// Environment names (after `PONTE_`) of nested keys, and the key they set.
-const ALIASES: [(&str, &str); 1] = [("smtp_url", "smtp.url")];
+const ALIASES: [(&str, &str); 3] = [
+    ("smtp_url", "smtp.url"),
+    ("platform_client_secret", "platform.client_secret"),
+    ("platform_webhook_secret", "platform.webhook_secret"),
+];
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -349,6 +448,7 @@ impl Config {
         }
         crate::worker::smtp::check(self.smtp.url.as_ref().map(Secret::expose), &self.smtp.from)
             .map_err(ConfigError::Invalid)?;
+        self.platform.check(w.lease_secs).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -461,6 +561,36 @@ mod tests {
         assert!(from_toml("[smtp]\ntimeout_secs = 60\n").is_err(), "a delivery must end before its lease");
         let c = from_toml("[smtp]\nurl = \"smtps://u:hunter2@mail:465\"\n").unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_platform_is_off_by_default_and_checked_when_on() {
+        let c = from_toml("").unwrap();
+        assert!(c.platform.base_url.is_none() && c.platform.token_url().is_none());
+        assert_eq!(c.platform.timeout_secs, 10);
+        let on = "[platform]\nbase_url = \"https://platform.example/api\"\nclient_id = \"ponte\"\nclient_secret = \"pl4tf0rm-secret\"\n";
+        let c = from_toml(on).unwrap();
+        assert_eq!(c.platform.token_url().unwrap().as_str(), "https://platform.example/api/oauth/token");
+        assert!(!format!("{c:?}").contains("pl4tf0rm-secret"));
+        let c = from_toml(&format!("{on}token_url = \"https://login.example/token\"\nscope = \"invoices accounts\"\n"))
+            .unwrap();
+        assert_eq!(c.platform.token_url().unwrap().as_str(), "https://login.example/token");
+        assert!(
+            from_toml("[platform]\nbase_url = \"http://127.0.0.1:8090\"\nclient_id = \"p\"\nclient_secret = \"s\"\n")
+                .is_ok()
+        );
+        for bad in [
+            "[platform]\nbase_url = \"http://platform.example\"\nclient_id = \"p\"\nclient_secret = \"s\"\n",
+            "[platform]\nbase_url = \"ftp://127.0.0.1\"\nclient_id = \"p\"\nclient_secret = \"s\"\n",
+            "[platform]\nbase_url = \"https://u:pw@platform.example\"\nclient_id = \"p\"\nclient_secret = \"s\"\n",
+            "[platform]\nbase_url = \"https://platform.example\"\n",
+            "[platform]\ntoken_url = \"https://login.example/token\"\n",
+            "[platform]\ntimeout_secs = 0\n",
+            "[platform]\nscope = \"a\\\\b\"\n",
+            "[platform]\nbase_url = \"https://platform.example\"\nclient_id = \"p\"\nclient_secret = \"s\"\nclient_secert = \"s\"\n",
+        ] {
+            assert!(from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

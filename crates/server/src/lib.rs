@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod browser;
 pub mod config;
+pub mod connectors;
 pub mod extract;
 pub mod html;
 pub mod op;

@@ -21,6 +21,7 @@ mod oauth;
 mod oidc;
 mod openapi;
 mod ops;
+mod platform;
 mod process;
 mod resilience;
 mod sessions;
