@@ -96,6 +96,31 @@ pub struct Config {
     pub smtp: SmtpConfig,
     /// The background worker that runs jobs (`[worker]`).
     pub worker: WorkerConfig,
+    /// Webhook receivers of the POS backend by id (`[webhooks.<id>]`), besides those
+    /// defined over REST.
+    pub webhooks: std::collections::BTreeMap<String, WebhookConfig>,
+    /// The invoicing platform (`[platform]`).
+    pub platform: PlatformConfig,
+}
+
+/// A webhook receiver from the configuration: Ponte POSTs its events there, signed with
+/// `secret`. REST cannot change it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `https://…`, or `http://` to a loopback host; no user or password in it.
+    pub url: String,
+    /// The signing secret, at least 32 characters.
+    pub secret: Secret,
+}
+
+/// The invoicing platform.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformConfig {
+    /// The secret the platform signs its webhooks with (`POST /webhooks/platform`); unset,
+    /// that route answers 404.
+    pub webhook_secret: Option<Secret>,
 }
 
 /// Outgoing mail: SMTP when `url` is set, else `.eml` files under `data_dir/outbox/`.
@@ -188,6 +213,8 @@ impl Default for Config {
             providers: Default::default(),
             smtp: SmtpConfig::default(),
             worker: WorkerConfig::default(),
+            webhooks: Default::default(),
+            platform: PlatformConfig::default(),
         }
     }
 }
@@ -332,6 +359,10 @@ impl Config {
         }
         crate::worker::smtp::check(self.smtp.url.as_ref().map(Secret::expose), &self.smtp.from)
             .map_err(ConfigError::Invalid)?;
+        for (id, receiver) in &self.webhooks {
+            crate::webhooks::receivers::check(id, &receiver.url, receiver.secret.expose())
+                .map_err(|e| ConfigError::Invalid(format!("webhooks.{id}: {e}")))?;
+        }
         Ok(())
     }
 

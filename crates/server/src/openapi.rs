@@ -5,6 +5,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{api, jobs, oauth, ops, token};
+use crate::webhooks::api as webhooks;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +19,7 @@ use crate::routes::{api, jobs, oauth, ops, token};
         api::list_identities, api::unlink_identity,
         api::list_audit,
         jobs::list_jobs, jobs::retry_job,
+        webhooks::list_receivers, webhooks::put_receiver, webhooks::delete_receiver,
     ),
     components(schemas(crate::problem::ProblemBody, crate::problem::FieldError)),
     modifiers(&BearerAuth),
@@ -28,6 +30,7 @@ use crate::routes::{api, jobs, oauth, ops, token};
         (name = "identities", description = "Upstream identities linked to a user"),
         (name = "audit", description = "Who did what"),
         (name = "jobs", description = "The durable job queue (mail and other side effects), for support"),
+        (name = "webhooks", description = "Where Ponte POSTs its signed events for the POS backend"),
         (name = "oauth2", description = "Tokens and keys"),
         (name = "operations", description = "Health and readiness"),
     )

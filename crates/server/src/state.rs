@@ -56,6 +56,10 @@ pub struct AppState {
     pub outbox: Arc<dyn ponte_identity::outbox::Outbox>,
     /// The durable job queue (support's REST view, and enqueues).
     pub jobs: Arc<ponte_identity::jobs::SqlJobs>,
+    /// The POS backend's webhook receivers (`[webhooks.<id>]` and those stored over REST).
+    pub webhooks: Arc<dyn crate::webhooks::receivers::Receivers>,
+    /// What `POST /webhooks/platform` does with an authentic, new platform event.
+    pub platform_events: Arc<dyn crate::webhooks::inbound::PlatformEventHandler>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
 }

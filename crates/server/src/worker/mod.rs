@@ -26,6 +26,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{Config, Secret, WorkerConfig};
+use crate::webhooks::deliver::{DeliverHandler, FanoutHandler, WEBHOOK_DELIVER, WEBHOOK_FANOUT};
 
 /// Runs one kind of job. Must be idempotent: after a crash the same job may run again, and
 /// its effect must still happen once (pass the job id to anything external).
@@ -128,7 +129,14 @@ impl Worker {
         master: MasterKey,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
-        let registry = Registry::new().with(MAIL_SEND, Arc::new(mail::MailHandler::from_config(config, master)?));
+        let receivers =
+            crate::webhooks::receivers::from_config(&config.webhooks, store.database().clone(), master.clone());
+        // One client for every delivery: redirects are not followed.
+        let http = ponte_identity::upstream::http_client().map_err(|e| e.to_string())?;
+        let registry = Registry::new()
+            .with(MAIL_SEND, Arc::new(mail::MailHandler::from_config(config, master)?))
+            .with(WEBHOOK_FANOUT, Arc::new(FanoutHandler::new(receivers.clone(), store.clone(), clock.clone())))
+            .with(WEBHOOK_DELIVER, Arc::new(DeliverHandler::new(receivers, http, clock.clone())));
         let settings =
             Settings::from_config(&config.worker, store.database().backend(), &config.effective_database_url());
         Ok(Self::new(store, registry, settings, clock))
