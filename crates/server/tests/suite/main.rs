@@ -25,3 +25,4 @@ mod resilience;
 mod sessions;
 mod sink;
 mod storage;
+mod webhooks;
