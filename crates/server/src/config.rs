@@ -478,6 +478,28 @@ mod tests {
     }
 
     #[test]
+    fn webhook_receivers_and_the_platform_secret_are_read_and_checked() {
+        let secret = "s".repeat(32);
+        let c = from_toml(&format!(
+            "[webhooks.pos]\nurl = \"https://pos.example.com/h\"\nsecret = \"{secret}\"\n\
+             [platform]\nwebhook_secret = \"platform-secret\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.webhooks["pos"].url, "https://pos.example.com/h");
+        assert_eq!(c.platform.webhook_secret.as_ref().map(Secret::expose), Some("platform-secret"));
+        assert!(!format!("{c:?}").contains(&secret) && !format!("{c:?}").contains("platform-secret"));
+        let refused = |table: &str| from_toml(table).unwrap_err().to_string();
+        let plain = refused(&format!("[webhooks.pos]\nurl = \"http://pos.example.com/\"\nsecret = \"{secret}\"\n"));
+        assert!(plain.contains("webhooks.pos") && plain.contains("https"), "{plain}");
+        assert!(refused("[webhooks.pos]\nurl = \"https://pos.example.com/\"\nsecret = \"short\"\n").contains("32"));
+        assert!(
+            refused(&format!("[webhooks.POS]\nurl = \"https://p.example.com/\"\nsecret = \"{secret}\"\n"))
+                .contains("webhooks.POS")
+        );
+        assert!(refused("[webhooks.pos]\nurl = \"https://pos.example.com/\"\n").contains("secret"));
+    }
+
+    #[test]
     fn secrets_do_not_leak_through_debug() {
         let c = from_toml("master_key = \"c2VjcmV0\"\ndatabase_url = \"postgres://u:pw@db/ponte\"").unwrap();
         let shown = format!("{c:?}");
