@@ -98,6 +98,9 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Collaboration invites (`[invites]`).
     pub invites: InvitesConfig,
+    /// Webhook receivers of the POS backend by id (`[webhooks.<id>]`), besides those
+    /// defined over REST.
+    pub webhooks: std::collections::BTreeMap<String, WebhookConfig>,
     /// The invoicing platform (`[platform]`).
     pub platform: PlatformConfig,
 }
@@ -114,6 +117,17 @@ impl Default for InvitesConfig {
     fn default() -> Self {
         Self { ttl_days: 7 }
     }
+}
+
+/// A webhook receiver from the configuration: Ponte POSTs its events there, signed with
+/// `secret`. REST cannot change it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `https://…`, or `http://` to a loopback host; no user or password in it.
+    pub url: String,
+    /// The signing secret, at least 32 characters.
+    pub secret: Secret,
 }
 
 /// Outgoing mail: SMTP when `url` is set, else `.eml` files under `data_dir/outbox/`.
@@ -299,6 +313,7 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             worker: WorkerConfig::default(),
             invites: InvitesConfig::default(),
+            webhooks: Default::default(),
             platform: PlatformConfig::default(),
         }
     }
@@ -449,6 +464,10 @@ impl Config {
         crate::worker::smtp::check(self.smtp.url.as_ref().map(Secret::expose), &self.smtp.from)
             .map_err(ConfigError::Invalid)?;
         self.platform.check(w.lease_secs).map_err(ConfigError::Invalid)?;
+        for (id, receiver) in &self.webhooks {
+            crate::webhooks::receivers::check(id, &receiver.url, receiver.secret.expose())
+                .map_err(|e| ConfigError::Invalid(format!("webhooks.{id}: {e}")))?;
+        }
         Ok(())
     }
 
@@ -591,6 +610,28 @@ mod tests {
         ] {
             assert!(from_toml(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn webhook_receivers_and_the_platform_secret_are_read_and_checked() {
+        let secret = "s".repeat(32);
+        let c = from_toml(&format!(
+            "[webhooks.pos]\nurl = \"https://pos.example.com/h\"\nsecret = \"{secret}\"\n\
+             [platform]\nwebhook_secret = \"platform-secret\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.webhooks["pos"].url, "https://pos.example.com/h");
+        assert_eq!(c.platform.webhook_secret.as_ref().map(Secret::expose), Some("platform-secret"));
+        assert!(!format!("{c:?}").contains(&secret) && !format!("{c:?}").contains("platform-secret"));
+        let refused = |table: &str| from_toml(table).unwrap_err().to_string();
+        let plain = refused(&format!("[webhooks.pos]\nurl = \"http://pos.example.com/\"\nsecret = \"{secret}\"\n"));
+        assert!(plain.contains("webhooks.pos") && plain.contains("https"), "{plain}");
+        assert!(refused("[webhooks.pos]\nurl = \"https://pos.example.com/\"\nsecret = \"short\"\n").contains("32"));
+        assert!(
+            refused(&format!("[webhooks.POS]\nurl = \"https://p.example.com/\"\nsecret = \"{secret}\"\n"))
+                .contains("webhooks.POS")
+        );
+        assert!(refused("[webhooks.pos]\nurl = \"https://pos.example.com/\"\n").contains("secret"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod problem;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
+pub mod webhooks;
 pub mod worker;
 
 pub use app::Application;

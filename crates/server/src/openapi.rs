@@ -5,6 +5,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{api, companies, integrations, jobs, oauth, ops, token};
+use crate::webhooks::api as webhooks;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +24,7 @@ use crate::routes::{api, companies, integrations, jobs, oauth, ops, token};
         integrations::disable, integrations::reactivate, integrations::confirm, integrations::retry,
         integrations::list_invites, integrations::resend_invite,
         jobs::list_jobs, jobs::retry_job,
+        webhooks::list_receivers, webhooks::put_receiver, webhooks::delete_receiver,
     ),
     components(schemas(crate::problem::ProblemBody, crate::problem::FieldError)),
     modifiers(&BearerAuth),
@@ -35,6 +37,7 @@ use crate::routes::{api, companies, integrations, jobs, oauth, ops, token};
         (name = "companies", description = "The companies (legal entities, points of sale) of an account"),
         (name = "integrations", description = "Each company's e-invoicing integration: status, actions, invites"),
         (name = "jobs", description = "The durable job queue (mail and other side effects), for support"),
+        (name = "webhooks", description = "Where Ponte POSTs its signed events for the POS backend"),
         (name = "oauth2", description = "Tokens and keys"),
         (name = "operations", description = "Health and readiness"),
     )

@@ -62,6 +62,10 @@ pub struct AppState {
     pub integrations: Arc<dyn ponte_linking::integration::Integrations>,
     /// The invoicing platform's directory, asked before a reactivation.
     pub platform_lookup: Arc<dyn ponte_linking::integration::actions::PlatformLookup>,
+    /// The POS backend's webhook receivers (`[webhooks.<id>]` and those stored over REST).
+    pub webhooks: Arc<dyn crate::webhooks::receivers::Receivers>,
+    /// What `POST /webhooks/platform` does with an authentic, new platform event.
+    pub platform_events: Arc<dyn crate::webhooks::inbound::PlatformEventHandler>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
 }

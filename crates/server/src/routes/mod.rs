@@ -25,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     pages::configure(cfg);
     api::configure(cfg);
     jobs::configure(cfg);
+    crate::webhooks::configure(cfg);
 }
 
 /// Anything unrouted.

@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Secret, WorkerConfig};
 use crate::state::AppState;
+use crate::webhooks::deliver::{DeliverHandler, FanoutHandler, WEBHOOK_DELIVER, WEBHOOK_FANOUT};
 
 /// Runs one kind of job. Must be idempotent: after a crash the same job may run again, and
 /// its effect must still happen once (pass the job id to anything external).
@@ -125,8 +126,16 @@ impl Worker {
     /// stores of `state`.
     pub fn from_state(state: &AppState) -> Result<Self, String> {
         let config = &state.config;
-        let registry =
-            Registry::new().with(MAIL_SEND, Arc::new(mail::MailHandler::from_config(config, state.master.clone())?));
+        let clock = state.clock.clone();
+        // One client for every delivery: redirects are not followed.
+        let http = ponte_identity::upstream::http_client().map_err(|e| e.to_string())?;
+        let registry = Registry::new()
+            .with(MAIL_SEND, Arc::new(mail::MailHandler::from_config(config, state.master.clone())?))
+            .with(
+                WEBHOOK_FANOUT,
+                Arc::new(FanoutHandler::new(state.webhooks.clone(), state.jobs.clone(), clock.clone())),
+            )
+            .with(WEBHOOK_DELIVER, Arc::new(DeliverHandler::new(state.webhooks.clone(), http, clock)));
         let settings =
             Settings::from_config(&config.worker, state.jobs.database().backend(), &config.effective_database_url());
         Ok(Self::new(state.jobs.clone(), registry, settings, state.clock.clone()))

@@ -27,3 +27,4 @@ mod resilience;
 mod sessions;
 mod sink;
 mod storage;
+mod webhooks;
