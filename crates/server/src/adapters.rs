@@ -70,17 +70,79 @@ impl LinkCodeMail for OutboxLinkCode {
     }
 }
 
-/// The platform lookup when no `[platform]` is configured: every reactivation answers that
-/// the platform is unavailable, rather than pretending it has no account.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoPlatform;
+/// The platform's directory through the connector; without a `[platform]` every
+/// reactivation answers that the platform is unavailable, rather than pretending it has
+/// no account.
+#[derive(Debug, Clone)]
+pub struct PlatformDirectory(pub Option<Arc<dyn crate::connectors::platform::Platform>>);
 
 #[async_trait]
-impl ponte_linking::integration::actions::PlatformLookup for NoPlatform {
+impl ponte_linking::integration::actions::PlatformLookup for PlatformDirectory {
     async fn find_account(
         &self,
-        _vat_number: &str,
+        vat_number: &str,
     ) -> Result<Option<ponte_linking::integration::PlatformAccount>, String> {
-        Err("no invoicing platform is configured ([platform] base_url)".into())
+        let Some(platform) = &self.0 else {
+            return Err("no invoicing platform is configured ([platform] base_url)".into());
+        };
+        // A lookup changes nothing at the platform: any fresh key will do.
+        let key = uuid::Uuid::now_v7().to_string();
+        let found = platform.find_account(vat_number, &key).await.map_err(|e| e.to_string())?;
+        Ok(found.map(|a| ponte_linking::integration::PlatformAccount {
+            id: a.id,
+            legal_name: a.legal_name,
+            owner_email: a.owner_email,
+        }))
+    }
+}
+
+/// What the platform's signed webhook events do: an invite accepted on its side moves the
+/// integration to `activating`; a finished activation makes it `active`.
+#[derive(Debug, Clone)]
+pub struct PlatformEvents {
+    /// Integrations and invites.
+    pub integrations: Arc<dyn ponte_linking::integration::Integrations>,
+    /// The one clock.
+    pub clock: Arc<dyn ponte_identity::clock::Clock>,
+}
+
+#[async_trait]
+impl crate::webhooks::inbound::PlatformEventHandler for PlatformEvents {
+    async fn handle(&self, event: &crate::webhooks::inbound::PlatformEvent) -> Result<(), crate::problem::Problem> {
+        use crate::webhooks::inbound::PlatformEventType as T;
+        use ponte_linking::integration::{IntegrationKind, actions};
+        let actor = ponte_linking::audit::Actor { who: "platform".into(), ip: None };
+        let now = self.clock.now();
+        match event.type_ {
+            T::InviteAccepted => {
+                let reference = event.data.reference.as_deref().unwrap_or_default();
+                let Ok(invite) = reference.parse() else {
+                    tracing::warn!(event = %event.id, "invite.accepted names no invite of ours");
+                    return Ok(());
+                };
+                let outcome =
+                    ponte_linking::invite::accepted_on_platform(self.integrations.as_ref(), invite, &actor, now)
+                        .await?;
+                tracing::info!(event = %event.id, ?outcome, "platform reported an accepted invite");
+            }
+            T::ActivationCompleted => {
+                let kind = IntegrationKind::DigitalInvoice;
+                let found =
+                    self.integrations.by_platform_account(&event.data.vat_number, &event.data.account_id, kind).await?;
+                for i in found {
+                    let target = actions::Target {
+                        account: i.account_id,
+                        company: i.company_id,
+                        kind,
+                        actor: actor.clone(),
+                        now,
+                    };
+                    let outcome = actions::activated(self.integrations.as_ref(), &target).await?;
+                    tracing::info!(event = %event.id, ok = outcome.is_ok(), "platform reported an activation");
+                }
+            }
+            _ => tracing::info!(event = %event.id, "platform event of no concern, ignored"),
+        }
+        Ok(())
     }
 }

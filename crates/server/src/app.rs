@@ -27,6 +27,7 @@ use time::Duration;
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Config;
+use crate::connectors::platform::HttpPlatform;
 use crate::state::AppState;
 use crate::worker::Worker;
 use crate::{extract, routes, telemetry};
@@ -133,11 +134,16 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
     let jobs = Arc::new(SqlJobs::new(db.clone(), config.worker.max_attempts));
     let outbox = Arc::new(JobOutbox::new(jobs.clone(), master.clone(), clock.clone()));
     let invite_ttl = Duration::days(i64::try_from(config.invites.ttl_days).unwrap_or(7).max(1));
-    let integrations = SqlIntegrations::new(db.clone(), jobs.clone(), master.clone(), &config.issuer(), invite_ttl);
+    let integrations: Arc<dyn ponte_linking::integration::Integrations> =
+        Arc::new(SqlIntegrations::new(db.clone(), jobs.clone(), master.clone(), &config.issuer(), invite_ttl));
+    let platform = HttpPlatform::from_config(&config.platform, http.clone())
+        .map_err(|e| StartError::Setup(format!("platform: {e}")))?
+        .map(|p| Arc::new(p) as Arc<dyn crate::connectors::platform::Platform>);
     Ok(AppState {
         companies: Arc::new(SqlCompanies::new(db.clone())),
-        integrations: Arc::new(integrations),
-        platform_lookup: Arc::new(crate::adapters::NoPlatform),
+        integrations: integrations.clone(),
+        platform_lookup: Arc::new(crate::adapters::PlatformDirectory(platform.clone())),
+        platform,
         issuer: config.issuer(),
         providers: Arc::new(providers),
         links: Arc::new(SqlLinks::new(db.clone())),
@@ -153,7 +159,10 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         refresh: Arc::new(SqlRefresh::new(db.clone())),
         consents: Arc::new(SqlConsents::new(db.clone())),
         webhooks: crate::webhooks::receivers::from_config(&config.webhooks, db.clone(), master.clone()),
-        platform_events: Arc::new(crate::webhooks::inbound::IgnoreEvents),
+        platform_events: Arc::new(crate::adapters::PlatformEvents {
+            integrations: integrations.clone(),
+            clock: clock.clone(),
+        }),
         db,
         clock,
         config: Arc::new(config),

@@ -60,6 +60,8 @@ pub struct AppState {
     pub companies: Arc<dyn ponte_linking::company::CompanyStore>,
     /// Companies' integrations and their invites.
     pub integrations: Arc<dyn ponte_linking::integration::Integrations>,
+    /// The invoicing platform's connector (`[platform]`), if configured.
+    pub platform: Option<Arc<dyn crate::connectors::platform::Platform>>,
     /// The invoicing platform's directory, asked before a reactivation.
     pub platform_lookup: Arc<dyn ponte_linking::integration::actions::PlatformLookup>,
     /// The POS backend's webhook receivers (`[webhooks.<id>]` and those stored over REST).

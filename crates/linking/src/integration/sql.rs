@@ -539,6 +539,29 @@ impl Integrations for SqlIntegrations {
         rows.into_iter().map(parse_invite).collect()
     }
 
+    async fn invite_by_id(&self, invite: InviteId) -> Result<Option<Invite>> {
+        select_invite(self.db.pool(), "id = $1", invite.to_string()).await
+    }
+
+    async fn by_platform_account(
+        &self,
+        vat_number: &str,
+        platform_account: &str,
+        kind: IntegrationKind,
+    ) -> Result<Vec<Integration>> {
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {} FROM integrations i JOIN companies c ON c.id = i.company_id \
+             WHERE c.vat_number = $1 AND i.kind = $2",
+            COLUMNS.split(", ").map(|c| format!("i.{c}")).collect::<Vec<_>>().join(", ")
+        ))
+        .bind(vat_number)
+        .bind(kind.as_str())
+        .fetch_all(self.db.pool())
+        .await?;
+        let all: Vec<Integration> = rows.into_iter().map(parse).collect::<Result<_>>()?;
+        Ok(all.into_iter().filter(|i| i.platform_account.as_ref().is_some_and(|p| p.id == platform_account)).collect())
+    }
+
     async fn invite_by_token_digest(&self, digest: &str) -> Result<Option<Invite>> {
         select_invite(self.db.pool(), "token_digest = $1", digest.to_owned()).await
     }

@@ -147,6 +147,16 @@ pub trait Integrations: Send + Sync + std::fmt::Debug {
     ) -> Result<()>;
     /// The integration's invites, newest first.
     async fn invites(&self, account: AccountId, company: CompanyId, kind: IntegrationKind) -> Result<Vec<Invite>>;
+    /// An invite by id.
+    async fn invite_by_id(&self, invite: InviteId) -> Result<Option<Invite>>;
+    /// The integrations of `kind` of companies with this VAT number (in any account)
+    /// tied to the platform account `platform_account`: whom a platform event is about.
+    async fn by_platform_account(
+        &self,
+        vat_number: &str,
+        platform_account: &str,
+        kind: IntegrationKind,
+    ) -> Result<Vec<Integration>>;
     /// The invite whose token has this digest.
     async fn invite_by_token_digest(&self, digest: &str) -> Result<Option<Invite>>;
     /// Pending, unexpired invites to `user` at `email_normalized` (the fallback offer).

@@ -118,3 +118,27 @@ async fn take(
         Err(_) => Accepted::Refused(InviteRefusal::Revoked),
     })
 }
+
+/// The platform reports (in a signed webhook) that the invitee accepted invite `invite` on
+/// its side: the same acceptance, with the platform vouching for the person.
+pub async fn accepted_on_platform(
+    integrations: &dyn Integrations,
+    invite: InviteId,
+    actor: &Actor,
+    now: OffsetDateTime,
+) -> Result<Accepted> {
+    let Some(stored) = integrations.invite_by_id(invite).await? else {
+        return Ok(Accepted::Refused(InviteRefusal::Unknown));
+    };
+    if let Err(refusal) = stored.usable(now) {
+        return Ok(Accepted::Refused(refusal));
+    }
+    let mut change =
+        Change::new(stored.account_id, stored.company_id, stored.kind, Event::InviteAccepted, actor.clone(), now);
+    change.accepting = Some((stored.id, None));
+    Ok(match integrations.apply(change).await? {
+        Ok(applied) => Accepted::Done { invite: stored, applied },
+        Err(Refused::Invite(refusal)) => Accepted::Refused(refusal),
+        Err(_) => Accepted::Refused(InviteRefusal::Revoked),
+    })
+}

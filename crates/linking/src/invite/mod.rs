@@ -22,7 +22,7 @@ use crate::email::Email;
 use crate::ids::{AccountId, CompanyId, InviteId, UserId};
 use crate::integration::IntegrationKind;
 
-pub use accept::{Accepted, accept, accept_offered, by_token, offered};
+pub use accept::{Accepted, accept, accept_offered, accepted_on_platform, by_token, offered};
 
 /// How long an invite link works unless configured otherwise.
 pub const DEFAULT_TTL: Duration = Duration::days(7);

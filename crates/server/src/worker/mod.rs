@@ -8,6 +8,7 @@
 //! in-flight jobs the grace period, and releases the leases of those that did not finish.
 
 pub mod mail;
+pub mod platform;
 pub mod smtp;
 
 use std::collections::{BTreeSet, HashMap};
@@ -27,6 +28,7 @@ use tokio::task::JoinSet;
 use crate::config::{Secret, WorkerConfig};
 use crate::state::AppState;
 use crate::webhooks::deliver::{DeliverHandler, FanoutHandler, WEBHOOK_DELIVER, WEBHOOK_FANOUT};
+use ponte_linking::integration::jobs;
 
 /// Runs one kind of job. Must be idempotent: after a crash the same job may run again, and
 /// its effect must still happen once (pass the job id to anything external).
@@ -135,7 +137,21 @@ impl Worker {
                 WEBHOOK_FANOUT,
                 Arc::new(FanoutHandler::new(state.webhooks.clone(), state.jobs.clone(), clock.clone())),
             )
-            .with(WEBHOOK_DELIVER, Arc::new(DeliverHandler::new(state.webhooks.clone(), http, clock)));
+            .with(WEBHOOK_DELIVER, Arc::new(DeliverHandler::new(state.webhooks.clone(), http, clock.clone())));
+        let backoff = Settings::from_config(&config.worker, state.jobs.database().backend(), "").backoff;
+        let platform_job = |step| {
+            Arc::new(platform::PlatformJob::new(
+                step,
+                state.platform.clone(),
+                state.integrations.clone(),
+                backoff,
+                clock.clone(),
+            ))
+        };
+        let registry = registry
+            .with(jobs::CREATE_ACCOUNT, platform_job(platform::Step::CreateAccount))
+            .with(jobs::LINK_ACCOUNT, platform_job(platform::Step::LinkAccount))
+            .with(jobs::ACTIVATE, platform_job(platform::Step::Activate));
         let settings =
             Settings::from_config(&config.worker, state.jobs.database().backend(), &config.effective_database_url());
         Ok(Self::new(state.jobs.clone(), registry, settings, state.clock.clone()))
