@@ -476,3 +476,202 @@ async fn companies_are_validated_field_by_field_and_kept_to_their_account() {
     let r = http.get(&one).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "company_not_found");
 }
+
+mod through_the_worker {
+    //! The platform jobs run by the app's own worker against a scripted platform.
+
+    use super::*;
+    use crate::harness::NowForTest;
+    use wiremock::matchers::{method, path, path_regex};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    async fn platform() -> MockServer {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/oauth/token"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"access_token": "tok", "token_type": "bearer", "expires_in": 3600})),
+            )
+            .mount(&server)
+            .await;
+        let account = json!({"id": "pa_42", "legal_name": "Bar Sport S.r.l.", "vat_number": "00743110157"});
+        Mock::given(method("GET"))
+            .and(path("/v1/accounts"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"accounts": [account.clone()]})))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v1/accounts/pa_42/companies"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"account": account})))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/v1/accounts/pa_42/collaborators"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"collaborator": {"email": "mario.rossi@gruppo.it", "status": "invited", "platform_sent_invite": false}}),
+            ))
+            .mount(&server)
+            .await;
+        server
+    }
+
+    fn activation_ok() -> Mock {
+        Mock::given(method("POST"))
+            .and(path_regex("^/v1/accounts/pa_42/integrations/digital_invoice/activations$"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"activation": {"id": "act_1", "status": "active", "activated_at": "2026-12-01T10:00:00Z"}}),
+            ))
+    }
+
+    fn activation_down() -> Mock {
+        Mock::given(method("POST"))
+            .and(path_regex("/activations$"))
+            .respond_with(ResponseTemplate::new(503).set_body_json(json!({"error": "maintenance"})))
+    }
+
+    async fn app_on(server: &MockServer, max_attempts: u32) -> TestApp {
+        TestApp::spawn_with(TestDb::sqlite(), None, |c| {
+            c.platform.base_url = Some(server.uri().parse().unwrap());
+            c.platform.client_id = Some("ponte".into());
+            c.platform.client_secret = Some("platform-secret".into());
+            c.platform.timeout_secs = 2;
+            c.worker.poll_interval_ms = 20;
+            c.worker.backoff_base_secs = 5;
+            c.worker.backoff_max_secs = 5;
+            c.worker.max_attempts = max_attempts;
+        })
+        .await
+    }
+
+    /// Account, owner with a linked external ID, and a company whose invite is out; the
+    /// invite is then accepted. Returns the integration's URL and an admin token.
+    async fn accepted(app: &TestApp) -> (String, String) {
+        let admin = app.admin_token().await;
+        let http = app.browser();
+        let account = app.create_account(&admin, "mario@barsport.it", "correct horse battery").await;
+        let (account_id, owner_id) = (account["id"].as_str().unwrap(), account["owner"]["id"].as_str().unwrap());
+        let owner = app.state.users.get(account_id.parse().unwrap(), owner_id.parse().unwrap()).await.unwrap().unwrap();
+        let me = upstream("mario-sub", "mario.rossi@gruppo.it", true);
+        app.state.links.link(&owner, &me, &Actor::system(), app.clock.now_for_test()).await.unwrap();
+        let company: Value = http
+            .post(app.url(&format!("/api/v1/accounts/{account_id}/companies")))
+            .bearer_auth(&admin)
+            .json(&company_json("00743110157"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let url = app.url(&format!(
+            "/api/v1/accounts/{account_id}/companies/{}/integrations/digital_invoice",
+            company["id"].as_str().unwrap()
+        ));
+        let r: Value =
+            http.post(format!("{url}/reactivate")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+        assert_eq!(r["state"], "awaiting_confirmation", "{r}");
+        assert_eq!(r["platform_account"]["id"], "pa_42");
+        assert_eq!(r["company_data"]["vat_number"], "00743110157");
+        let r: Value =
+            http.post(format!("{url}/confirm")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+        assert_eq!(r["state"], "invite_pending", "{r}");
+        assert_eq!(r["invite"]["email"], "m***i@gruppo.it");
+        let token = wait_for_invite_token(app).await;
+        let accepted = invite::accept(
+            app.state.integrations.as_ref(),
+            app.state.links.as_ref(),
+            &token,
+            &me,
+            &Actor::system(),
+            app.clock.now_for_test(),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(accepted, Accepted::Done { .. }), "{accepted:?}");
+        (url, admin)
+    }
+
+    async fn wait_for_invite_token(app: &TestApp) -> String {
+        for _ in 0..200 {
+            for job in app.state.jobs.list(None, None, 100).await.unwrap() {
+                if job.kind != "mail.send" {
+                    continue;
+                }
+                let mail = OutgoingMail::from_payload(&job.payload, &app.state.master).unwrap();
+                if let Message::CollaborationInvite { link, .. } = mail.message {
+                    return link.rsplit('/').next().unwrap().to_owned();
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("no invite mail was queued");
+    }
+
+    async fn wait_for(app: &TestApp, url: &str, admin: &str, want: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..250 {
+            last = app.browser().get(url).bearer_auth(admin).send().await.unwrap().json().await.unwrap();
+            if want(&last) {
+                return last;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("integration never got there: {last}");
+    }
+
+    /// The Idempotency-Key of every activation request the platform received.
+    async fn activation_keys(server: &MockServer) -> Vec<String> {
+        let requests = server.received_requests().await.unwrap_or_default();
+        requests
+            .iter()
+            .filter(|r| r.url.path().ends_with("/activations"))
+            .map(|r| r.headers.get("idempotency-key").unwrap().to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_platform_away_during_activation_keeps_it_activating_until_it_returns() {
+        let server = platform().await;
+        activation_down().up_to_n_times(1).with_priority(1).mount(&server).await;
+        activation_ok().mount(&server).await;
+        let app = app_on(&server, 5).await;
+        let (url, admin) = accepted(&app).await;
+
+        let waiting = wait_for(&app, &url, &admin, |v| v["last_error"].is_string()).await;
+        assert_eq!(waiting["state"], "activating", "{waiting}");
+        assert!(waiting["next_retry_at"].is_string(), "{waiting}");
+        assert!(waiting["next_step"]["en"].as_str().unwrap().contains("activating"), "{waiting}");
+
+        app.clock.advance(Duration::seconds(10));
+        let active = wait_for(&app, &url, &admin, |v| v["state"] == "active").await;
+        assert_eq!(active["linked"], true);
+        assert_eq!(active["last_error"], Value::Null);
+        let keys = activation_keys(&server).await;
+        assert_eq!(keys.len(), 2, "one failed attempt, one that worked");
+        assert_eq!(keys[0], keys[1], "a retry carries the same idempotency key");
+    }
+
+    #[tokio::test]
+    async fn activation_fails_after_its_attempts_and_retry_brings_it_back() {
+        let server = platform().await;
+        activation_down().up_to_n_times(2).with_priority(1).mount(&server).await;
+        activation_ok().mount(&server).await;
+        let app = app_on(&server, 2).await;
+        let (url, admin) = accepted(&app).await;
+
+        wait_for(&app, &url, &admin, |v| v["last_error"].is_string()).await;
+        app.clock.advance(Duration::seconds(10));
+        let failed = wait_for(&app, &url, &admin, |v| v["state"] == "failed").await;
+        assert!(failed["last_error"].as_str().unwrap().contains("503"), "{failed}");
+        assert_eq!(failed["next_retry_at"], Value::Null);
+
+        let r: Value =
+            app.browser().post(format!("{url}/retry")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+        assert!(r["state"] == "activating" || r["state"] == "active", "{r}");
+        wait_for(&app, &url, &admin, |v| v["state"] == "active").await;
+        let keys = activation_keys(&server).await;
+        assert_eq!(keys.len(), 3);
+        assert_ne!(keys[1], keys[2], "a retry by an admin is a new job");
+    }
+}
