@@ -23,6 +23,10 @@
 //   POST /_control/accounts {vat_number, legal_name?, owner_email?} seeds an account;
 //   POST /_control/outage {down} makes every /v1 call answer 503 while down;
 //   POST /_control/tokens/revoke forgets every issued token (the next call gets a 401);
+//   POST /_control/delay {ms, match?} holds every /v1 call whose path contains `match`
+//   (every /v1 call without it) for `ms` before it is answered, `ms` 0 ends it; a held
+//   call is recorded in /_control/requests (status 0) as it arrives, and has its effect
+//   when the hold ends even if the caller has gone (as a real server that is slow);
 //   GET /_control/activations → {effective, calls, by_vat: {vat: {effective, calls, activation_id}}};
 //   GET /_control/collaborators → {collaborators: [...]};
 //   GET /_control/requests → {requests: [{method, path, idempotency_key, replayed, status}]};
@@ -136,6 +140,7 @@ export async function startPlatform({
   const activationCalls = new Map(); // vat → calls
   const idempotent = new Map(); // `${method} ${path} ${key}` → {body, status, response}
   const requests = [];
+  let delay = { ms: 0, match: null };
   const apiKeys = [];
   let down = false;
   let tokenRequests = 0;
@@ -278,6 +283,9 @@ export async function startPlatform({
     const record = { method: req.method, path: url.pathname, idempotency_key: key ?? null, replayed: false, status: 0 };
     requests.push(record);
     const answer = (status, body) => { record.status = status; send(res, status, body); };
+    if (delay.ms > 0 && (!delay.match || url.pathname.includes(delay.match))) {
+      await new Promise((resolve) => { setTimeout(resolve, delay.ms); });
+    }
     if (down) return answer(503, { error: 'unavailable', message: 'the platform is down for maintenance' });
     const bearer = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1];
     const expiry = bearer && tokens.get(bearer);
@@ -361,6 +369,9 @@ export async function startPlatform({
       case 'POST /_control/outage':
         down = Boolean(body.down);
         return send(res, 200, { down });
+      case 'POST /_control/delay':
+        delay = { ms: Math.max(0, Number(body.ms) || 0), match: typeof body.match === 'string' ? body.match : null };
+        return send(res, 200, delay);
       case 'POST /_control/tokens/revoke':
         tokens.clear();
         return send(res, 200, { revoked: true });
@@ -412,6 +423,8 @@ export async function startPlatform({
     },
     seedAccount: (account) => seedAccount(account),
     setOutage: (value) => { down = Boolean(value); },
+    /** Holds the /v1 calls whose path contains `match` (all without it) `ms` before answering; 0 ends it. */
+    setDelay: (ms, match = null) => { delay = { ms, match }; },
     revokeTokens: () => tokens.clear(),
     activations: () => activationCounts(),
     collaborators: () => collaborators.map((c) => ({ ...c })),

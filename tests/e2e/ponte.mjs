@@ -183,13 +183,18 @@ export async function startPonte(extraEnv = {}, options = {}) {
         await new Promise((ok) => setTimeout(ok, 50));
       }
     },
+    /** Sends `signal` (e.g. SIGKILL, to play a crash) and waits for the exit; `stop()` still cleans up. */
+    async kill(signal) {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
     stop,
   };
   return ponte;
 }
 
 /** Decodes quoted-printable text (the mail parts' transfer encoding) as UTF-8. */
-function quotedPrintable(text) {
+export function quotedPrintable(text) {
   const joined = text.replace(/=\r?\n/g, '');
   const bytes = [];
   for (let i = 0; i < joined.length; i++) {
