@@ -626,7 +626,8 @@ test('two replicas on one PostgreSQL: ten companies, invites accepted on either,
   // Every call that changes something carried a key; each key belongs to one job: one
   // operation, asked once (no job ran twice, on either replica).
   const changing = w.platform.requests.filter((r) => r.method !== 'GET');
-  const byKey = Map.groupBy(changing, (r) => r.idempotency_key);
+  const byKey = new Map();
+  for (const r of changing) byKey.set(r.idempotency_key, [...(byKey.get(r.idempotency_key) ?? []), r]);
   assert.ok(!byKey.has(null), 'every call carried an Idempotency-Key');
   for (const [key, calls] of byKey) {
     assert.equal(calls.length, 1, `key ${key} was used by ${calls.length} calls: ${JSON.stringify(calls)}`);
