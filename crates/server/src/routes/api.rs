@@ -20,22 +20,17 @@ use crate::auth::{Caller, Need};
 use crate::problem::Problem;
 use crate::state::AppState;
 
-/// Registers the `/api/v1` routes.
+/// Registers the account and user routes inside the `/api/v1/accounts` scope.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/api/v1/accounts")
-            .service(web::resource("").post(create_account))
-            .service(web::resource("/{account}").get(get_account))
-            .service(web::resource("/{account}/users").get(list_users).post(create_user))
-            .service(web::resource("/{account}/users/{user}").get(get_user).patch(update_user).delete(delete_user))
-            .service(web::resource("/{account}/users/{user}/sessions").get(list_sessions))
-            .service(web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session))
-            .service(web::resource("/{account}/users/{user}/identities").get(list_identities))
-            .service(web::resource("/{account}/users/{user}/identities/{provider}").delete(unlink_identity))
-            .service(web::resource("/{account}/audit").get(list_audit))
-            .configure(super::companies::configure)
-            .configure(super::integrations::configure),
-    );
+    cfg.service(web::resource("").post(create_account))
+        .service(web::resource("/{account}").get(get_account))
+        .service(web::resource("/{account}/users").get(list_users).post(create_user))
+        .service(web::resource("/{account}/users/{user}").get(get_user).patch(update_user).delete(delete_user))
+        .service(web::resource("/{account}/users/{user}/sessions").get(list_sessions))
+        .service(web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session))
+        .service(web::resource("/{account}/users/{user}/identities").get(list_identities))
+        .service(web::resource("/{account}/users/{user}/identities/{provider}").delete(unlink_identity))
+        .service(web::resource("/{account}/audit").get(list_audit));
 }
 
 // ---- wire types ----

@@ -23,7 +23,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     authorize::configure(cfg);
     federation::configure(cfg);
     pages::configure(cfg);
-    api::configure(cfg);
+    // One scope for everything under an account: actix does not fall through from one
+    // scope to another with the same prefix.
+    cfg.service(
+        web::scope("/api/v1/accounts")
+            .configure(api::configure)
+            .configure(companies::configure)
+            .configure(integrations::configure),
+    );
     jobs::configure(cfg);
     crate::webhooks::configure(cfg);
 }
