@@ -3,6 +3,7 @@
 pub mod api;
 pub mod authorize;
 pub mod federation;
+pub mod invites;
 pub mod jobs;
 pub mod oauth;
 pub mod ops;
@@ -20,6 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     token::configure(cfg);
     authorize::configure(cfg);
     federation::configure(cfg);
+    invites::configure(cfg);
     pages::configure(cfg);
     api::configure(cfg);
     jobs::configure(cfg);
