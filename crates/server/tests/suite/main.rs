@@ -13,6 +13,7 @@ mod api;
 mod errors;
 mod federation;
 mod hostile_input;
+mod invites;
 mod jobs;
 mod login;
 mod mail;
