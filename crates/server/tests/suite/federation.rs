@@ -71,7 +71,7 @@ impl World {
         Self::on(TestDb::sqlite(), None).await
     }
 
-    async fn on(db: TestDb, redis: Option<TestRedis>) -> Self {
+    pub(crate) async fn on(db: TestDb, redis: Option<TestRedis>) -> Self {
         Self::configured(db, redis, |_| {}).await
     }
 

@@ -20,7 +20,7 @@ use serde_json::json;
 use time::Duration;
 
 use crate::federation::{PASSWORD, World, location, query_of};
-use crate::harness::{NowForTest, TestApp, csrf_from};
+use crate::harness::{NowForTest, TestApp, TestDb, TestRedis, csrf_from};
 
 const KIND: IntegrationKind = IntegrationKind::DigitalInvoice;
 const INVITEE_UPSTREAM: &str = "mario.rossi@gruppo.it";
@@ -526,4 +526,58 @@ async fn the_owners_page_shows_each_company_with_its_chain_icon_and_next_step() 
     let row = html.split(&format!("data-company=\"{}\"", w.company)).nth(1).unwrap().split("</tr>").next().unwrap();
     assert!(row.contains("data-linked=\"true\"") && row.contains("collegata"), "{row}");
     assert!(row.contains("integrazione è attiva"), "{row}");
+}
+
+#[tokio::test]
+async fn the_link_and_the_offer_accept_on_postgres_and_redis_too() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let Some(redis) = TestRedis::new() else { return };
+    let w = Invited::on(World::on(db, Some(redis)).await).await;
+    let (refused, _) = w.accept_as(&w.app().browser(), &w.token, "bruno@gruppo.it").await;
+    assert_eq!(refused.status(), 403);
+    // Through the offer (no token digest) on this engine.
+    let browser = w.app().browser();
+    let (html, _) = offer_after_login(&w, &browser).await;
+    let done = browser.post(w.app().url("/invites/offer")).form(&offer_form(&html)).send().await.unwrap();
+    assert_eq!(done.status(), 200);
+    assert_eq!(w.integration().await.state, IntegrationState::Activating);
+    let used = w.app().browser().get(w.app().url(&format!("/invites/{}", w.token))).send().await.unwrap();
+    assert_eq!(used.status(), 410);
+    // And the link path, after unlink and a fresh invite, on a second company.
+    let url = format!("/api/v1/accounts/{}/users/{}/identities/up", w.account, w.owner.id);
+    let r = w.app().browser().delete(w.app().url(&url)).bearer_auth(&w.world.admin_token).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    link(&w.world, &w.owner, INVITEE_UPSTREAM).await;
+    let second = invite_for(&w.world, w.account, "Pizzeria Due", "07654321004").await;
+    let token = newest_invite_token(w.app()).await;
+    let (done, _) = w.accept_as(&w.app().browser(), &token, INVITEE_UPSTREAM).await;
+    assert_eq!(done.status(), 200);
+    let state = w.app().state.integrations.get(w.account, second, KIND).await.unwrap().unwrap().state;
+    assert_eq!(state, IntegrationState::Activating);
+}
+
+#[tokio::test]
+async fn an_invite_whose_provider_is_no_longer_configured_gets_a_clear_page() {
+    let world = World::new().await;
+    let account: AccountId = world.account["id"].as_str().unwrap().parse().unwrap();
+    let owner_id: UserId = world.account["owner"]["id"].as_str().unwrap().parse().unwrap();
+    let owner = world.ponte.state.users.get(account, owner_id).await.unwrap().unwrap();
+    let gone = UpstreamIdentity {
+        provider: "retired".into(),
+        issuer: "https://retired.example".into(),
+        ..upstream_identity(&world, INVITEE_UPSTREAM).await
+    };
+    world.ponte.state.links.link(&owner, &gone, &Actor::system(), world.ponte.clock.now_for_test()).await.unwrap();
+    invite_for(&world, account, "Bar Sport S.r.l.", "12345670017").await;
+    let token = newest_invite_token(&world.ponte).await;
+    let browser = world.ponte.browser();
+    let html = browser.get(world.ponte.url(&format!("/invites/{token}"))).send().await.unwrap().text().await.unwrap();
+    let pressed = browser
+        .post(world.ponte.url(&format!("/invites/{token}")))
+        .form(&[("csrf_token", csrf_from(&html))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pressed.status(), 503);
+    assert!(pressed.text().await.unwrap().contains("data-code=\"invite_provider_unavailable\""));
 }
