@@ -642,7 +642,8 @@ pub async fn list_identities(caller: Caller, path: web::Path<UserPath>, state: w
     Ok(HttpResponse::Ok().json(IdentityList { identities }))
 }
 
-/// Unlinks the user's identity at a provider; pending link proofs for the user are voided.
+/// Unlinks the user's identity at a provider; pending link proofs and collaboration
+/// invites for the user are voided.
 #[utoipa::path(delete, path = "/api/v1/accounts/{account}/users/{user}/identities/{provider}", tag = "identities", params(IdentityPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 204, description = "Unlinked"), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
@@ -655,8 +656,10 @@ pub async fn unlink_identity(
     caller.check(Some(path.account), Need::Manage)?;
     require_user(&state, path.account, path.user).await?;
     let (store, links, actor) = (state.sessions.store().as_ref(), state.links.as_ref(), caller.actor(&req));
+    let integrations = state.integrations.as_ref();
     if path.provider.len() > 64
-        || !federation::unlink(store, links, path.account, path.user, &path.provider, &actor, state.now()).await?
+        || !federation::unlink(store, links, integrations, path.account, path.user, &path.provider, &actor, state.now())
+            .await?
     {
         return Err(Problem::not_found("identity_not_found", "This user has no identity linked at that provider."));
     }

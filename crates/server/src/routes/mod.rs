@@ -5,6 +5,7 @@ pub mod authorize;
 pub mod companies;
 pub mod federation;
 pub mod integrations;
+pub mod invites;
 pub mod jobs;
 pub mod oauth;
 pub mod ops;
@@ -22,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     token::configure(cfg);
     authorize::configure(cfg);
     federation::configure(cfg);
+    invites::configure(cfg);
     pages::configure(cfg);
     // One scope for everything under an account: actix does not fall through from one
     // scope to another with the same prefix.
