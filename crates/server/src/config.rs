@@ -467,7 +467,7 @@ impl Config {
             .map_err(ConfigError::Invalid)?;
         self.platform.check(w.lease_secs).map_err(ConfigError::Invalid)?;
         for (id, receiver) in &self.webhooks {
-            crate::webhooks::receivers::check(id, &receiver.url, receiver.secret.expose())
+            crate::webhooks::rules::check(id, &receiver.url, receiver.secret.expose())
                 .map_err(|e| ConfigError::Invalid(format!("webhooks.{id}: {e}")))?;
         }
         Ok(())

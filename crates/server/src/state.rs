@@ -67,7 +67,7 @@ pub struct AppState {
     /// The POS backend's webhook receivers (`[webhooks.<id>]` and those stored over REST).
     pub webhooks: Arc<dyn crate::webhooks::receivers::Receivers>,
     /// What `POST /webhooks/platform` does with an authentic, new platform event.
-    pub platform_events: Arc<dyn crate::webhooks::inbound::PlatformEventHandler>,
+    pub platform_events: Arc<dyn crate::webhooks::platform_event::PlatformEventHandler>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
 }

@@ -25,6 +25,9 @@ pub enum Intent {
     Link,
     /// An admin creates an external ID at the provider and connects it.
     Register,
+    /// The invitee of a collaboration invite proves, just now, who they are upstream.
+    /// Ponte starts it itself from the invite page; `?intent=` never names it.
+    AcceptInvite,
 }
 
 impl Intent {
@@ -45,7 +48,7 @@ impl Intent {
         match self {
             Self::Login if fresh => Ask::FreshLogin,
             Self::Login => Ask::Login,
-            Self::Link => Ask::FreshLogin,
+            Self::Link | Self::AcceptInvite => Ask::FreshLogin,
             Self::Register => Ask::Create,
         }
     }
@@ -87,6 +90,10 @@ pub struct Flow {
     /// max_age), so a silent upstream session cannot stand in for it.
     #[serde(default)]
     pub fresh: bool,
+    /// Digest of the collaboration invite's token ([`Intent::AcceptInvite`]); never the
+    /// token itself.
+    #[serde(default)]
+    pub invite_digest: Option<String>,
 }
 
 impl Flow {
@@ -231,6 +238,8 @@ mod tests {
         assert_eq!(Intent::parse(Some("link")), Some(Intent::Link));
         assert_eq!(Intent::parse(Some("register")), Some(Intent::Register));
         assert_eq!(Intent::parse(Some("admin")), None);
+        assert_eq!(Intent::parse(Some("accept_invite")), None, "only the invite page starts it");
+        assert_eq!(Intent::AcceptInvite.ask(false), Ask::FreshLogin, "a stale upstream session never accepts");
         assert_eq!(Intent::Login.ask(false), Ask::Login);
         assert_eq!(Intent::Login.ask(true), Ask::FreshLogin, "an application asked for a fresh sign-in");
         assert_eq!(Intent::Link.ask(false), Ask::FreshLogin, "a stale upstream session never links");
@@ -250,11 +259,13 @@ mod tests {
             return_to: "/".into(),
             started_at: 1000,
             fresh,
+            invite_digest: None,
         };
         assert_eq!(flow(Intent::Login, false).fresh_after(), None);
         assert_eq!(flow(Intent::Login, true).fresh_after(), Some(1000));
         assert_eq!(flow(Intent::Link, false).fresh_after(), Some(1000));
         assert_eq!(flow(Intent::Register, false).fresh_after(), Some(1000));
+        assert_eq!(flow(Intent::AcceptInvite, false).fresh_after(), Some(1000), "an invite is accepted just now");
         assert!(flow(Intent::Login, false).bound_to(Some("cookie")));
         assert!(!flow(Intent::Login, false).bound_to(Some("other")));
         assert!(!flow(Intent::Login, false).bound_to(None));

@@ -40,6 +40,8 @@ pub struct StartRequest {
     pub return_to: String,
     /// Whether a login must be fresh upstream (an application asked for one).
     pub fresh: bool,
+    /// Digest of the invite token an [`Intent::AcceptInvite`] flow accepts.
+    pub invite_digest: Option<String>,
 }
 
 /// What [`begin`] comes to.
@@ -85,6 +87,7 @@ pub async fn begin(
         return_to: request.return_to,
         started_at: now.unix_timestamp(),
         fresh: request.fresh,
+        invite_digest: request.invite_digest,
     };
     let json = serde_json::to_string(&flow).map_err(|e| Error::Corrupt(e.to_string()))?;
     store.put_once(&flow_key(&started.state), &json, FLOW_TTL_SECS).await?;
@@ -289,7 +292,13 @@ mod tests {
     }
 
     fn login() -> StartRequest {
-        StartRequest { intent: Intent::Login, initiator: None, return_to: "/".into(), fresh: false }
+        StartRequest {
+            intent: Intent::Login,
+            initiator: None,
+            return_to: "/".into(),
+            fresh: false,
+            invite_digest: None,
+        }
     }
 
     async fn started(store: &MemoryStore, provider: &FakeProvider, request: StartRequest) -> (String, String) {
@@ -386,8 +395,13 @@ mod tests {
         let (store, provider) = (MemoryStore::new(), FakeProvider::default());
         let admin =
             Initiator { account_id: crate::ids::AccountId::new(), user_id: UserId::new(), session_id: "sid".into() };
-        let request =
-            StartRequest { intent: Intent::Link, initiator: Some(admin.clone()), return_to: "/x".into(), fresh: false };
+        let request = StartRequest {
+            intent: Intent::Link,
+            initiator: Some(admin.clone()),
+            return_to: "/x".into(),
+            fresh: false,
+            invite_digest: None,
+        };
         let (n, binding) = started(&store, &provider, request).await;
         assert_eq!(provider.asked.lock().unwrap().as_slice(), &[Ask::FreshLogin]);
         let (state, mut p) = params(&n);
@@ -401,6 +415,29 @@ mod tests {
         assert_eq!(flow.initiating_sid.as_deref(), Some("sid"));
         assert_eq!(flow.return_to, "/x");
         assert_eq!(flow.fresh_after(), Some(NOW.unix_timestamp()));
+    }
+
+    #[tokio::test]
+    async fn an_invite_flow_asks_for_a_fresh_sign_in_and_carries_only_the_digest() {
+        let (store, provider) = (MemoryStore::new(), FakeProvider::default());
+        let request = StartRequest {
+            intent: Intent::AcceptInvite,
+            initiator: None,
+            return_to: "/".into(),
+            fresh: false,
+            invite_digest: Some(digest("invite-token")),
+        };
+        let (n, binding) = started(&store, &provider, request).await;
+        assert_eq!(provider.asked.lock().unwrap().as_slice(), &[Ask::FreshLogin]);
+        let (state, mut p) = params(&n);
+        p.state = Some(&state);
+        let Completion::Verified { flow, .. } =
+            complete(&store, &provider, "cb", p, Some(&binding), NOW).await.unwrap()
+        else {
+            panic!("verified")
+        };
+        assert_eq!(flow.invite_digest, Some(digest("invite-token")));
+        assert_eq!(flow.fresh_after(), Some(NOW.unix_timestamp()), "a stale upstream session cannot answer");
     }
 
     #[tokio::test]

@@ -29,6 +29,7 @@ use crate::account::LoginCandidate;
 use crate::account::{User, may_sign_in};
 use crate::audit::Actor;
 use crate::ids::{AccountId, UserId};
+use crate::integration::Integrations;
 use crate::links::{Decision, Links};
 
 /// The users the federation use cases look at.
@@ -104,7 +105,19 @@ pub async fn plan_start(
             session_id: session.id.clone(),
         });
     }
-    Ok(Ok(StartRequest { intent, initiator, return_to, fresh: false }))
+    Ok(Ok(StartRequest { intent, initiator, return_to, fresh: false, invite_digest: None }))
+}
+
+/// The flow the invite page starts for the invite whose token has `token_digest`: a fresh
+/// upstream sign-in, whoever (if anyone) is signed in to Ponte in this browser.
+pub fn plan_invite(token_digest: String) -> StartRequest {
+    StartRequest {
+        intent: Intent::AcceptInvite,
+        initiator: None,
+        return_to: "/".into(),
+        fresh: true,
+        invite_digest: Some(token_digest),
+    }
 }
 
 /// What the provider's answer leads to.
@@ -130,6 +143,14 @@ pub enum CallbackOutcome {
     ProveExisting {
         /// The pending link's id.
         pending_id: String,
+    },
+    /// A fresh upstream sign-in for a collaboration invite: accept it as `identity`
+    /// (nothing about the browser's Ponte sessions counts).
+    AcceptInvite {
+        /// Who just signed in upstream.
+        identity: UpstreamIdentity,
+        /// Digest of the invite's token, as the flow kept it.
+        invite_digest: String,
     },
     /// Stopped; nothing was linked or signed in.
     Refused(Refusal),
@@ -172,6 +193,10 @@ pub async fn callback(
             Ok(CallbackOutcome::ConfirmLink { pending_id: pending::create(stores.store, &pending).await? })
         }
         Intent::Login => login_with(stores, identity, flow.binding, flow.return_to, browser, now).await,
+        Intent::AcceptInvite => Ok(match flow.invite_digest {
+            Some(invite_digest) => CallbackOutcome::AcceptInvite { identity, invite_digest },
+            None => CallbackOutcome::Refused(Refusal::FlowExpired),
+        }),
     }
 }
 
@@ -223,11 +248,14 @@ fn refusal_of(decision: Decision) -> Option<Refusal> {
     }
 }
 
-/// Removes the user's link at `provider` and voids their pending links; `false` if there
-/// was no such link (nothing changes then).
+/// Removes the user's link at `provider`, voids their pending links and revokes the
+/// collaboration invites waiting for them (each went to an external-ID email that no
+/// longer signs in as them); `false` if there was no such link (nothing changes then).
+#[allow(clippy::too_many_arguments)]
 pub async fn unlink(
     store: &dyn SessionStore,
     links: &dyn Links,
+    integrations: &dyn Integrations,
     account: AccountId,
     user: UserId,
     provider: &str,
@@ -237,6 +265,7 @@ pub async fn unlink(
     let unlinked = links.unlink(account, user, provider, actor, now).await?;
     if unlinked {
         void_pending_links(store, user).await?;
+        integrations.revoke_invites_of(user, actor, now).await?;
     }
     Ok(unlinked)
 }

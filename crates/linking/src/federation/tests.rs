@@ -153,10 +153,86 @@ impl LinkCodeMail for DownMail {
     }
 }
 
+/// Integrations of which these tests only need "whose invites were revoked".
+#[derive(Debug, Default)]
+struct FakeIntegrations(Mutex<Vec<UserId>>);
+
+#[async_trait]
+impl Integrations for FakeIntegrations {
+    async fn get(
+        &self,
+        _: AccountId,
+        _: crate::ids::CompanyId,
+        _: crate::integration::IntegrationKind,
+    ) -> Result<Option<crate::integration::Integration>> {
+        Ok(None)
+    }
+    async fn for_account(&self, _: AccountId) -> Result<Vec<crate::integration::Integration>> {
+        Ok(Vec::new())
+    }
+    async fn apply(
+        &self,
+        _: crate::integration::Change,
+    ) -> Result<std::result::Result<crate::integration::Applied, crate::integration::store::Refused>> {
+        Ok(Err(crate::integration::store::Refused::NoCompany))
+    }
+    async fn set_platform_account(
+        &self,
+        _: AccountId,
+        _: crate::ids::CompanyId,
+        _: crate::integration::IntegrationKind,
+        _: &crate::integration::PlatformAccount,
+        _: OffsetDateTime,
+    ) -> Result<()> {
+        Ok(())
+    }
+    async fn invites(
+        &self,
+        _: AccountId,
+        _: crate::ids::CompanyId,
+        _: crate::integration::IntegrationKind,
+    ) -> Result<Vec<crate::invite::Invite>> {
+        Ok(Vec::new())
+    }
+    async fn invite_by_token_digest(&self, _: &str) -> Result<Option<crate::invite::Invite>> {
+        Ok(None)
+    }
+    async fn invite_by_id(&self, _: crate::ids::InviteId) -> Result<Option<crate::invite::Invite>> {
+        Ok(None)
+    }
+    async fn by_platform_account(
+        &self,
+        _: &str,
+        _: &str,
+        _: crate::integration::IntegrationKind,
+    ) -> Result<Vec<crate::integration::Integration>> {
+        Ok(Vec::new())
+    }
+    async fn pending_invites_for(&self, _: UserId, _: &str, _: OffsetDateTime) -> Result<Vec<crate::invite::Invite>> {
+        Ok(Vec::new())
+    }
+    async fn revoke_invites_of(&self, user: UserId, _: &Actor, _: OffsetDateTime) -> Result<u64> {
+        self.0.lock().unwrap().push(user);
+        Ok(1)
+    }
+    async fn resend(
+        &self,
+        _: AccountId,
+        _: crate::ids::CompanyId,
+        _: crate::integration::IntegrationKind,
+        _: crate::ids::InviteId,
+        _: &Actor,
+        _: OffsetDateTime,
+    ) -> Result<std::result::Result<crate::invite::Invite, crate::integration::store::Refused>> {
+        Ok(Err(crate::integration::store::Refused::NoCompany))
+    }
+}
+
 struct World {
     store: MemoryStore,
     users: FakeUsers,
     links: FakeLinks,
+    integrations: FakeIntegrations,
     mail: FakeMail,
     admin: User,
     member: User,
@@ -198,7 +274,15 @@ impl World {
         let member = User { lang: crate::account::Lang::En, ..user("member@pos.test", Role::Member, account) };
         let hash = ponte_identity::password::hash("correct horse battery".into()).await.unwrap();
         let users = FakeUsers(vec![(admin.clone(), Some(hash.clone())), (member.clone(), Some(hash))]);
-        Self { store: MemoryStore::new(), users, links: FakeLinks::default(), mail: FakeMail::default(), admin, member }
+        Self {
+            store: MemoryStore::new(),
+            users,
+            links: FakeLinks::default(),
+            integrations: FakeIntegrations::default(),
+            mail: FakeMail::default(),
+            admin,
+            member,
+        }
     }
 
     fn stores(&self) -> Stores<'_> {
@@ -435,11 +519,15 @@ async fn an_unlink_voids_pending_links_and_cancel_drops_one() {
     let linked = identity("sub-linked", None, false);
     let actor = Actor::user(w.member.id, None);
     w.links.link(&w.member, &linked, &actor, NOW).await.unwrap();
-    assert!(!unlink(&w.store, &w.links, w.member.account_id, w.member.id, "elsewhere", &actor, NOW).await.unwrap());
+    let unlink =
+        |provider| unlink(&w.store, &w.links, &w.integrations, w.member.account_id, w.member.id, provider, &actor, NOW);
+    assert!(!unlink("elsewhere").await.unwrap());
+    assert!(w.integrations.0.lock().unwrap().is_empty(), "no link, nothing revoked");
     assert!(
         confirmation(w.stores(), &id, Browser { binding: Some("cookie"), ..Default::default() }).await.unwrap().is_ok()
     );
-    assert!(unlink(&w.store, &w.links, w.member.account_id, w.member.id, "up", &actor, NOW).await.unwrap());
+    assert!(unlink("up").await.unwrap());
+    assert_eq!(w.integrations.0.lock().unwrap().as_slice(), &[w.member.id], "their pending invites are revoked");
     assert_eq!(
         confirmation(w.stores(), &id, Browser { binding: Some("cookie"), ..Default::default() }).await.unwrap(),
         Err(Refusal::FlowExpired),
@@ -454,4 +542,29 @@ async fn an_unlink_voids_pending_links_and_cancel_drops_one() {
         w.post(&fresh, "cookie", None, ConfirmAction::Cancel).await,
         ConfirmOutcome::Refused(Refusal::FlowExpired)
     );
+}
+
+#[tokio::test]
+async fn an_invite_flow_yields_the_fresh_identity_and_the_digest_whoever_is_signed_in() {
+    let w = World::new().await;
+    let provider = FakeProvider { identity: identity("sub-invitee", Some("anna@pos.test"), true) };
+    let request = plan_invite(ponte_identity::secret::digest("invite-token"));
+    assert_eq!(request.intent, ponte_identity::federation::Intent::AcceptInvite);
+    let StartOutcome::Redirect { url, binding } = flow::begin(&w.store, &provider, "cb", request, NOW).await.unwrap()
+    else {
+        panic!("started")
+    };
+    let state = url.rsplit('=').next().unwrap().to_owned();
+    let params = CallbackParams { code: Some("code"), state: Some(&state), ..Default::default() };
+    // The browser holds someone else's Ponte session: it counts for nothing.
+    let admin = session_of(&w.admin, "a");
+    let browser = Browser { binding: Some(&binding), session: Some(&admin), ip: None };
+    match callback(w.stores(), &provider, "cb", params, browser, NOW).await.unwrap() {
+        CallbackOutcome::AcceptInvite { identity, invite_digest } => {
+            assert_eq!(identity.subject, "sub-invitee");
+            assert_eq!(invite_digest, ponte_identity::secret::digest("invite-token"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(w.links.0.lock().unwrap().is_empty(), "nothing was linked");
 }

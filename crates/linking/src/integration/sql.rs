@@ -312,6 +312,7 @@ impl SqlIntegrations {
         tx: &mut Transaction<'_, Any>,
         invite: InviteId,
         token_digest: Option<&str>,
+        actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<std::result::Result<(), InviteRefusal>> {
         let Some(stored) = select_invite(&mut **tx, "id = $1", invite.to_string()).await? else {
@@ -330,7 +331,19 @@ impl SqlIntegrations {
         .execute(&mut **tx)
         .await?;
         // A resend since the link was opened changed the digest: that link is dead.
-        Ok(if done.rows_affected() == 1 { Ok(()) } else { Err(InviteRefusal::Unknown) })
+        if done.rows_affected() != 1 {
+            return Ok(Err(InviteRefusal::Unknown));
+        }
+        let how = if token_digest.is_some() { "link" } else { "offer" };
+        audit(
+            &mut **tx,
+            &AuditEntry::for_company(stored.account_id, stored.company_id, actor, "invite.accepted", now).with_detail(
+                serde_json::json!({"invite": invite.to_string(), "kind": stored.kind.as_str(), "through": how})
+                    .to_string(),
+            ),
+        )
+        .await?;
+        Ok(Ok(()))
     }
 
     /// One round of [`Integrations::apply`]; `None` when a concurrent change won the
@@ -351,7 +364,8 @@ impl SqlIntegrations {
             return Ok(Some(Err(Refused::NoInvitee)));
         }
         if let Some((invite, token_digest)) = &change.accepting
-            && let Err(refusal) = self.take_invite(&mut tx, *invite, token_digest.as_deref(), now).await?
+            && let Err(refusal) =
+                self.take_invite(&mut tx, *invite, token_digest.as_deref(), &change.actor, now).await?
         {
             return Ok(Some(Err(Refused::Invite(refusal))));
         }
@@ -582,6 +596,44 @@ impl Integrations for SqlIntegrations {
         .fetch_all(self.db.pool())
         .await?;
         rows.into_iter().map(parse_invite).collect()
+    }
+
+    async fn revoke_invites_of(&self, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<u64> {
+        let mut tx = self.db.begin().await?;
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT id, account_id, company_id, kind FROM invites WHERE invitee_user_id = $1 AND state = 'pending' \
+             ORDER BY created_at, id",
+        )
+        .bind(user.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut revoked = 0;
+        for (id, account, company, kind) in rows {
+            let done = sqlx::query(
+                "UPDATE invites SET state = 'revoked', updated_at = $1 WHERE id = $2 AND state = 'pending'",
+            )
+            .bind(to_unix(now))
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                continue;
+            }
+            revoked += 1;
+            let bad = |what: &str| corrupt(format!("invite {id}: {what}"));
+            let account: AccountId = account.parse().map_err(|_| bad("account_id"))?;
+            let company: CompanyId = company.parse().map_err(|_| bad("company_id"))?;
+            audit(
+                &mut *tx,
+                &AuditEntry::for_company(account, company, actor, "invite.revoked", now).with_detail(
+                    serde_json::json!({"invite": id, "kind": kind, "why": "invitee_unlinked", "user": user.to_string()})
+                        .to_string(),
+                ),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     async fn resend(

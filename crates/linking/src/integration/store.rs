@@ -166,6 +166,9 @@ pub trait Integrations: Send + Sync + std::fmt::Debug {
         email_normalized: &str,
         now: OffsetDateTime,
     ) -> Result<Vec<Invite>>;
+    /// Revokes every pending invite to `user` (their external ID was unlinked), auditing
+    /// each; returns how many were revoked.
+    async fn revoke_invites_of(&self, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<u64>;
     /// Rotates the invite's token and restarts its expiry (even when it has expired) and
     /// mails the new link; the old link stops working. Only while the integration waits
     /// for that invite.

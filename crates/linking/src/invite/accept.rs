@@ -37,10 +37,25 @@ pub async fn by_token(
     token: &str,
     now: OffsetDateTime,
 ) -> Result<Result<Invite, InviteRefusal>> {
-    let Some(invite) = integrations.invite_by_token_digest(&digest(token)).await? else {
-        return Ok(Err(InviteRefusal::Unknown));
-    };
-    Ok(invite.usable(now).map(|()| invite))
+    by_digest(integrations, &digest(token), now).await
+}
+
+/// The invite whose token has `token_digest`, if it can still be used at `now`.
+pub async fn by_digest(
+    integrations: &dyn Integrations,
+    token_digest: &str,
+    now: OffsetDateTime,
+) -> Result<Result<Invite, InviteRefusal>> {
+    Ok(match lookup(integrations, token_digest).await? {
+        Some(invite) => invite.usable(now).map(|()| invite),
+        None => Err(InviteRefusal::Unknown),
+    })
+}
+
+/// The stored invite whose token has `token_digest`, usable or not (the refusal page of a
+/// dead link still names what it was for, in the audit trail).
+pub async fn lookup(integrations: &dyn Integrations, token_digest: &str) -> Result<Option<Invite>> {
+    integrations.invite_by_token_digest(token_digest).await
 }
 
 /// Accepts the invite whose link carries `token`, on behalf of `identity`, who just signed
@@ -53,11 +68,24 @@ pub async fn accept(
     actor: &Actor,
     now: OffsetDateTime,
 ) -> Result<Accepted> {
-    let invite = match by_token(integrations, token, now).await? {
+    accept_by_digest(integrations, links, &digest(token), identity, actor, now).await
+}
+
+/// [`accept`] for a flow that kept only the token's digest (the upstream sign-in Ponte
+/// started from the invite page).
+pub async fn accept_by_digest(
+    integrations: &dyn Integrations,
+    links: &dyn Links,
+    token_digest: &str,
+    identity: &UpstreamIdentity,
+    actor: &Actor,
+    now: OffsetDateTime,
+) -> Result<Accepted> {
+    let invite = match by_digest(integrations, token_digest, now).await? {
         Ok(invite) => invite,
         Err(refusal) => return Ok(Accepted::Refused(refusal)),
     };
-    take(integrations, links, invite, Some(digest(token)), identity, actor, now).await
+    take(integrations, links, invite, Some(token_digest.to_owned()), identity, actor, now).await
 }
 
 /// The pending invites offered to `identity` right after it signed in: those sent to the

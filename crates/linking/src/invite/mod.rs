@@ -13,6 +13,7 @@
 //! ([`crate::integration::sql`]), because they change in the same transactions.
 
 pub mod accept;
+pub mod offer;
 
 use ponte_identity::upstream::UpstreamIdentity;
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,9 @@ use crate::email::Email;
 use crate::ids::{AccountId, CompanyId, InviteId, UserId};
 use crate::integration::IntegrationKind;
 
-pub use accept::{Accepted, accept, accept_offered, accepted_on_platform, by_token, offered};
+pub use accept::{
+    Accepted, accept, accept_by_digest, accept_offered, accepted_on_platform, by_digest, by_token, lookup, offered,
+};
 
 /// How long an invite link works unless configured otherwise.
 pub const DEFAULT_TTL: Duration = Duration::days(7);

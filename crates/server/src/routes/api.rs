@@ -20,22 +20,17 @@ use crate::auth::{Caller, Need};
 use crate::problem::Problem;
 use crate::state::AppState;
 
-/// Registers the `/api/v1` routes.
+/// Registers the account and user routes inside the `/api/v1/accounts` scope.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/api/v1/accounts")
-            .service(web::resource("").post(create_account))
-            .service(web::resource("/{account}").get(get_account))
-            .service(web::resource("/{account}/users").get(list_users).post(create_user))
-            .service(web::resource("/{account}/users/{user}").get(get_user).patch(update_user).delete(delete_user))
-            .service(web::resource("/{account}/users/{user}/sessions").get(list_sessions))
-            .service(web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session))
-            .service(web::resource("/{account}/users/{user}/identities").get(list_identities))
-            .service(web::resource("/{account}/users/{user}/identities/{provider}").delete(unlink_identity))
-            .service(web::resource("/{account}/audit").get(list_audit))
-            .configure(super::companies::configure)
-            .configure(super::integrations::configure),
-    );
+    cfg.service(web::resource("").post(create_account))
+        .service(web::resource("/{account}").get(get_account))
+        .service(web::resource("/{account}/users").get(list_users).post(create_user))
+        .service(web::resource("/{account}/users/{user}").get(get_user).patch(update_user).delete(delete_user))
+        .service(web::resource("/{account}/users/{user}/sessions").get(list_sessions))
+        .service(web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session))
+        .service(web::resource("/{account}/users/{user}/identities").get(list_identities))
+        .service(web::resource("/{account}/users/{user}/identities/{provider}").delete(unlink_identity))
+        .service(web::resource("/{account}/audit").get(list_audit));
 }
 
 // ---- wire types ----
@@ -647,7 +642,8 @@ pub async fn list_identities(caller: Caller, path: web::Path<UserPath>, state: w
     Ok(HttpResponse::Ok().json(IdentityList { identities }))
 }
 
-/// Unlinks the user's identity at a provider; pending link proofs for the user are voided.
+/// Unlinks the user's identity at a provider; pending link proofs and collaboration
+/// invites for the user are voided.
 #[utoipa::path(delete, path = "/api/v1/accounts/{account}/users/{user}/identities/{provider}", tag = "identities", params(IdentityPath),
     security(("bearer" = ["ponte.admin"])),
     responses((status = 204, description = "Unlinked"), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
@@ -660,8 +656,10 @@ pub async fn unlink_identity(
     caller.check(Some(path.account), Need::Manage)?;
     require_user(&state, path.account, path.user).await?;
     let (store, links, actor) = (state.sessions.store().as_ref(), state.links.as_ref(), caller.actor(&req));
+    let integrations = state.integrations.as_ref();
     if path.provider.len() > 64
-        || !federation::unlink(store, links, path.account, path.user, &path.provider, &actor, state.now()).await?
+        || !federation::unlink(store, links, integrations, path.account, path.user, &path.provider, &actor, state.now())
+            .await?
     {
         return Err(Problem::not_found("identity_not_found", "This user has no identity linked at that provider."));
     }

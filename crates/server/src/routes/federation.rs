@@ -22,7 +22,8 @@ use crate::browser::{cookie, csrf_failed_page, csrf_ok, current_session, see_oth
 use crate::extract::client_ip;
 use crate::problem::Problem;
 use crate::state::AppState;
-use pages::{confirm_page, refusal_page};
+use pages::confirm_page;
+pub(crate) use pages::refusal_page;
 
 /// Registers the federation routes and pages.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -34,9 +35,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The cookie that binds a flow to the browser that started it.
-const BINDING: &str = "ponte_fed";
+pub(crate) const BINDING: &str = "ponte_fed";
 
-fn redirect_uri(state: &AppState, provider: &str) -> String {
+/// Where the provider sends the browser back.
+pub(crate) fn redirect_uri(state: &AppState, provider: &str) -> String {
     format!("{}/federation/{provider}/callback", state.issuer)
 }
 
@@ -128,13 +130,41 @@ pub async fn callback(
         linking::callback(stores(&state, &users), upstream.as_ref(), &redirect_uri, params, browser, state.now());
     match outcome.await? {
         CallbackOutcome::SignIn { user, identity, return_to } => {
-            sign_in(&req, &state, &user, &identity, &return_to).await
+            sign_in_with_offer(&req, &state, &user, &identity, &return_to).await
         }
         CallbackOutcome::ConfirmLink { pending_id } | CallbackOutcome::ProveExisting { pending_id } => {
             Ok(see_other(&format!("/link/confirm?id={pending_id}")))
         }
+        CallbackOutcome::AcceptInvite { identity, invite_digest } => {
+            crate::routes::invites::accept_through_link(&req, &state, &identity, &invite_digest).await
+        }
         CallbackOutcome::Refused(refusal) => Ok(refusal_page(&req, &refusal)),
     }
+}
+
+/// A sign-in with the external ID: when invites wait for that identity (the seed's "no
+/// email arrived"), the new session is sent to their offer first instead of `return_to`.
+async fn sign_in_with_offer(
+    req: &HttpRequest,
+    state: &AppState,
+    user: &User,
+    identity: &UpstreamIdentity,
+    return_to: &str,
+) -> Result<HttpResponse, Problem> {
+    let offered =
+        ponte_linking::invite::offered(state.integrations.as_ref(), state.links.as_ref(), identity, state.now())
+            .await?;
+    if offered.is_empty() {
+        return sign_in(req, state, user, identity, return_to).await;
+    }
+    let (mut response, session) =
+        start_session(req, state, user, vec!["fed".into(), identity.provider.clone()], return_to).await?;
+    flow::remember_upstream_session(state.sessions.store().as_ref(), identity, &session, state.now()).await?;
+    let location = crate::routes::invites::make_offer(state, &session, identity, return_to).await?;
+    response
+        .headers_mut()
+        .insert(header::LOCATION, header::HeaderValue::from_str(&location).map_err(|e| Problem::internal(&e))?);
+    Ok(response)
 }
 
 /// Starts a Ponte session for `user` signed in through `identity`, remembered under the
@@ -240,6 +270,7 @@ pub async fn unlink_page(
     linking::unlink(
         store,
         state.links.as_ref(),
+        state.integrations.as_ref(),
         session.account_id,
         session.user_id,
         &form.provider,

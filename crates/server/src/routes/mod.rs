@@ -5,6 +5,7 @@ pub mod authorize;
 pub mod companies;
 pub mod federation;
 pub mod integrations;
+pub mod invites;
 pub mod jobs;
 pub mod oauth;
 pub mod ops;
@@ -22,8 +23,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     token::configure(cfg);
     authorize::configure(cfg);
     federation::configure(cfg);
+    invites::configure(cfg);
     pages::configure(cfg);
-    api::configure(cfg);
+    // One scope for everything under an account: actix does not fall through from one
+    // scope to another with the same prefix.
+    cfg.service(
+        web::scope("/api/v1/accounts")
+            .configure(api::configure)
+            .configure(companies::configure)
+            .configure(integrations::configure),
+    );
     jobs::configure(cfg);
     crate::webhooks::configure(cfg);
 }

@@ -1,10 +1,13 @@
-//! Browser pages: sign in, the signed-in page, sign out.
+//! Browser pages: sign in, the signed-in page (with, for owners and admins, the
+//! companies' integrations), sign out.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::op::pending::is_pending_id;
 use ponte_linking::account::{Account, User};
+use ponte_linking::integration::IntegrationState;
+use ponte_linking::integration::status::next_step;
 use ponte_linking::login::{PasswordAttempt, PasswordLogin, password_login, signed_in};
 use serde::Deserialize;
 
@@ -109,6 +112,59 @@ async fn identities_section(state: &AppState, lang: Lang, csrf: &str, user: &Use
         }
     }
     Ok(html)
+}
+
+/// For owners and admins: the account's companies with their integration's chain icon
+/// (green "linked" only when active) and the next step in the page's language.
+async fn companies_section(state: &AppState, lang: Lang, user: &User) -> Result<String, Problem> {
+    if !user.role.is_admin() {
+        return Ok(String::new());
+    }
+    let companies = state.companies.list(user.account_id).await?;
+    if companies.is_empty() {
+        return Ok(String::new());
+    }
+    let integrations = state.integrations.for_account(user.account_id).await?;
+    let now = state.now();
+    let mut rows = String::new();
+    for i in &integrations {
+        let Some(company) = companies.iter().find(|c| c.id == i.company_id) else { continue };
+        let invited = if i.state == IntegrationState::InvitePending {
+            state
+                .integrations
+                .invites(i.account_id, i.company_id, i.kind)
+                .await?
+                .into_iter()
+                .find(|x| x.usable(now).is_ok())
+                .map(|x| x.masked_email())
+        } else {
+            None
+        };
+        let words = next_step(i.state, invited.as_deref());
+        let (linked, color, label) = if i.state.is_linked() {
+            ("true", "#1a7f37", lang.pick("collegata", "linked"))
+        } else {
+            ("false", "#8a8f98", lang.pick("non collegata", "not linked"))
+        };
+        rows.push_str(&format!(
+            r#"<tr data-company="{id}" data-state="{state}"><td>{name}<br><small>{vat}</small></td><td><span class="chain" data-linked="{linked}" style="color:{color}" title="{label}">&#x1F517; {label}</span></td><td>{step}</td></tr>"#,
+            id = company.id,
+            state = i.state.as_str(),
+            name = escape(company.data.legal_name().as_str()),
+            vat = escape(company.data.vat_number().as_str()),
+            step = escape(match lang {
+                Lang::It => &words.it,
+                Lang::En => &words.en,
+            }),
+        ));
+    }
+    Ok(format!(
+        r#"<h2>{heading}</h2><table id="companies"><thead><tr><th>{company_l}</th><th>{state_l}</th><th>{next_l}</th></tr></thead><tbody>{rows}</tbody></table>"#,
+        heading = lang.pick("Aziende e fatturazione elettronica", "Companies and electronic invoicing"),
+        company_l = lang.pick("Azienda", "Company"),
+        state_l = lang.pick("Integrazione", "Integration"),
+        next_l = lang.pick("Prossimo passo", "Next step"),
+    ))
 }
 
 fn login_response(
@@ -217,7 +273,8 @@ pub async fn home(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     };
     let lang = Lang::from_request(&req);
     let (csrf, fresh) = csrf_token(&req, &state);
-    let identities = identities_section(&state, lang, &csrf, &user).await?;
+    let mut identities = identities_section(&state, lang, &csrf, &user).await?;
+    identities.push_str(&companies_section(&state, lang, &user).await?);
     let body = home_body(lang, &csrf, &user, &account, &identities);
     let mut response = page(StatusCode::OK, lang, lang.pick("Il tuo account", "Your account"), &body);
     if fresh {

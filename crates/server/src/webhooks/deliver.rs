@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::receivers::Receivers;
 use super::signing::sign;
-use crate::worker::JobHandler;
+use crate::worker::registry::JobHandler;
 
 /// Events and the job kind that turns one into one delivery per receiver live with the
 /// job queue, so the domain crates can enqueue them in their own transactions.

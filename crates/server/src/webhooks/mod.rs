@@ -5,8 +5,10 @@
 pub mod api;
 pub mod deliver;
 pub mod inbound;
+pub mod platform_event;
 pub mod processed;
 pub mod receivers;
+pub mod rules;
 pub mod signing;
 
 use actix_web::web;

@@ -10,16 +10,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ponte_identity::client::is_loopback_host;
 use ponte_identity::clock::{from_unix, to_unix};
 use ponte_identity::db::Database;
 use ponte_identity::seal::MasterKey;
 use time::OffsetDateTime;
 
+use super::rules::{self, Invalid};
 use crate::config::{Secret, WebhookConfig};
 
 /// The shortest signing secret accepted.
-pub const MIN_SECRET_LEN: usize = 32;
 
 /// Where a receiver is defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,55 +80,30 @@ impl From<sqlx::Error> for ReceiverError {
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> ReceiverError {
-    ReceiverError::Invalid { field, message: message.into() }
+impl From<Invalid> for ReceiverError {
+    fn from(e: Invalid) -> Self {
+        Self::Invalid { field: e.field, message: e.message }
+    }
 }
 
 /// Checks a receiver id: 1 to 64 of `a-z`, `0-9`, `_`, `-`.
 pub fn check_id(id: &str) -> Result<(), ReceiverError> {
-    let ok = (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok { Ok(()) } else { Err(invalid("receiver", "use 1 to 64 lowercase letters, digits, '_' or '-'")) }
+    Ok(rules::check_id(id)?)
 }
 
-/// Checks a receiver URL: `https`, or `http` to a loopback host only; no user or password
-/// in it (a credential in a URL ends up in logs), no fragment.
+/// Checks a receiver URL (see [`rules::check_url`]).
 pub fn check_url(url: &str) -> Result<(), ReceiverError> {
-    let parsed = url::Url::parse(url).map_err(|e| invalid("url", format!("not a URL: {e}")))?;
-    let host = match parsed.host() {
-        Some(url::Host::Domain(d)) => d.to_owned(),
-        Some(url::Host::Ipv4(ip)) => ip.to_string(),
-        Some(url::Host::Ipv6(ip)) => ip.to_string(),
-        None => return Err(invalid("url", "the URL has no host")),
-    };
-    match parsed.scheme() {
-        "https" => {}
-        "http" if is_loopback_host(&host) => {}
-        "http" => return Err(invalid("url", "use https (plain http only to a loopback host)")),
-        other => return Err(invalid("url", format!("scheme {other:?}: use https"))),
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid("url", "the URL must not carry a user or password"));
-    }
-    if parsed.fragment().is_some() {
-        return Err(invalid("url", "the URL must not have a fragment"));
-    }
-    Ok(())
+    Ok(rules::check_url(url)?)
 }
 
-/// Checks a signing secret: at least [`MIN_SECRET_LEN`] characters.
+/// Checks a signing secret (see [`rules::check_secret`]).
 pub fn check_secret(secret: &str) -> Result<(), ReceiverError> {
-    if secret.chars().count() < MIN_SECRET_LEN {
-        return Err(invalid("secret", format!("the secret must be at least {MIN_SECRET_LEN} characters")));
-    }
-    Ok(())
+    Ok(rules::check_secret(secret)?)
 }
 
 /// Checks a whole receiver definition.
 pub fn check(id: &str, url: &str, secret: &str) -> Result<(), ReceiverError> {
-    check_id(id)?;
-    check_url(url)?;
-    check_secret(secret)
+    Ok(rules::check(id, url, secret)?)
 }
 
 /// The webhook receivers.

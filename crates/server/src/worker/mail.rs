@@ -14,7 +14,7 @@ use ponte_identity::jobs::{Job, JobFailure, JobId};
 use ponte_identity::outbox::{OutgoingMail, message_id};
 use ponte_identity::seal::MasterKey;
 
-use super::JobHandler;
+use super::registry::JobHandler;
 use super::smtp::SmtpUrl;
 use crate::config::{Config, SmtpConfig};
 

@@ -9,13 +9,15 @@
 
 pub mod mail;
 pub mod platform;
+pub mod registry;
 pub mod smtp;
+
+pub use registry::{JobHandler, Registry};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration as StdDuration, Instant};
 
-use async_trait::async_trait;
 use ponte_identity::clock::Clock;
 use ponte_identity::db::Backend;
 use ponte_identity::jobs::sql::wall_clock_ms;
@@ -29,37 +31,6 @@ use crate::config::{Secret, WorkerConfig};
 use crate::state::AppState;
 use crate::webhooks::deliver::{DeliverHandler, FanoutHandler, WEBHOOK_DELIVER, WEBHOOK_FANOUT};
 use ponte_linking::integration::jobs;
-
-/// Runs one kind of job. Must be idempotent: after a crash the same job may run again, and
-/// its effect must still happen once (pass the job id to anything external).
-#[async_trait]
-pub trait JobHandler: Send + Sync + std::fmt::Debug {
-    /// Does the job's work.
-    async fn run(&self, job: &Job) -> Result<(), JobFailure>;
-}
-
-/// Handlers by job kind.
-#[derive(Debug, Clone, Default)]
-pub struct Registry {
-    handlers: HashMap<String, Arc<dyn JobHandler>>,
-}
-
-impl Registry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds the handler for `kind`.
-    pub fn with(mut self, kind: impl Into<String>, handler: Arc<dyn JobHandler>) -> Self {
-        self.handlers.insert(kind.into(), handler);
-        self
-    }
-
-    fn get(&self, kind: &str) -> Option<&Arc<dyn JobHandler>> {
-        self.handlers.get(kind)
-    }
-}
 
 /// How the worker runs (from `[worker]`).
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use ponte_linking::integration::{Integration, IntegrationKind, IntegrationState,
 use ponte_linking::invite::InviteState;
 use serde::Deserialize;
 
-use super::JobHandler;
+use super::registry::JobHandler;
 use crate::connectors::platform::{self as connector, Platform, PlatformError};
 
 /// What the platform job kinds carry.

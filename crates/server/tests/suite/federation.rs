@@ -16,22 +16,22 @@ pub(crate) const PASSWORD: &str = "correct horse battery";
 pub(crate) struct World {
     pub(crate) upstream: TestApp,
     pub(crate) ponte: TestApp,
-    admin_token: String,
-    account: Value,
+    pub(crate) admin_token: String,
+    pub(crate) account: Value,
 }
 
-fn location(r: &reqwest::Response) -> String {
+pub(crate) fn location(r: &reqwest::Response) -> String {
     r.headers().get("location").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
 }
 
-fn query_of(url: &str) -> HashMap<String, String> {
+pub(crate) fn query_of(url: &str) -> HashMap<String, String> {
     url::Url::parse(url).unwrap().query_pairs().into_owned().collect()
 }
 
-async fn upstream_provider(ponte_base: &str, extra_redirects: &[String]) -> (TestApp, ProviderConfig) {
+async fn upstream_provider(ponte_base: &str, extra_redirects: &[String], verified: bool) -> (TestApp, ProviderConfig) {
     let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("127.0.0.2 is loopback on Linux");
     let upstream =
-        TestApp::spawn_on_listener(listener, TestDb::sqlite(), None, |c| c.assert_email_verified = true).await;
+        TestApp::spawn_on_listener(listener, TestDb::sqlite(), None, |c| c.assert_email_verified = verified).await;
     let mut redirect_uris = vec![format!("{ponte_base}/federation/up/callback")];
     redirect_uris.extend(extra_redirects.iter().cloned());
     let (client, secret) = upstream
@@ -67,11 +67,11 @@ async fn upstream_provider(ponte_base: &str, extra_redirects: &[String]) -> (Tes
 }
 
 impl World {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         Self::on(TestDb::sqlite(), None).await
     }
 
-    async fn on(db: TestDb, redis: Option<TestRedis>) -> Self {
+    pub(crate) async fn on(db: TestDb, redis: Option<TestRedis>) -> Self {
         Self::configured(db, redis, |_| {}).await
     }
 
@@ -81,9 +81,23 @@ impl World {
         redis: Option<TestRedis>,
         adjust: impl FnOnce(&mut ponte_server::Config),
     ) -> Self {
+        Self::built(db, redis, true, adjust).await
+    }
+
+    /// With an upstream that does not vouch for its users' emails.
+    pub(crate) async fn unverified_emails() -> Self {
+        Self::built(TestDb::sqlite(), None, false, |_| {}).await
+    }
+
+    async fn built(
+        db: TestDb,
+        redis: Option<TestRedis>,
+        verified: bool,
+        adjust: impl FnOnce(&mut ponte_server::Config),
+    ) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let (upstream, provider) = upstream_provider(&base, &[]).await;
+        let (upstream, provider) = upstream_provider(&base, &[], verified).await;
         let ponte = TestApp::spawn_on_listener(listener, db, redis, |c| {
             c.providers.insert("up".into(), provider);
             adjust(c);
@@ -107,7 +121,7 @@ impl World {
     }
 
     /// Signs in on a Ponte (either side) through its login page.
-    async fn password_login(
+    pub(crate) async fn password_login(
         &self,
         app: &TestApp,
         browser: &reqwest::Client,

@@ -14,6 +14,7 @@ mod errors;
 mod federation;
 mod hostile_input;
 mod integrations;
+mod invites;
 mod jobs;
 mod login;
 mod mail;
