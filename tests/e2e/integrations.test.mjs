@@ -314,6 +314,12 @@ test('the seed flow: disable, reactivate, Continue, the mailed invite accepted w
   const listed = await w.ponte.api('GET', `/api/v1/accounts/${owner.accountId}/integrations`);
   assert.deepEqual(listed.body.companies.map((c) => [c.vat_number, c.integrations.map((i) => [i.state, i.linked])]),
     [[company.vat, [['active', true]]]], 'the list shows the green chain');
+  // The owner's signed-in page (the owner's Ponte session is still in this browser) shows it too.
+  await page.goto(`${w.ponte.base}/`);
+  assert.equal(await page.textContent('#user-email'), owner.email);
+  const row = page.locator(`#companies tr[data-company="${company.id}"]`);
+  assert.equal(await row.getAttribute('data-state'), 'active');
+  assert.equal(await row.locator('.chain').getAttribute('data-linked'), 'true');
 
   const moves = ['disabled→awaiting_confirmation', 'awaiting_confirmation→invite_pending', 'invite_pending→activating', 'activating→active'];
   const events = await until('four state_changed events at the POS', () => {
@@ -460,6 +466,9 @@ test('two companies, two invitees, one browser: each invite activates its own co
   // The Ponte session in this browser is still carla's: accepting switched nobody.
   await page.goto(`${w.ponte.base}/`);
   assert.equal(await page.textContent('#user-email'), admin.email);
+  for (const c of [first, second]) {
+    assert.equal(await page.getAttribute(`#companies tr[data-company="${c.id}"]`, 'data-state'), 'active', 'the admin\'s view');
+  }
 });
 
 test('the platform\'s webhook: bad signature and stale timestamp refused, a duplicate id processed once, invite.accepted activates', browserTest, async (t) => {
