@@ -16,7 +16,7 @@ import { startUpstream } from './upstream.mjs';
 import { startPlatform } from './platform.mjs';
 import { registerClient, discover, authorizationRequest, backAtRp, startRp, client } from './rp.mjs';
 import {
-  until, partitaIva, companyJson, startReceiver, startAiosmtpd, aiosmtpdPath, needsAiosmtpd, freshDatabase,
+  until, partitaIva, companyJson, startReceiver, startAiosmtpd, needsAiosmtpd, freshDatabase,
 } from './pos.mjs';
 
 const TEST_DATABASE_URL = process.env.PONTE_TEST_DATABASE_URL;
@@ -64,10 +64,11 @@ async function freshPage() {
 
 /**
  * The peers of one scenario: the upstream, the reference platform, the POS receiver,
- * aiosmtpd when there is one, optionally a fresh PostgreSQL database, and Ponte on a port
- * chosen first (the upstream registers its callback). `start()` starts one more `ponte
- * serve` with the same settings (a restart, or a replica with `{port}` of its own).
- * Everything stops when the test ends; Ponte must not have panicked.
+ * aiosmtpd (unless `mail: false`: then Ponte keeps its mail in its outbox), optionally a
+ * fresh PostgreSQL database, and Ponte on a port chosen first (the upstream registers its
+ * callback). `start()` starts one more `ponte serve` with the same settings (a restart, or
+ * with `{}` a replica on a port of its own). Everything stops when the test ends; Ponte
+ * must not have panicked.
  */
 async function world(t, { database = false, env = {}, mail = true } = {}) {
   const cleanups = [];
@@ -83,10 +84,12 @@ async function world(t, { database = false, env = {}, mail = true } = {}) {
   cleanups.push(() => platform.stop());
   const pos = await startReceiver();
   cleanups.push(() => pos.close());
-  const smtp = mail && aiosmtpdPath ? await startAiosmtpd() : null;
+  // Without aiosmtpd this throws with needsAiosmtpd's message (reached only under CI).
+  const smtp = mail ? await startAiosmtpd() : null;
   if (smtp) cleanups.push(() => smtp.stop());
   let db = null;
   if (database) {
+    assert.ok(TEST_DATABASE_URL, MISSING_DATABASE);
     db = await freshDatabase(TEST_DATABASE_URL, database);
     cleanups.push(() => db.drop());
   }
@@ -100,10 +103,8 @@ async function world(t, { database = false, env = {}, mail = true } = {}) {
     PONTE_PUBLIC_URL: base,
     ...env,
   };
-  const started = [];
   async function start(options = { port }) {
     const ponte = await startPonte(shared, options);
-    started.push(ponte);
     cleanups.push(async () => {
       const log = ponte.stderr();
       await ponte.stop();
@@ -112,7 +113,7 @@ async function world(t, { database = false, env = {}, mail = true } = {}) {
     return ponte;
   }
   const ponte = await start();
-  return { ponte, upstream, platform, pos, smtp, start, started };
+  return { ponte, upstream, platform, pos, smtp, start };
 }
 
 // ---- REST, as the POS backend calls it ----
@@ -282,6 +283,8 @@ test('the seed flow: disable, reactivate, Continue, the mailed invite accepted w
   assert.deepEqual(awaiting.platform_account, { id: seeded.id, legal_name: 'Bar Sport (piattaforma)', owner_email: 'm***@gruppo.it' });
   assert.equal(awaiting.company_data.address.street, 'Via Roma 2', 'the reviewed data is what the platform gets');
   assert.match(awaiting.next_step.en, /Continue/);
+  assert.equal((await integration(w.ponte, owner.accountId, company.id)).company_data.address.street, 'Via Roma 2',
+    'GET shows the data last used for the platform');
   assert.equal((await act(w.ponte, owner.accountId, company.id, 'reactivate', { company: reviewed })).state, 'awaiting_confirmation',
     'reactivate again answers the current state');
 
@@ -392,7 +395,7 @@ test('resend voids the old link, and the new one works', mailTest, async (t) => 
 });
 
 test('the fallback: signing in with the external ID offers the pending invite, and accepting there activates', browserTest, async (t) => {
-  const w = await world(t);
+  const w = await world(t, { mail: false });
   const page = await freshPage();
   const mario = person(w.upstream, 'mario.rossi@gruppo.it');
   const owner = await ownerWithExternalId(w, page, mario);
