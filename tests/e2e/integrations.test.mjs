@@ -10,6 +10,8 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { startPonte, freePort } from './ponte.mjs';
 import { launchBrowser, needsBrowser, signIn } from './browser.mjs';
 import { startUpstream } from './upstream.mjs';
@@ -36,6 +38,7 @@ const FAST_WORKER = {
   PONTE_WORKER__POLL_INTERVAL_MS: '100',
 };
 const KIND = 'digital_invoice';
+const run = promisify(execFile);
 let serial = Math.floor(Math.random() * 9_000_000);
 const nextVat = () => partitaIva((serial += 1) % 10_000_000);
 
@@ -113,7 +116,9 @@ async function world(t, { database = false, env = {}, mail = true } = {}) {
     return ponte;
   }
   const ponte = await start();
-  return { ponte, upstream, platform, pos, smtp, start };
+  /** Runs one SQL statement on the scenario's database (to play the passing of days). */
+  const sql = (statement) => run('psql', [db.url, '-v', 'ON_ERROR_STOP=1', '-qc', statement], { timeout: 20_000 });
+  return { ponte, upstream, platform, pos, smtp, start, sql };
 }
 
 // ---- REST, as the POS backend calls it ----
@@ -384,14 +389,43 @@ test('resend voids the old link, and the new one works', mailTest, async (t) => 
   await page.goto(first);
   assert.deepEqual(await refusal(page), { code: 'invite_unknown', status: 404 });
   assert.equal(await page.locator('#invite-accept').count(), 0, 'no way forward from the old link');
-  const old = await fetch(first, { method: 'POST', redirect: 'manual', body: new URLSearchParams({ csrf_token: 'x' }) });
-  assert.notEqual(old.status, 303, 'posting to the old link starts no sign-in');
 
   await page.context().clearCookies();
   assert.ok((await openInviteAs(page, w, second, mario)).accepted);
   await reaches(w.ponte, owner.accountId, company.id, 'active');
   await page.goto(second);
   assert.deepEqual(await refusal(page), { code: 'invite_used', status: 410 }, 'used once');
+});
+
+test('an expired invite fails closed, and resend revives it', { ...databaseTest, skip: databaseTest.skip || needsAiosmtpd }, async (t) => {
+  const w = await world(t, { database: 'expiry' });
+  const page = await freshPage();
+  const mario = person(w.upstream, 'mario.rossi@gruppo.it');
+  const owner = await ownerWithExternalId(w, page, mario);
+  const company = await newCompany(w.ponte, owner.accountId);
+  const { confirmed } = await upToInvite(w, owner.accountId, company);
+  const [first] = await w.smtp.invites(mario.email);
+
+  // A week passes (invites.ttl_days is 7, and at least 1): the invite's expiry is moved back.
+  await w.sql(`UPDATE invites SET expires_at = ${Math.floor(Date.now() / 1000) - 60} WHERE id = '${confirmed.invite.id}'`);
+  const stale = await integration(w.ponte, owner.accountId, company.id);
+  assert.equal(stale.state, 'invite_pending');
+  assert.equal(stale.invite.expired, true, JSON.stringify(stale.invite));
+  await page.context().clearCookies();
+  await page.goto(first);
+  assert.deepEqual(await refusal(page), { code: 'invite_expired', status: 410 });
+  assert.equal(await page.locator('#invite-accept').count(), 0, 'an expired invite offers no way forward');
+
+  const resent = await w.ponte.api('POST', `${integrationPath(owner.accountId, company.id)}/invites/${confirmed.invite.id}/resend`);
+  assert.equal(resent.status, 200, JSON.stringify(resent.body));
+  assert.equal(resent.body.expired, false);
+  assert.ok(Date.parse(resent.body.expires_at) > Date.now() + 6 * 86_400_000, `a new expiry: ${resent.body.expires_at}`);
+  const second = (await w.smtp.invites(mario.email, 2)).at(-1);
+  assert.notEqual(second, first);
+  await page.goto(first);
+  assert.equal((await refusal(page)).code, 'invite_unknown', 'the expired link stays dead');
+  assert.ok((await openInviteAs(page, w, second, mario)).accepted);
+  await reaches(w.ponte, owner.accountId, company.id, 'active');
 });
 
 test('the fallback: signing in with the external ID offers the pending invite, and accepting there activates', browserTest, async (t) => {
