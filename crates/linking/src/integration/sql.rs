@@ -658,29 +658,59 @@ impl Integrations for SqlIntegrations {
         if integration.state != IntegrationState::InvitePending {
             return Ok(Err(Refused::Illegal(super::Illegal { state: integration.state, event: "resend" })));
         }
-        match stored.state {
-            InviteState::Pending => {}
+        // A pending invite goes to the same address again. One revoked while the
+        // integration still waits for it (its invitee unlinked the external ID) comes back
+        // to life at the address of the external ID linked now, if there is one.
+        let (email, lang) = match stored.state {
             InviteState::Accepted => return Ok(Err(Refused::Invite(InviteRefusal::Used))),
-            InviteState::Revoked => return Ok(Err(Refused::Invite(InviteRefusal::Revoked))),
-        }
+            InviteState::Pending => {
+                let lang: Option<(String,)> = sqlx::query_as("SELECT lang FROM users WHERE id = $1")
+                    .bind(stored.invitee.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let lang = lang.and_then(|(l,)| crate::account::Lang::parse(&l)).unwrap_or(crate::account::Lang::It);
+                (stored.email.clone(), lang)
+            }
+            InviteState::Revoked => {
+                let other: Option<(String,)> = sqlx::query_as(
+                    "SELECT id FROM invites WHERE company_id = $1 AND kind = $2 AND state = 'pending' LIMIT 1",
+                )
+                .bind(company.to_string())
+                .bind(kind.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if other.is_some() || integration.invitee != Some(stored.invitee) {
+                    return Ok(Err(Refused::Invite(InviteRefusal::Revoked)));
+                }
+                match self.invitee_again(&mut tx, &integration).await? {
+                    Some(invitee) => (invitee.email, invitee.lang),
+                    None => return Ok(Err(Refused::InviteeWithoutExternalId)),
+                }
+            }
+        };
+        let normalized = Email::parse(&email).map(|e| e.normalized()).unwrap_or_else(|_| email.clone());
         let token = random_token();
         let expires_at = now + self.invite_ttl;
         sqlx::query(
-            "UPDATE invites SET token_digest = $1, expires_at = $2, sent_count = sent_count + 1, updated_at = $3 \
-             WHERE id = $4 AND state = 'pending'",
+            "UPDATE invites SET state = 'pending', email = $1, email_normalized = $2, token_digest = $3, \
+             expires_at = $4, sent_count = sent_count + 1, updated_at = $5 \
+             WHERE id = $6 AND state IN ('pending', 'revoked')",
         )
+        .bind(&email)
+        .bind(normalized)
         .bind(digest(&token))
         .bind(to_unix(expires_at))
         .bind(to_unix(now))
         .bind(invite.to_string())
         .execute(&mut *tx)
         .await?;
-        let renewed = Invite { expires_at, sent_count: stored.sent_count.saturating_add(1), ..stored };
-        let lang: Option<(String,)> = sqlx::query_as("SELECT lang FROM users WHERE id = $1")
-            .bind(renewed.invitee.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let lang = lang.and_then(|(l,)| crate::account::Lang::parse(&l)).unwrap_or(crate::account::Lang::It);
+        let renewed = Invite {
+            expires_at,
+            email,
+            state: InviteState::Pending,
+            sent_count: stored.sent_count.saturating_add(1),
+            ..stored
+        };
         self.invite_mail(&mut tx, &renewed, lang, &token, now).await?;
         audit(
             &mut *tx,

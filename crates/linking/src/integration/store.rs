@@ -171,7 +171,9 @@ pub trait Integrations: Send + Sync + std::fmt::Debug {
     async fn revoke_invites_of(&self, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<u64>;
     /// Rotates the invite's token and restarts its expiry (even when it has expired) and
     /// mails the new link; the old link stops working. Only while the integration waits
-    /// for that invite.
+    /// for that invite. An invite revoked because its invitee unlinked the external ID is
+    /// revived at the address of the external ID linked now
+    /// ([`Refused::InviteeWithoutExternalId`] while there is none).
     async fn resend(
         &self,
         account: AccountId,

@@ -5,7 +5,8 @@
 //! `ponte_linking::federation`); these handlers parse the request, call them, and map the
 //! outcome to a redirect or a page ([`pages`]).
 
-mod pages;
+pub(crate) mod binding;
+pub(crate) mod pages;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -22,8 +23,8 @@ use crate::browser::{cookie, csrf_failed_page, csrf_ok, current_session, see_oth
 use crate::extract::client_ip;
 use crate::problem::Problem;
 use crate::state::AppState;
-use pages::confirm_page;
-pub(crate) use pages::refusal_page;
+use binding::{BINDING, redirect_uri};
+use pages::{confirm_page, refusal_page};
 
 /// Registers the federation routes and pages.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -32,14 +33,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/federation/{provider}/backchannel-logout").post(backchannel_logout))
         .service(web::resource("/link/confirm").get(confirm_view).post(confirm))
         .service(web::resource("/link/unlink").post(unlink_page));
-}
-
-/// The cookie that binds a flow to the browser that started it.
-pub(crate) const BINDING: &str = "ponte_fed";
-
-/// Where the provider sends the browser back.
-pub(crate) fn redirect_uri(state: &AppState, provider: &str) -> String {
-    format!("{}/federation/{provider}/callback", state.issuer)
 }
 
 fn provider<'a>(state: &'a AppState, id: &str) -> Option<&'a Arc<Upstream>> {

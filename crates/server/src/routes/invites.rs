@@ -25,7 +25,8 @@ use crate::browser::{
 use crate::extract::client_ip;
 use crate::html::{Lang, escape};
 use crate::problem::Problem;
-use crate::routes::federation::{BINDING, redirect_uri, refusal_page};
+use crate::routes::federation::binding::{BINDING, redirect_uri};
+use crate::routes::federation::pages::refusal_page;
 use crate::state::AppState;
 
 /// Registers the invite pages. The offer comes first: `/invites/offer` is not a token.

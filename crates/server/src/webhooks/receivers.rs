@@ -18,8 +18,6 @@ use time::OffsetDateTime;
 use super::rules::{self, Invalid};
 use crate::config::{Secret, WebhookConfig};
 
-/// The shortest signing secret accepted.
-
 /// Where a receiver is defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReceiverSource {

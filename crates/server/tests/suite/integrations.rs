@@ -675,3 +675,46 @@ mod through_the_worker {
         assert_ne!(keys[1], keys[2], "a retry by an admin is a new job");
     }
 }
+
+#[tokio::test]
+async fn an_invite_revoked_by_unlink_is_revived_by_a_resend_once_an_id_is_linked_again() {
+    for db in TestDb::all().await {
+        let w = World::new(db.open_migrated().await).await;
+        let old = w.to_invite_pending().await;
+        let (account, owner) = (w.owner.account_id, w.owner.id);
+        w.integrations.revoke_invites_of(owner, &Actor::system(), w.clock.now()).await.unwrap();
+        let provider = w.links.for_user(account, owner).await.unwrap()[0].provider.clone();
+        w.links.unlink(account, owner, &provider, &Actor::system(), w.clock.now()).await.unwrap();
+        let invite = w.integrations.invites(account, w.company, KIND).await.unwrap()[0].clone();
+        let refused =
+            w.integrations.resend(account, w.company, KIND, invite.id, &Actor::system(), w.clock.now()).await.unwrap();
+        assert_eq!(refused.unwrap_err(), Refused::InviteeWithoutExternalId);
+
+        let relinked = upstream("mario-new", "mario@gruppo.it", true);
+        w.links.link(&w.owner, &relinked, &Actor::system(), w.clock.now()).await.unwrap();
+        let revived = w
+            .integrations
+            .resend(account, w.company, KIND, invite.id, &Actor::system(), w.clock.now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(revived.email, "mario@gruppo.it", "the address of the external ID linked now");
+        let mut mailed = Vec::new();
+        for job in w.jobs_of("mail.send").await {
+            let mail = OutgoingMail::from_payload(&job.payload, &w.master).unwrap();
+            if let Message::CollaborationInvite { link, .. } = mail.message {
+                mailed.push((mail.to, link));
+            }
+        }
+        let (to, link) = mailed.iter().find(|(to, _)| to == "mario@gruppo.it").expect("the revived invite was mailed");
+        assert_eq!(to, "mario@gruppo.it");
+        let token = link.rsplit('/').next().unwrap();
+        let now = w.clock.now();
+        let dead = invite::accept(&w.integrations, &w.links, &old, &relinked, &Actor::system(), now).await.unwrap();
+        assert_eq!(dead, Accepted::Refused(InviteRefusal::Unknown));
+        let ok = invite::accept(&w.integrations, &w.links, token, &relinked, &Actor::system(), now).await.unwrap();
+        assert!(matches!(ok, Accepted::Done { .. }), "{ok:?}");
+        drop(w);
+        drop(db);
+    }
+}
