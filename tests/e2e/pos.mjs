@@ -111,7 +111,9 @@ export const needsAiosmtpd = aiosmtpdPath || process.env.CI ? false
  * first `/invites/…` link in it), oldest first.
  */
 export async function startAiosmtpd() {
-  if (!aiosmtpdPath) throw new Error(needsAiosmtpd || 'PONTE_TEST_AIOSMTPD is not set');
+  if (!aiosmtpdPath) {
+    throw new Error('PONTE_TEST_AIOSMTPD is not set: the mail tests need aiosmtpd (scripts/test installs it into a venv)');
+  }
   const dir = await mkdtemp(join(tmpdir(), 'ponte-e2e-mail-'));
   const maildir = join(dir, 'Maildir'); // aiosmtpd creates it: it must not exist yet
   const port = await freePort();
