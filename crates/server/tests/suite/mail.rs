@@ -13,7 +13,7 @@ use ponte_server::config::Secret;
 use serde_json::json;
 
 use crate::federation::{PASSWORD, World};
-use crate::harness::{TestApp, TestDb, backend_env};
+use crate::harness::{NowForTest, TestApp, TestDb, backend_env};
 use crate::process::{PonteProcess, free_port};
 use crate::sink::{Sink, message_id_of};
 
@@ -78,10 +78,10 @@ async fn a_mail_queued_in_a_rolled_back_transaction_never_leaves() {
         TestApp::spawn_with(TestDb::sqlite(), None, |c| c.smtp.url = Some(Secret::from(sink.url().as_str()))).await;
     let pool = app.state.db.pool().clone();
     let mut tx = pool.begin().await.unwrap();
-    let dropped = app.state.outbox.send_in(&mut tx, &link_code("gone@esempio.it", "1"), SystemClock.now()).await;
+    let dropped = app.state.outbox.send_in(&mut tx, &link_code("gone@esempio.it", "1"), app.clock.now_for_test()).await;
     tx.rollback().await.unwrap();
     let mut tx = pool.begin().await.unwrap();
-    let kept = app.state.outbox.send_in(&mut tx, &link_code("kept@esempio.it", "2"), SystemClock.now()).await;
+    let kept = app.state.outbox.send_in(&mut tx, &link_code("kept@esempio.it", "2"), app.clock.now_for_test()).await;
     tx.commit().await.unwrap();
     sink.wait_for(1, Duration::from_secs(20)).await;
     assert_eq!(sink.distinct_message_ids(), BTreeSet::from([message_id(kept.unwrap(), FROM_DOMAIN)]));
@@ -97,7 +97,7 @@ async fn a_mail_sealed_under_another_master_key_goes_dead_without_leaving_or_quo
     let foreign = link_code("mario@esempio.it", "24682468").to_job(&MasterKey::generate()).unwrap();
     let stored = serde_json::to_string(&foreign.payload).unwrap();
     assert!(!stored.contains("24682468") && !stored.contains("mario@"), "the jobs table holds it sealed: {stored}");
-    let id = app.state.jobs.enqueue(foreign, SystemClock.now()).await.unwrap().job.id;
+    let id = app.state.jobs.enqueue(foreign, app.clock.now_for_test()).await.unwrap().job.id;
     let ours = app.state.outbox.send(link_code("anna@esempio.it", "13571357")).await.unwrap();
     sink.wait_for(1, Duration::from_secs(20)).await;
     eventually("the foreign mail is dead", Duration::from_secs(20), || async {
