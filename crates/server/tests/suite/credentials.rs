@@ -140,9 +140,19 @@ async fn credentials_are_checked_rechecked_after_an_outage_and_never_shown() {
     bodies.push(view.to_string());
 
     // An API key, once platform account exists: returned once, stored sealed.
-    let r: Value =
-        http.post(format!("{url}/reactivate")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
-    assert_eq!(r["platform_account"]["id"], "pa_42", "{r}");
+    // The platform account a reactivation would have found (its flow is the integrations suite's).
+    let found = ponte_linking::integration::PlatformAccount {
+        id: "pa_42".into(),
+        legal_name: "Bar Sport S.r.l.".into(),
+        owner_email: None,
+    };
+    let company_id = company["id"].as_str().unwrap().parse().unwrap();
+    let kind = ponte_linking::integration::IntegrationKind::DigitalInvoice;
+    app.state
+        .integrations
+        .set_platform_account(account_id.parse().unwrap(), company_id, kind, &found, app.state.now())
+        .await
+        .unwrap();
     Mock::given(method("POST"))
         .and(path("/v1/accounts/pa_42/api-keys"))
         .and(body_partial_json(json!({"vat_number": "00743110157"})))
