@@ -2,9 +2,25 @@
 //! back, never in the audit trail, rechecked by the worker after an outage), and the
 //! master-key rotation: old rows read after it, reseal moves them, a concurrent writer wins.
 
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration as StdDuration;
 
+use ponte_identity::db::Database;
+use ponte_identity::jobs::{JobStore, SqlJobs};
+use ponte_identity::keys::{KeyPolicy, KeyRing, SigningAlg, SqlKeys};
+use ponte_identity::outbox::{Lang, Message, OutgoingMail};
 use ponte_identity::seal::{MasterKey, MasterKeys, key_id};
+use ponte_linking::account::sql::SqlAccounts;
+use ponte_linking::account::{AccountStore, NewUser, Role};
+use ponte_linking::audit::Actor;
+use ponte_linking::company::sql::SqlCompanies;
+use ponte_linking::company::{CompanyData, CompanyDraft, CompanyStore};
+use ponte_linking::email::Email;
+use ponte_linking::ids::{AccountId, CompanyId};
+use ponte_linking::integration::IntegrationKind;
+use ponte_linking::integration::credentials::sql::SqlCredentials;
+use ponte_linking::integration::credentials::{CredentialStore, PlatformCredentials};
 use ponte_server::reseal::{self, Store};
 use serde_json::{Value, json};
 use time::Duration;
@@ -13,6 +29,37 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::harness::{TestApp, TestDb};
 use crate::integrations::company_json;
+
+/// Every log line of this test binary, from the first test that asks for it on.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+fn captured_logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let _ =
+            tracing_subscriber::fmt().with_env_filter("debug").with_ansi(false).with_writer(logs.clone()).try_init();
+        logs
+    })
+}
 
 const PASSWORD: &str = "pw-Zq81-never-shown";
 const ISSUED: &str = "pk_issued_key_never_twice";
@@ -44,6 +91,7 @@ fn check_answers(status: u16, outcome: &str) -> Mock {
 
 #[tokio::test]
 async fn credentials_are_checked_rechecked_after_an_outage_and_never_shown() {
+    let logs = captured_logs();
     let server = platform().await;
     let app = TestApp::spawn_with(TestDb::sqlite(), None, |c| {
         c.platform.base_url = Some(server.uri().parse().unwrap());
@@ -194,16 +242,14 @@ async fn credentials_are_checked_rechecked_after_an_outage_and_never_shown() {
         assert!(!body.contains(ISSUED), "{body}");
     }
     assert!(entries.iter().all(|e| !format!("{e:?}").contains(ISSUED)));
+
+    // And the log lines of all of it (debug and up, every target).
+    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("/credentials/check"), "the capture saw the requests");
+    assert!(!logs.contains(PASSWORD) && !logs.contains(ISSUED), "a secret reached the logs");
 }
 
-async fn migrated_db() -> (TestDb, ponte_identity::db::Database) {
-    let db = TestDb::sqlite();
-    let database = ponte_identity::db::Database::connect_lazy(&db.url).unwrap();
-    ponte_server::app::migrate(&database).await.unwrap();
-    (db, database)
-}
-
-async fn put_receiver(db: &ponte_identity::db::Database, keys: &MasterKeys, id: &str, secret: &str) {
+async fn put_receiver(db: &Database, keys: &MasterKeys, id: &str, secret: &str) {
     use ponte_server::webhooks::receivers::{Receivers, SqlReceivers};
     SqlReceivers::new(db.clone(), keys.clone())
         .put(id, "https://pos.example.com/h", &secret.into(), time::OffsetDateTime::now_utc())
@@ -211,7 +257,7 @@ async fn put_receiver(db: &ponte_identity::db::Database, keys: &MasterKeys, id: 
         .unwrap();
 }
 
-async fn receiver_secret(db: &ponte_identity::db::Database, keys: &MasterKeys, id: &str) -> Result<String, String> {
+async fn receiver_secret(db: &Database, keys: &MasterKeys, id: &str) -> Result<String, String> {
     use ponte_server::webhooks::receivers::{Receivers, SqlReceivers};
     SqlReceivers::new(db.clone(), keys.clone())
         .get_with_secret(id)
@@ -220,42 +266,114 @@ async fn receiver_secret(db: &ponte_identity::db::Database, keys: &MasterKeys, i
         .map_err(|e| e.to_string())
 }
 
+const POLICY: KeyPolicy = KeyPolicy {
+    alg: SigningAlg::ES256,
+    max_token_lifetime: time::Duration::minutes(10),
+    rotate_after: time::Duration::days(30),
+};
+
+/// One row in every store that holds sealed values, sealed with `keys`; returns the
+/// company whose credentials were stored.
+async fn one_of_each(db: &Database, keys: &MasterKeys) -> (AccountId, CompanyId) {
+    let now = time::OffsetDateTime::now_utc();
+    KeyRing::load_or_create(&SqlKeys::new(db.clone()), keys, &POLICY, now).await.unwrap();
+    let jobs = Arc::new(SqlJobs::new(db.clone(), 5));
+    let mail = OutgoingMail {
+        to: "mario@esempio.it".into(),
+        lang: Lang::En,
+        message: Message::LinkCode {
+            code: "24682468".into(),
+            provider_name: "TeamSystem ID".into(),
+            upstream_email: "mario.rossi@gruppo.it".into(),
+        },
+    };
+    jobs.enqueue(mail.to_job(keys).unwrap(), now).await.unwrap();
+    let owner = NewUser {
+        email: Email::parse("mario@barsport.it").unwrap(),
+        name: "Mario Rossi".into(),
+        role: Role::Owner,
+        password_hash: None,
+        lang: ponte_linking::account::Lang::It,
+    };
+    let (_, owner) =
+        SqlAccounts::new(db.clone()).create("Bar Sport".into(), owner, &Actor::system(), now).await.unwrap();
+    let account = owner.account_id;
+    let draft: CompanyDraft = serde_json::from_value(company_json("00743110157")).unwrap();
+    let company = SqlCompanies::new(db.clone())
+        .create(account, CompanyData::parse(&draft).unwrap(), &Actor::system(), now)
+        .await
+        .unwrap()
+        .id;
+    SqlCredentials::new(db.clone(), jobs, keys.clone())
+        .put(
+            account,
+            company,
+            IntegrationKind::DigitalInvoice,
+            &PlatformCredentials::TechnicalKey { key: "tk-1".into() },
+            &Actor::system(),
+            "credentials.updated",
+            now,
+        )
+        .await
+        .unwrap();
+    (account, company)
+}
+
 #[tokio::test]
 async fn a_master_key_rotation_reads_old_rows_reseals_them_and_never_overwrites_a_newer_value() {
-    let (_dir, db) = migrated_db().await;
-    let old = MasterKey::generate();
-    let before = MasterKeys::from(old.clone());
-    let a = "a".repeat(32);
-    let b = "b".repeat(32);
-    put_receiver(&db, &before, "pos-a", &a).await;
-    put_receiver(&db, &before, "pos-b", &b).await;
+    for test_db in TestDb::all().await {
+        let db = test_db.open_migrated().await;
+        let old = MasterKey::generate();
+        let before = MasterKeys::from(old.clone());
+        let a = "a".repeat(32);
+        let b = "b".repeat(32);
+        put_receiver(&db, &before, "pos-a", &a).await;
+        put_receiver(&db, &before, "pos-b", &b).await;
+        let (account, company) = one_of_each(&db, &before).await;
+        // Two receivers, the current and next signing keys, a mail job, the credentials.
+        let sealed_rows = 6;
 
-    // The new ring on every replica: old rows still read.
-    let ring = MasterKeys::new(MasterKey::generate(), [old.clone()]);
-    assert_eq!(receiver_secret(&db, &ring, "pos-a").await.unwrap(), a);
+        // The new ring on every replica: old rows still read.
+        let ring = MasterKeys::new(MasterKey::generate(), [old.clone()]);
+        assert_eq!(receiver_secret(&db, &ring, "pos-a").await.unwrap(), a);
+        assert_eq!(reseal::remaining(&db, &ring).await.unwrap(), sealed_rows);
 
-    // A reseal reads pos-b, then another replica (still on the old key) writes a new secret
-    // before the compare-and-set: the newer value stays.
-    let stale = reseal::stale(&db, &ring, Store::WebhookReceivers, "", 10).await.unwrap();
-    let row_b = stale.iter().find(|r| r.key == "pos-b").unwrap();
-    let newer = "c".repeat(32);
-    put_receiver(&db, &before, "pos-b", &newer).await;
-    let resealed = row_b.resealed(&ring).unwrap().unwrap();
-    assert!(!reseal::compare_and_set(&db, row_b, &resealed).await.unwrap());
-    assert_eq!(receiver_secret(&db, &ring, "pos-b").await.unwrap(), newer);
+        // A reseal reads pos-b, then another replica (still on the old key) writes a new
+        // secret before the compare-and-set: the newer value stays.
+        let stale = reseal::stale(&db, &ring, Store::WebhookReceivers, "", 10).await.unwrap();
+        let row_b = stale.iter().find(|r| r.key == "pos-b").unwrap();
+        let newer = "c".repeat(32);
+        put_receiver(&db, &before, "pos-b", &newer).await;
+        let resealed = row_b.resealed(&ring).unwrap().unwrap();
+        assert!(!reseal::compare_and_set(&db, row_b, &resealed).await.unwrap());
+        assert_eq!(receiver_secret(&db, &ring, "pos-b").await.unwrap(), newer);
 
-    // Without the retired key the old rows do not open, with a clear error.
-    let forgot = MasterKeys::from(ring.active().clone());
-    let err = receiver_secret(&db, &forgot, "pos-a").await.unwrap_err();
-    assert!(err.contains(old.id()) && err.contains("master_keys_retired"), "{err}");
-    assert!(reseal::reseal_all(&db, &forgot, 1).await.is_err());
+        // Without the retired key the old rows do not open, with a clear error.
+        let forgot = MasterKeys::from(ring.active().clone());
+        let err = receiver_secret(&db, &forgot, "pos-a").await.unwrap_err();
+        assert!(err.contains(old.id()) && err.contains("master_keys_retired"), "{err}");
+        let err = reseal::reseal_all(&db, &forgot, 1).await.unwrap_err().to_string();
+        assert!(err.contains(old.id()), "{err}");
 
-    // The full reseal moves every row (in batches of one) to the new key id.
-    let report = reseal::reseal_all(&db, &ring, 1).await.unwrap();
-    assert_eq!((report.resealed, report.remaining), (2, 0), "{report:?}");
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT secret_sealed FROM webhook_receivers").fetch_all(db.pool()).await.unwrap();
-    assert!(rows.iter().all(|(s,)| key_id(s) == Some(ring.id())));
-    assert_eq!(receiver_secret(&db, &forgot, "pos-a").await.unwrap(), a);
-    assert_eq!(receiver_secret(&db, &forgot, "pos-b").await.unwrap(), newer);
+        // The full reseal moves every row (in batches of one) to the new key id.
+        let report = reseal::reseal_all(&db, &ring, 1).await.unwrap();
+        assert_eq!((report.resealed, report.remaining), (sealed_rows, 0), "{report:?}");
+        assert_eq!(reseal::reseal_all(&db, &ring, 1).await.unwrap().resealed, 0, "a second run has nothing to do");
+
+        // And everything reads with the new key alone.
+        assert_eq!(receiver_secret(&db, &forgot, "pos-a").await.unwrap(), a);
+        assert_eq!(receiver_secret(&db, &forgot, "pos-b").await.unwrap(), newer);
+        KeyRing::load_or_create(&SqlKeys::new(db.clone()), &forgot, &POLICY, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        let jobs = SqlJobs::new(db.clone(), 5);
+        let mail = jobs.list(None, None, 10).await.unwrap().into_iter().find(|j| j.kind == "mail.send").unwrap();
+        assert!(OutgoingMail::from_payload(&mail.payload, &forgot).is_ok());
+        let stored = SqlCredentials::new(db.clone(), Arc::new(jobs), forgot.clone())
+            .get(account, company, IntegrationKind::DigitalInvoice)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.0, PlatformCredentials::TechnicalKey { key: "tk-1".into() });
+    }
 }
