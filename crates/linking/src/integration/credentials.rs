@@ -212,6 +212,7 @@ pub fn next_check(now: OffsetDateTime, attempt: u32) -> Option<OffsetDateTime> {
 pub trait CredentialStore: Send + Sync + std::fmt::Debug {
     /// Sets the company's credentials for `kind`, forgetting the last check; writes the
     /// audit entry `action` (`credentials.updated`, `credentials.api_key_issued`) with it.
+    #[allow(clippy::too_many_arguments)]
     async fn put(
         &self,
         account: AccountId,
@@ -446,6 +447,7 @@ pub mod sql {
 
     #[async_trait]
     impl CredentialStore for SqlCredentials {
+        #[allow(clippy::too_many_arguments)]
         async fn put(
             &self,
             account: AccountId,
@@ -519,6 +521,7 @@ pub mod sql {
             self.status_row(account, company, kind).await
         }
 
+        #[allow(clippy::too_many_arguments)]
         async fn record_check(
             &self,
             account: AccountId,

@@ -189,7 +189,7 @@ impl From<CredentialsStatus> for CredentialsView {
 #[serde(deny_unknown_fields)]
 pub struct CredentialsBody {
     /// `username_password`, `api_key` or `technical_key`.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default)]
     pub credential_type: String,
     /// For `username_password`.
     pub username: Option<String>,

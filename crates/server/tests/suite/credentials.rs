@@ -137,6 +137,30 @@ async fn credentials_are_checked_rechecked_after_an_outage_and_never_shown() {
     assert_eq!(r.status(), 422);
     let problem: Value = r.json().await.unwrap();
     assert_eq!(problem["errors"][0]["field"], "password", "{problem}");
+    for (body, field) in [
+        (json!({"username": "mario", "password": PASSWORD}), "type"),
+        (json!({"type": "api_key", "api_key": "k", "password": PASSWORD}), "password"),
+    ] {
+        let r = http.put(format!("{url}/credentials")).bearer_auth(&admin).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 422);
+        let text = r.text().await.unwrap();
+        assert!(text.contains(&format!("\"field\":\"{field}\"")), "{text}");
+        bodies.push(text);
+    }
+    // A company of no account (or another one) is not found, whatever the body.
+    let elsewhere = app.url(&format!(
+        "/api/v1/accounts/{account_id}/companies/{}/integrations/digital_invoice/credentials",
+        uuid::Uuid::now_v7()
+    ));
+    let r = http
+        .put(elsewhere)
+        .bearer_auth(&admin)
+        .json(&json!({"type": "api_key", "api_key": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    bodies.push(r.text().await.unwrap());
 
     let r = http
         .put(format!("{url}/credentials"))
