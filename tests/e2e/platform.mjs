@@ -22,6 +22,8 @@
 // - control endpoints for tests, unauthenticated (it listens on loopback):
 //   POST /_control/accounts {vat_number, legal_name?, owner_email?} seeds an account;
 //   POST /_control/outage {down} makes every /v1 call answer 503 while down;
+//   POST /_control/credentials {vat_number, username, password} sets the one platform
+//   login that checks `ok` for that VAT number (otherwise any password but "invalid" does);
 //   POST /_control/tokens/revoke forgets every issued token (the next call gets a 401);
 //   POST /_control/delay {ms, match?} holds every /v1 call whose path contains `match`
 //   (every /v1 call without it) for `ms` before it is answered, `ms` 0 ends it; a held
@@ -142,6 +144,8 @@ export async function startPlatform({
   const requests = [];
   let delay = { ms: 0, match: null };
   const apiKeys = [];
+  /** vat_number → {username, password}: the valid login, once set over /_control/credentials. */
+  const logins = new Map();
   let down = false;
   let tokenRequests = 0;
 
@@ -266,12 +270,23 @@ export async function startPlatform({
       return [201, { api_key: apiKey }];
     }
     if (resource === 'credentials' && accountId === 'check' && segments.length === 3 && method === 'POST') {
-      // Simply: no account for the VAT number means no delegation; a password "invalid"
-      // (or no credentials at all) is wrong; anything else is fine.
+      // Simply: no account for the VAT number means no delegation. An API key is valid if
+      // it was issued for that VAT number; a technical key unless it is "invalid"; a login
+      // if it is the one set over /_control/credentials, or else any password but
+      // "invalid". No credentials at all are wrong. (`type` is optional, as it once was.)
       const credentials = body.credentials ?? {};
+      const type = credentials.type ?? (credentials.api_key ? 'api_key' : credentials.key ? 'technical_key' : 'username_password');
+      const valid = () => {
+        if (type === 'api_key') return apiKeys.some((k) => k.api_key === credentials.api_key && k.vat_number === body.vat_number);
+        if (type === 'technical_key') return typeof credentials.key === 'string' && credentials.key !== '' && credentials.key !== 'invalid';
+        if (typeof credentials.username !== 'string' || typeof credentials.password !== 'string') return false;
+        const login = logins.get(body.vat_number);
+        if (login) return login.username === credentials.username && login.password === credentials.password;
+        return credentials.password !== '' && credentials.password !== 'invalid';
+      };
       let outcome = 'ok';
       if (!byVat.has(body.vat_number)) outcome = 'delegation_missing';
-      else if (Object.keys(credentials).length === 0 || credentials.password === 'invalid') outcome = 'invalid_credentials';
+      else if (!valid()) outcome = 'invalid_credentials';
       return [200, { outcome }];
     }
     throw new HttpError(404, 'not_found', `no operation ${method} /${segments.join('/')}`);
@@ -372,6 +387,12 @@ export async function startPlatform({
       case 'POST /_control/delay':
         delay = { ms: Math.max(0, Number(body.ms) || 0), match: typeof body.match === 'string' ? body.match : null };
         return send(res, 200, delay);
+      case 'POST /_control/credentials':
+        if (typeof body.vat_number !== 'string' || typeof body.username !== 'string' || typeof body.password !== 'string') {
+          throw new HttpError(400, 'invalid_request', 'vat_number, username and password are required');
+        }
+        logins.set(body.vat_number, { username: body.username, password: body.password });
+        return send(res, 200, { vat_number: body.vat_number });
       case 'POST /_control/tokens/revoke':
         tokens.clear();
         return send(res, 200, { revoked: true });
@@ -425,6 +446,8 @@ export async function startPlatform({
     setOutage: (value) => { down = Boolean(value); },
     /** Holds the /v1 calls whose path contains `match` (all without it) `ms` before answering; 0 ends it. */
     setDelay: (ms, match = null) => { delay = { ms, match }; },
+    /** The one login that checks `ok` for `vat_number` from now on. */
+    setValidLogin: (vatNumber, username, password) => { logins.set(vatNumber, { username, password }); },
     revokeTokens: () => tokens.clear(),
     activations: () => activationCounts(),
     collaborators: () => collaborators.map((c) => ({ ...c })),

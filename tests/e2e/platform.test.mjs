@@ -180,6 +180,13 @@ test('credentials check and API keys answer as the contract says', async () => {
   const issued = await call('POST', `/v1/accounts/${account.id}/api-keys`, { body: { vat_number: '77777777777' } });
   assert.equal(issued.status, 201);
   assert.match(issued.body.api_key, /^pk_/);
+  // Typed credentials, as Ponte sends them.
+  assert.equal((await check({ type: 'api_key', api_key: issued.body.api_key })).body.outcome, 'ok');
+  assert.equal((await check({ type: 'api_key', api_key: 'pk_never_issued' })).body.outcome, 'invalid_credentials');
+  assert.equal((await check({ type: 'technical_key', key: 'tk' })).body.outcome, 'ok');
+  platform.setValidLogin('77777777777', 'mario', 'the-new-one');
+  assert.equal((await check({ type: 'username_password', username: 'mario', password: 'p' })).body.outcome, 'invalid_credentials');
+  assert.equal((await check({ type: 'username_password', username: 'mario', password: 'the-new-one' })).body.outcome, 'ok');
 });
 
 test('webhooks are signed over the timestamp and the raw body, and Ponte\'s answer is returned', async () => {

@@ -18,7 +18,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::clock::{from_unix, to_unix};
 use crate::db::Database;
-use crate::seal::MasterKey;
+use crate::seal::MasterKeys;
 use crate::secret::random_token;
 use crate::{Error, Result};
 
@@ -254,7 +254,7 @@ impl KeyRepo for SqlKeys {
 }
 
 /// Makes a new key of `alg`, sealed under `master`.
-pub fn generate(master: &MasterKey, alg: SigningAlg, status: KeyStatus, now: OffsetDateTime) -> Result<StoredKey> {
+pub fn generate(master: &MasterKeys, alg: SigningAlg, status: KeyStatus, now: OffsetDateTime) -> Result<StoredKey> {
     let crypto = |e: aws_lc_rs::error::Unspecified| Error::Crypto(e.to_string());
     let kid = random_token()[..16].to_owned();
     let (pkcs8, public) = match alg {
@@ -352,7 +352,7 @@ pub struct Rotation {
 /// have all expired. Safe to run on every replica at once.
 pub async fn maintain(
     repo: &dyn KeyRepo,
-    master: &MasterKey,
+    master: &MasterKeys,
     policy: &KeyPolicy,
     now: OffsetDateTime,
 ) -> Result<Vec<StoredKey>> {
@@ -382,7 +382,7 @@ pub async fn maintain(
 /// Promotes next → current and current → previous, and makes a new next key.
 pub async fn rotate(
     repo: &dyn KeyRepo,
-    master: &MasterKey,
+    master: &MasterKeys,
     policy: &KeyPolicy,
     now: OffsetDateTime,
 ) -> Result<Rotation> {
@@ -452,7 +452,7 @@ impl KeyRing {
     /// Loads the published keys, creating the current and next keys if missing.
     pub async fn load_or_create(
         repo: &dyn KeyRepo,
-        master: &MasterKey,
+        master: &MasterKeys,
         policy: &KeyPolicy,
         now: OffsetDateTime,
     ) -> Result<Self> {
@@ -462,7 +462,7 @@ impl KeyRing {
 
     /// Builds the ring from stored keys; the oldest current key signs (if two replicas
     /// raced to create the first key, they agree on the same one).
-    pub fn from_stored(keys: &[StoredKey], master: &MasterKey) -> Result<Self> {
+    pub fn from_stored(keys: &[StoredKey], master: &MasterKeys) -> Result<Self> {
         let current = oldest(keys, KeyStatus::Current)?;
         let pkcs8 = master.open(&current.private_sealed, &current.kid)?;
         let signing = match current.alg {
@@ -541,7 +541,7 @@ impl Keys {
     pub async fn refresh(
         &self,
         repo: &dyn KeyRepo,
-        master: &MasterKey,
+        master: &MasterKeys,
         policy: &KeyPolicy,
         now: OffsetDateTime,
     ) -> Result<()> {

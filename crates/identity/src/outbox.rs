@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::clock::Clock;
 use crate::jobs::{JobId, JobStore, NewJob, SqlJobs};
-use crate::seal::MasterKey;
+use crate::seal::MasterKeys;
 use crate::{Error, Result};
 
 /// The job kind that carries an email.
@@ -187,14 +187,14 @@ impl OutgoingMail {
 
     /// The `mail.send` job that carries this mail, sealed with the master key: mail
     /// carries single-use codes and links, which must not sit readable in the jobs table.
-    pub fn to_job(&self, master: &MasterKey) -> Result<NewJob> {
+    pub fn to_job(&self, master: &MasterKeys) -> Result<NewJob> {
         let json = serde_json::to_vec(self).map_err(|e| Error::Invalid(format!("mail payload: {e}")))?;
         let sealed = master.seal(&json, MAIL_SEND)?;
         Ok(NewJob::new(MAIL_SEND, serde_json::json!({ "sealed": sealed })))
     }
 
     /// The mail a `mail.send` job carries, opened with the master key.
-    pub fn from_payload(payload: &serde_json::Value, master: &MasterKey) -> Result<Self> {
+    pub fn from_payload(payload: &serde_json::Value, master: &MasterKeys) -> Result<Self> {
         let sealed = payload
             .get("sealed")
             .and_then(|v| v.as_str())
@@ -241,13 +241,13 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct JobOutbox {
     jobs: Arc<SqlJobs>,
-    master: MasterKey,
+    master: MasterKeys,
     clock: Arc<dyn Clock>,
 }
 
 impl JobOutbox {
     /// An outbox enqueueing into `jobs`, sealing each mail with `master`.
-    pub fn new(jobs: Arc<SqlJobs>, master: MasterKey, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(jobs: Arc<SqlJobs>, master: MasterKeys, clock: Arc<dyn Clock>) -> Self {
         Self { jobs, master, clock }
     }
 }
@@ -326,7 +326,7 @@ mod tests {
 
     #[test]
     fn a_mail_survives_its_sealed_job_payload_and_no_code_is_readable_there() {
-        let master = MasterKey::generate();
+        let master = MasterKeys::generate();
         let mail = link_code(Lang::It, "X", "y@z.it");
         let job = mail.to_job(&master).unwrap();
         assert_eq!(job.kind, MAIL_SEND);
@@ -336,7 +336,7 @@ mod tests {
         }
         assert_eq!(OutgoingMail::from_payload(&job.payload, &master).unwrap(), mail);
         assert!(
-            OutgoingMail::from_payload(&job.payload, &MasterKey::generate()).is_err(),
+            OutgoingMail::from_payload(&job.payload, &MasterKeys::generate()).is_err(),
             "another key cannot open it"
         );
         assert!(OutgoingMail::from_payload(&serde_json::json!({"to": 1}), &master).is_err());

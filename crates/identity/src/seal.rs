@@ -3,6 +3,10 @@
 //! A sealed value reads `v1.<key id>.<base64url(nonce ‖ ciphertext)>`. The key id (first
 //! 8 bytes of SHA-256 of the key, hex) travels with the data so the master key can be
 //! rotated and old rows re-sealed, and so a wrong key gives a clear error.
+//!
+//! [`MasterKeys`] is the ring every store uses: new values are sealed with the active
+//! key; a value sealed with a retired key still opens (by the id it carries) until
+//! `ponte keys reseal` has moved it to the active one.
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -94,6 +98,111 @@ impl MasterKey {
     }
 }
 
+/// The master-key ring: the active key, which seals, and retired keys, which only open
+/// what was sealed before a rotation until it is re-sealed.
+#[derive(Clone)]
+pub struct MasterKeys {
+    active: MasterKey,
+    retired: Vec<MasterKey>,
+}
+
+impl std::fmt::Debug for MasterKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let retired: Vec<&str> = self.retired.iter().map(MasterKey::id).collect();
+        f.debug_struct("MasterKeys").field("active", &self.active.id).field("retired", &retired).finish()
+    }
+}
+
+impl From<MasterKey> for MasterKeys {
+    fn from(active: MasterKey) -> Self {
+        Self { active, retired: Vec::new() }
+    }
+}
+
+impl MasterKeys {
+    /// The ring of `active` and the `retired` keys (a retired key equal to the active one
+    /// is dropped).
+    pub fn new(active: MasterKey, retired: impl IntoIterator<Item = MasterKey>) -> Self {
+        let mut ring = Self::from(active);
+        for key in retired {
+            if key.id != ring.active.id && !ring.retired.iter().any(|k| k.id == key.id) {
+                ring.retired.push(key);
+            }
+        }
+        ring
+    }
+
+    /// A ring of one fresh random key.
+    pub fn generate() -> Self {
+        MasterKey::generate().into()
+    }
+
+    /// A ring of the one key in its configured form.
+    pub fn parse(text: &str) -> Result<Self> {
+        MasterKey::parse(text).map(Into::into)
+    }
+
+    /// Parses a comma- or whitespace-separated list of retired keys (empty: none).
+    pub fn parse_list(text: &str) -> Result<Vec<MasterKey>> {
+        text.split([',', ' ', '\n', '\t', '\r']).filter(|t| !t.is_empty()).map(MasterKey::parse).collect()
+    }
+
+    /// The key that seals.
+    pub fn active(&self) -> &MasterKey {
+        &self.active
+    }
+
+    /// The retired keys, which only open.
+    pub fn retired(&self) -> &[MasterKey] {
+        &self.retired
+    }
+
+    /// The active key's id.
+    pub fn id(&self) -> &str {
+        &self.active.id
+    }
+
+    /// The active key in its configured form.
+    pub fn encode(&self) -> String {
+        self.active.encode()
+    }
+
+    /// Seals with the active key (see [`MasterKey::seal`]).
+    pub fn seal(&self, plaintext: &[u8], context: &str) -> Result<String> {
+        self.active.seal(plaintext, context)
+    }
+
+    /// Opens with whichever key of the ring the sealed value names.
+    pub fn open(&self, sealed: &str, context: &str) -> Result<Vec<u8>> {
+        let id = key_id(sealed).ok_or_else(|| Error::Seal("unknown sealed format".into()))?;
+        let key = std::iter::once(&self.active).chain(&self.retired).find(|k| k.id == id).ok_or_else(|| {
+            Error::Seal(format!(
+                "sealed with master key {id}, but the configured key is {} and no retired key (master_keys_retired) has that id",
+                self.active.id
+            ))
+        })?;
+        key.open(sealed, context)
+    }
+
+    /// The value re-sealed with the active key, or `None` when it already is.
+    pub fn reseal(&self, sealed: &str, context: &str) -> Result<Option<String>> {
+        if key_id(sealed) == Some(self.active.id.as_str()) {
+            return Ok(None);
+        }
+        let plain = self.open(sealed, context)?;
+        self.seal(&plain, context).map(Some)
+    }
+}
+
+/// The id of the key that sealed `sealed`, if it is a sealed value.
+pub fn key_id(sealed: &str) -> Option<&str> {
+    let mut parts = sealed.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("v1"), Some(id), Some(_)) => Some(id),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +229,49 @@ mod tests {
         assert_eq!(MasterKey::parse(&key.encode()).unwrap().id(), key.id());
         assert!(MasterKey::parse("c2hvcnQ=").is_err());
         assert!(MasterKey::parse("not base64 !!").is_err());
+    }
+
+    #[test]
+    fn a_ring_seals_with_the_active_key_and_opens_with_retired_ones() {
+        let old = MasterKey::generate();
+        let before = old.seal(b"secret", "row-1").unwrap();
+        let ring = MasterKeys::new(MasterKey::generate(), [old.clone()]);
+        assert_eq!(ring.open(&before, "row-1").unwrap(), b"secret");
+        let after = ring.seal(b"secret", "row-1").unwrap();
+        assert_eq!(key_id(&after), Some(ring.id()));
+        assert_ne!(ring.id(), old.id());
+    }
+
+    #[test]
+    fn reseal_moves_a_value_to_the_active_key_once() {
+        let old = MasterKey::generate();
+        let before = old.seal(b"secret", "row-1").unwrap();
+        let ring = MasterKeys::new(MasterKey::generate(), [old]);
+        let moved = ring.reseal(&before, "row-1").unwrap().expect("sealed with a retired key");
+        assert_eq!(key_id(&moved), Some(ring.id()));
+        assert_eq!(ring.open(&moved, "row-1").unwrap(), b"secret");
+        assert_eq!(ring.reseal(&moved, "row-1").unwrap(), None);
+        assert!(ring.reseal(&before, "row-2").is_err(), "the context still binds");
+    }
+
+    #[test]
+    fn a_dropped_retired_key_gives_a_clear_error() {
+        let old = MasterKey::generate();
+        let before = old.seal(b"secret", "").unwrap();
+        let ring = MasterKeys::from(MasterKey::generate());
+        let err = ring.open(&before, "").unwrap_err().to_string();
+        assert!(err.contains(old.id()) && err.contains("master_keys_retired"), "{err}");
+    }
+
+    #[test]
+    fn retired_lists_parse_comma_separated_and_skip_the_active_key() {
+        let (a, b) = (MasterKey::generate(), MasterKey::generate());
+        let list = MasterKeys::parse_list(&format!("{}, {}", a.encode(), b.encode())).unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(MasterKeys::parse_list("").unwrap().is_empty());
+        assert!(MasterKeys::parse_list("nope").is_err());
+        let ring = MasterKeys::new(a.clone(), list);
+        assert_eq!(ring.retired().len(), 1);
+        assert!(!format!("{ring:?}").contains(&a.encode()));
     }
 }

@@ -233,12 +233,12 @@ impl KeyRing {
 mod tests {
     use super::*;
     use crate::keys::{KeyStatus, SigningAlg, generate};
-    use crate::seal::MasterKey;
+    use crate::seal::MasterKeys;
     use jsonwebtoken::Algorithm;
     use time::macros::datetime;
 
     fn ring_of(alg: SigningAlg) -> KeyRing {
-        let master = MasterKey::generate();
+        let master = MasterKeys::generate();
         let key = generate(&master, alg, KeyStatus::Current, datetime!(2026-01-01 00:00 UTC)).unwrap();
         KeyRing::from_stored(&[key], &master).unwrap()
     }

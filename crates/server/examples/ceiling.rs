@@ -17,7 +17,7 @@
 use actix_web::http::header;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use ponte_identity::keys::{KeyRing, KeyStatus, SigningAlg, generate};
-use ponte_identity::seal::MasterKey;
+use ponte_identity::seal::MasterKeys;
 use ponte_identity::token::{API_AUDIENCE, AccessTokenClaims};
 use serde::Deserialize;
 use serde_json::json;
@@ -67,7 +67,7 @@ async fn main() -> std::io::Result<()> {
         Err(_) => None,
     };
 
-    let master = MasterKey::generate();
+    let master = MasterKeys::generate();
     let key = generate(&master, SigningAlg::ES256, KeyStatus::Current, OffsetDateTime::now_utc())
         .map_err(|e| std::io::Error::other(format!("cannot generate a key: {e}")))?;
     let ring = KeyRing::from_stored(&[key], &master)

@@ -96,6 +96,51 @@ impl ponte_linking::integration::actions::PlatformLookup for PlatformDirectory {
     }
 }
 
+/// The credentials operations of the configured platform, for the domain's use cases.
+#[derive(Debug, Clone)]
+pub struct PlatformCredentialsOps(pub Option<Arc<dyn crate::connectors::platform::Platform>>);
+
+fn failure(e: crate::connectors::platform::PlatformError) -> ponte_linking::integration::credentials::PlatformFailure {
+    use ponte_linking::integration::credentials::PlatformFailure;
+    if e.retryable() { PlatformFailure::Unavailable(e.to_string()) } else { PlatformFailure::Rejected(e.to_string()) }
+}
+
+#[async_trait]
+impl ponte_linking::integration::credentials::CredentialsPlatform for PlatformCredentialsOps {
+    async fn check_credentials(
+        &self,
+        vat_number: &str,
+        credentials: &ponte_linking::integration::credentials::PlatformCredentials,
+        key: &str,
+    ) -> Result<
+        ponte_linking::integration::credentials::CheckOutcome,
+        ponte_linking::integration::credentials::PlatformFailure,
+    > {
+        use ponte_linking::integration::credentials::PlatformFailure;
+        let Some(platform) = &self.0 else {
+            return Err(PlatformFailure::Unavailable(
+                "no invoicing platform is configured ([platform] base_url)".into(),
+            ));
+        };
+        platform.check_credentials(vat_number, credentials, key).await.map_err(failure)
+    }
+
+    async fn issue_api_key(
+        &self,
+        account_id: &str,
+        vat_number: &str,
+        key: &str,
+    ) -> Result<String, ponte_linking::integration::credentials::PlatformFailure> {
+        use ponte_linking::integration::credentials::PlatformFailure;
+        let Some(platform) = &self.0 else {
+            return Err(PlatformFailure::Unavailable(
+                "no invoicing platform is configured ([platform] base_url)".into(),
+            ));
+        };
+        platform.issue_api_key(account_id, vat_number, key).await.map_err(failure)
+    }
+}
+
 /// What the platform's signed webhook events do: an invite accepted on its side moves the
 /// integration to `activating`; a finished activation makes it `active`.
 #[derive(Debug, Clone)]

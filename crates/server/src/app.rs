@@ -15,7 +15,7 @@ use ponte_identity::keys::{KeyRing, Keys, SqlKeys};
 use ponte_identity::oidc::SqlConsents;
 use ponte_identity::outbox::JobOutbox;
 use ponte_identity::refresh::SqlRefresh;
-use ponte_identity::seal::MasterKey;
+use ponte_identity::seal::{MasterKey, MasterKeys};
 use ponte_identity::session::{MemoryStore, RedisStore, SessionPolicy, SessionStore, Sessions};
 use ponte_identity::upstream::{Upstream, http_client};
 use ponte_linking::account::sql::{SqlAccounts, SqlUsers};
@@ -70,16 +70,37 @@ pub async fn migrate(db: &Database) -> Result<(), StartError> {
     Ok(())
 }
 
-/// The configured master key, or one generated into (and later read from) the data folder.
-pub fn master_key(config: &Config) -> Result<MasterKey, StartError> {
-    if let Some(key) = &config.master_key {
-        return Ok(MasterKey::parse(key.expose())?);
+/// The master-key ring: the active key (configured, or generated into and later read from
+/// the data folder) and the retired ones (`master_keys_retired`, and in embedded mode the
+/// data folder's `master.key.retired`, one key a line).
+pub fn master_key(config: &Config) -> Result<MasterKeys, StartError> {
+    let mut retired = Vec::new();
+    for key in &config.master_keys_retired {
+        retired.push(MasterKey::parse(key.expose())?);
     }
+    let active = if let Some(key) = &config.master_key {
+        MasterKey::parse(key.expose())?
+    } else {
+        let retired_path = config.data_dir.join(RETIRED_KEY_FILE);
+        if retired_path.exists() {
+            retired.extend(MasterKeys::parse_list(&read(&retired_path)?)?);
+        }
+        embedded_master_key(config)?
+    };
+    Ok(MasterKeys::new(active, retired))
+}
+
+/// The data folder's file of retired master keys (embedded mode).
+const RETIRED_KEY_FILE: &str = "master.key.retired";
+
+fn read(path: &Path) -> Result<String, StartError> {
+    std::fs::read_to_string(path).map_err(|e| StartError::Setup(format!("cannot read {}: {e}", path.display())))
+}
+
+fn embedded_master_key(config: &Config) -> Result<MasterKey, StartError> {
     let path = config.data_dir.join("master.key");
     if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| StartError::Setup(format!("cannot read {}: {e}", path.display())))?;
-        return Ok(MasterKey::parse(&text)?);
+        return Ok(MasterKey::parse(&read(&path)?)?);
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StartError::Setup(format!("cannot create data_dir {}: {e}", config.data_dir.display())))?;
@@ -91,6 +112,37 @@ pub fn master_key(config: &Config) -> Result<MasterKey, StartError> {
          every secret Ponte stores. In production set PONTE_MASTER_KEY (or PONTE_MASTER_KEY_FILE) from a secret store."
     );
     Ok(key)
+}
+
+/// Embedded mode's `ponte keys rotate-master`: a new active key file in the data folder,
+/// the old key appended to the retired file (kept until `ponte keys reseal` reports 0).
+/// `Err` when the master key is configured from outside (then the operator rotates it).
+pub fn rotate_embedded_master_key(config: &Config) -> Result<MasterKeys, StartError> {
+    if config.master_key.is_some() {
+        return Err(StartError::Setup("the master key is configured (PONTE_MASTER_KEY), not embedded".into()));
+    }
+    let old = embedded_master_key(config)?;
+    let retired_path = config.data_dir.join(RETIRED_KEY_FILE);
+    let mut retired = if retired_path.exists() { read(&retired_path)? } else { String::new() };
+    if !retired.is_empty() && !retired.ends_with('\n') {
+        retired.push('\n');
+    }
+    retired.push_str(&old.encode());
+    retired.push('\n');
+    // The retired file first: a crash between the two writes leaves the old key still
+    // active and also retired, which reads everything.
+    replace_private(&retired_path, &retired)?;
+    let new = MasterKey::generate();
+    replace_private(&config.data_dir.join("master.key"), &new.encode())?;
+    master_key(config)
+}
+
+/// Writes `contents` to `path` through a private temporary file renamed over it.
+fn replace_private(path: &Path, contents: &str) -> Result<(), StartError> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    write_private(&tmp, contents)?;
+    std::fs::rename(&tmp, path).map_err(|e| StartError::Setup(format!("cannot write {}: {e}", path.display())))
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), StartError> {
@@ -143,6 +195,12 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         companies: Arc::new(SqlCompanies::new(db.clone())),
         integrations: integrations.clone(),
         platform_lookup: Arc::new(crate::adapters::PlatformDirectory(platform.clone())),
+        credentials: Arc::new(ponte_linking::integration::credentials::sql::SqlCredentials::new(
+            db.clone(),
+            jobs.clone(),
+            master.clone(),
+        )),
+        credentials_platform: Arc::new(crate::adapters::PlatformCredentialsOps(platform.clone())),
         platform,
         issuer: config.issuer(),
         providers: Arc::new(providers),

@@ -60,6 +60,10 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// Base64 of 32 random bytes; seals secrets at rest. Empty: generated into `data_dir`.
     pub master_key: Option<Secret>,
+    /// Retired master keys, which only open what was sealed before a rotation until
+    /// `ponte keys reseal` has moved it (a list; in the environment comma-separated).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub master_keys_retired: Vec<Secret>,
     /// Apply pending migrations at start-up.
     pub migrate_on_start: bool,
     /// `text` or `json`.
@@ -297,6 +301,7 @@ impl Default for Config {
             redis_url: None,
             redis_key_prefix: "ponte:".into(),
             master_key: None,
+            master_keys_retired: Vec::new(),
             migrate_on_start: true,
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -322,7 +327,22 @@ impl Default for Config {
 }
 
 /// Keys whose value may come from a file named by `PONTE_<KEY>_FILE`.
-const SECRET_KEYS: [&str; 3] = ["master_key", "database_url", "redis_url"];
+const SECRET_KEYS: [&str; 4] = ["master_key", "master_keys_retired", "database_url", "redis_url"];
+
+/// A list given as a list (TOML) or as one comma-separated string (the environment).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match Form::deserialize(d)? {
+        Form::List(items) => items,
+        Form::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(Secret::from).collect())
+}
 
 /// Environment names (after `PONTE_`) of nested keys, and the key they set.
 const ALIASES: [(&str, &str); 3] = [
@@ -634,6 +654,16 @@ mod tests {
                 .contains("webhooks.POS")
         );
         assert!(refused("[webhooks.pos]\nurl = \"https://pos.example.com/\"\n").contains("secret"));
+    }
+
+    #[test]
+    fn retired_master_keys_come_as_a_list_or_comma_separated() {
+        let c = from_toml("master_keys_retired = [\"a2V5MQ==\", \"a2V5Mg==\"]").unwrap();
+        assert_eq!(c.master_keys_retired.iter().map(Secret::expose).collect::<Vec<_>>(), ["a2V5MQ==", "a2V5Mg=="]);
+        let c = from_toml("master_keys_retired = \"a2V5MQ==, a2V5Mg==\"").unwrap();
+        assert_eq!(c.master_keys_retired.len(), 2);
+        assert!(from_toml("").unwrap().master_keys_retired.is_empty());
+        assert!(!format!("{c:?}").contains("a2V5MQ"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod html;
 pub mod op;
 pub mod openapi;
 pub mod problem;
+pub mod reseal;
 pub mod routes;
 pub mod state;
 pub mod telemetry;

@@ -43,6 +43,12 @@ enum KeysCommand {
     /// Promote the next key to current now (running servers pick it up within
     /// key_reload_secs); prints {"current", "next", "previous"} as JSON.
     Rotate,
+    /// Rotate the master key. Embedded mode: writes a new key file to the data folder,
+    /// keeps the old one as retired, then re-seals. With PONTE_MASTER_KEY: prints the steps.
+    RotateMaster,
+    /// Re-seal every stored secret with the active master key, in small batches; prints
+    /// {"resealed", "skipped", "remaining"} (remaining 0: the retired keys can be dropped).
+    Reseal,
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,9 +170,41 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
             println!("{}", serde_json::to_string(&rotation).map_err(|e| e.to_string())?);
             Ok(())
         }
+        Command::Keys(KeysCommand::RotateMaster) => {
+            if config.master_key.is_some() {
+                let new = ponte_identity::seal::MasterKeys::generate().encode();
+                println!(
+                    "The master key comes from PONTE_MASTER_KEY, so rotate it where it is kept:\n\
+                     1. a new key (this one is fresh): {new}\n\
+                     2. set it as PONTE_MASTER_KEY and add the old key to PONTE_MASTER_KEYS_RETIRED \
+                     (comma-separated) on every replica, and restart them;\n\
+                     3. run `ponte keys reseal` once; when it reports \"remaining\": 0, drop the old key \
+                     from PONTE_MASTER_KEYS_RETIRED."
+                );
+                return Ok(());
+            }
+            let master = app::rotate_embedded_master_key(&config).map_err(|e| e.to_string())?;
+            eprintln!("new master key {} written to the data folder; re-sealing", master.id());
+            reseal(&config, &master).await
+        }
+        Command::Keys(KeysCommand::Reseal) => {
+            let master = app::master_key(&config).map_err(|e| e.to_string())?;
+            reseal(&config, &master).await
+        }
         Command::Openapi => {
             print!("{}", openapi::document_json());
             Ok(())
         }
     }
+}
+
+async fn reseal(config: &Config, master: &ponte_identity::seal::MasterKeys) -> Result<(), String> {
+    let db = app::open_database(config).map_err(|e| e.to_string())?;
+    if config.migrate_on_start {
+        app::migrate(&db).await.map_err(|e| e.to_string())?;
+    }
+    let report =
+        ponte_server::reseal::reseal_all(&db, master, ponte_server::reseal::BATCH).await.map_err(|e| e.to_string())?;
+    println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    Ok(())
 }

@@ -23,6 +23,7 @@ use crate::webhooks::api as webhooks;
         integrations::list_integrations, integrations::get_integration,
         integrations::disable, integrations::reactivate, integrations::confirm, integrations::retry,
         integrations::list_invites, integrations::resend_invite,
+        integrations::put_credentials, integrations::check_credentials, integrations::issue_api_key,
         jobs::list_jobs, jobs::retry_job,
         webhooks::list_receivers, webhooks::put_receiver, webhooks::delete_receiver,
     ),

@@ -8,7 +8,7 @@ use ponte_identity::db::Database;
 use ponte_identity::keys::Keys;
 use ponte_identity::oidc::ConsentRepo;
 use ponte_identity::refresh::RefreshRepo;
-use ponte_identity::seal::MasterKey;
+use ponte_identity::seal::MasterKeys;
 use ponte_identity::session::Sessions;
 use ponte_identity::upstream::Upstream;
 use ponte_linking::audit::AuditLog;
@@ -42,8 +42,8 @@ pub struct AppState {
     pub sessions: Sessions,
     /// Signing and verification keys, reloaded as they rotate.
     pub keys: Arc<Keys>,
-    /// Seals secrets at rest.
-    pub master: MasterKey,
+    /// Seals secrets at rest: the master-key ring (active and retired keys).
+    pub master: MasterKeys,
     /// Refresh-token families.
     pub refresh: Arc<dyn RefreshRepo>,
     /// Consents to third-party clients.
@@ -60,6 +60,10 @@ pub struct AppState {
     pub companies: Arc<dyn ponte_linking::company::CompanyStore>,
     /// Companies' integrations and their invites.
     pub integrations: Arc<dyn ponte_linking::integration::Integrations>,
+    /// Companies' platform credentials, sealed.
+    pub credentials: Arc<dyn ponte_linking::integration::credentials::CredentialStore>,
+    /// The platform's credentials operations (check, issue an API key).
+    pub credentials_platform: Arc<dyn ponte_linking::integration::credentials::CredentialsPlatform>,
     /// The invoicing platform's connector (`[platform]`), if configured.
     pub platform: Option<Arc<dyn crate::connectors::platform::Platform>>,
     /// The invoicing platform's directory, asked before a reactivation.

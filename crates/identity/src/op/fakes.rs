@@ -13,7 +13,7 @@ use crate::ids::{AccountId, UserId};
 use crate::keys::{KeyRing, KeyStatus, SigningAlg, generate};
 use crate::oidc::ConsentRepo;
 use crate::refresh::{Family, NewFamily, RefreshRepo, Verdict, new_token};
-use crate::seal::MasterKey;
+use crate::seal::MasterKeys;
 use crate::secret::digest;
 use crate::session::{MemoryStore, NewSession, Session, SessionPolicy, Sessions};
 use crate::{Error, Result};
@@ -143,7 +143,7 @@ pub fn shop(first_party: bool) -> Client {
 impl World {
     /// One user (an owner) and one client.
     pub fn new(client: Client) -> Self {
-        let master = MasterKey::generate();
+        let master = MasterKeys::generate();
         let key = generate(&master, SigningAlg::ES256, KeyStatus::Current, T0).unwrap();
         let store = Arc::new(MemoryStore::new());
         let user = Subject {

@@ -7,6 +7,7 @@
 //! changes the state; the worker runs it and reports the outcome back as an [`Event`].
 
 pub mod actions;
+pub mod credentials;
 pub mod machine;
 pub mod sql;
 pub mod status;
@@ -95,6 +96,8 @@ pub mod jobs {
     pub const LINK_ACCOUNT: &str = "platform.link_account";
     /// Activate the integration at the platform (`Effect::Activate`).
     pub const ACTIVATE: &str = "platform.activate";
+    /// Check a company's platform credentials again (the platform was unavailable).
+    pub const CHECK_CREDENTIALS: &str = "platform.check_credentials";
     /// The event to the POS backend's webhook receivers.
     pub const EVENT: &str = ponte_identity::events::WEBHOOK_FANOUT;
 }

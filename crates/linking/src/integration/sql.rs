@@ -14,7 +14,7 @@ use ponte_identity::db::Database;
 use ponte_identity::events::Event as Outgoing;
 use ponte_identity::jobs::{NewJob, SqlJobs};
 use ponte_identity::outbox::{Message, OutgoingMail};
-use ponte_identity::seal::MasterKey;
+use ponte_identity::seal::MasterKeys;
 use ponte_identity::secret::{digest, random_token};
 use sqlx::{Any, Transaction};
 use time::{Duration, OffsetDateTime};
@@ -36,7 +36,7 @@ const CAS_ROUNDS: u32 = 8;
 pub struct SqlIntegrations {
     db: Database,
     jobs: Arc<SqlJobs>,
-    master: MasterKey,
+    master: MasterKeys,
     public_url: String,
     invite_ttl: Duration,
 }
@@ -44,7 +44,7 @@ pub struct SqlIntegrations {
 impl SqlIntegrations {
     /// Integrations kept in `db`, enqueueing into `jobs`; invite mails are sealed with
     /// `master` and link to `public_url`; invites live `invite_ttl`.
-    pub fn new(db: Database, jobs: Arc<SqlJobs>, master: MasterKey, public_url: &str, invite_ttl: Duration) -> Self {
+    pub fn new(db: Database, jobs: Arc<SqlJobs>, master: MasterKeys, public_url: &str, invite_ttl: Duration) -> Self {
         Self { db, jobs, master, public_url: public_url.trim_end_matches('/').to_owned(), invite_ttl }
     }
 }

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use url::Url;
 
+use ponte_linking::integration::credentials::{CheckOutcome, PlatformCredentials};
+
 use crate::config::PlatformConfig;
 
 /// A company's account on the platform.
@@ -134,6 +136,17 @@ pub trait Platform: Send + Sync + std::fmt::Debug {
         collaborator_email: &str,
         key: &str,
     ) -> Result<Activation, PlatformError>;
+    /// Checks a company's `credentials` (its platform login, API key or technical key)
+    /// for `vat_number` (contract operation 6).
+    async fn check_credentials(
+        &self,
+        vat_number: &str,
+        credentials: &PlatformCredentials,
+        key: &str,
+    ) -> Result<CheckOutcome, PlatformError>;
+    /// Issues an API key of the platform account `account_id` for `vat_number` (contract
+    /// operation 7).
+    async fn issue_api_key(&self, account_id: &str, vat_number: &str, key: &str) -> Result<String, PlatformError>;
 }
 
 type OAuthClient = BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
@@ -384,6 +397,16 @@ struct OneActivation {
     activation: Activation,
 }
 
+#[derive(Deserialize)]
+struct Checked {
+    outcome: CheckOutcome,
+}
+
+#[derive(Deserialize)]
+struct IssuedKey {
+    api_key: String,
+}
+
 #[async_trait]
 impl Platform for HttpPlatform {
     async fn find_account(&self, vat_number: &str, key: &str) -> Result<Option<PlatformAccount>, PlatformError> {
@@ -435,6 +458,24 @@ impl Platform for HttpPlatform {
         let body = json!({ "vat_number": vat_number, "collaborator_email": collaborator_email });
         let activated: OneActivation = self.call(Method::POST, url, Some(body), key).await?;
         Ok(activated.activation)
+    }
+
+    async fn check_credentials(
+        &self,
+        vat_number: &str,
+        credentials: &PlatformCredentials,
+        key: &str,
+    ) -> Result<CheckOutcome, PlatformError> {
+        let url = self.url(&["v1", "credentials", "check"]);
+        let body = json!({ "vat_number": vat_number, "credentials": credentials });
+        let checked: Checked = self.call(Method::POST, url, Some(body), key).await?;
+        Ok(checked.outcome)
+    }
+
+    async fn issue_api_key(&self, account_id: &str, vat_number: &str, key: &str) -> Result<String, PlatformError> {
+        let url = self.url(&["v1", "accounts", account_id, "api-keys"]);
+        let issued: IssuedKey = self.call(Method::POST, url, Some(json!({ "vat_number": vat_number })), key).await?;
+        Ok(issued.api_key)
     }
 }
 

@@ -6,6 +6,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_linking::company::CompanyData;
 use ponte_linking::ids::{AccountId, CompanyId, InviteId, UserId};
 use ponte_linking::integration::actions::{self, Stores, Target};
+use ponte_linking::integration::credentials::{
+    self as creds, CredentialFields, CredentialsRefused, CredentialsStatus, CredentialsTarget, PlatformCredentials,
+    PlatformFailure,
+};
 use ponte_linking::integration::status::{Words, next_step};
 use ponte_linking::integration::{Integration, IntegrationKind, PlatformAccount};
 use ponte_linking::invite::{Invite, InviteState};
@@ -31,6 +35,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource(format!("{ONE}/confirm")).post(confirm))
         .service(web::resource(format!("{ONE}/retry")).post(retry))
         .service(web::resource(format!("{ONE}/invites")).get(list_invites))
+        .service(web::resource(format!("{ONE}/credentials")).put(put_credentials))
+        .service(web::resource(format!("{ONE}/credentials/check")).post(check_credentials))
+        .service(web::resource(format!("{ONE}/credentials/api-key")).post(issue_api_key))
         .service(web::resource(format!("{ONE}/invites/{{invite}}/resend")).post(resend_invite));
 }
 
@@ -134,10 +141,94 @@ pub struct IntegrationView {
     pub platform_account: Option<PlatformAccountView>,
     /// The company data last used for the platform (review it before reactivating).
     pub company_data: Option<CompanyDataView>,
+    /// The company's platform credentials, if set: their kind and latest check, never
+    /// the secret.
+    pub credentials: Option<CredentialsView>,
+}
+
+/// The latest credentials check.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckView {
+    /// `ok`, `invalid_credentials`, `delegation_missing` or `platform_unavailable`.
+    pub outcome: String,
+    /// When it ran (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// Stored platform credentials as the API shows them: never the secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialsView {
+    /// `username_password`, `api_key` or `technical_key`.
+    #[serde(rename = "type")]
+    pub credential_type: String,
+    /// When they were last set (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// The latest check, if any.
+    pub last_check: Option<CheckView>,
+    /// When the scheduled check runs, while one is (the platform was unavailable).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_check_at: Option<OffsetDateTime>,
+}
+
+impl From<CredentialsStatus> for CredentialsView {
+    fn from(s: CredentialsStatus) -> Self {
+        Self {
+            credential_type: s.credential_type.as_str().to_owned(),
+            updated_at: s.updated_at,
+            last_check: s.last_check.map(|(o, at)| CheckView { outcome: o.as_str().to_owned(), at }),
+            next_check_at: s.next_check_at,
+        }
+    }
+}
+
+/// `PUT …/credentials`: `{"type": "username_password", "username", "password"}`,
+/// `{"type": "api_key", "api_key"}` or `{"type": "technical_key", "key"}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsBody {
+    /// `username_password`, `api_key` or `technical_key`.
+    #[serde(rename = "type", default)]
+    pub credential_type: String,
+    /// For `username_password`.
+    pub username: Option<String>,
+    /// For `username_password`.
+    pub password: Option<String>,
+    /// For `api_key`.
+    pub api_key: Option<String>,
+    /// For `technical_key`.
+    pub key: Option<String>,
+}
+
+impl std::fmt::Debug for CredentialsBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialsBody").field("type", &self.credential_type).finish_non_exhaustive()
+    }
+}
+
+/// The API key the platform issued: shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct IssuedApiKey {
+    /// The key (stored sealed as the company's credentials; never shown again).
+    pub api_key: String,
+    /// The credentials now stored.
+    pub credentials: CredentialsView,
+}
+
+impl std::fmt::Debug for IssuedApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedApiKey").field("credentials", &self.credentials).finish_non_exhaustive()
+    }
 }
 
 impl IntegrationView {
-    fn of(i: Integration, pending: Option<&Invite>, now: OffsetDateTime) -> Result<Self, Problem> {
+    fn of(
+        i: Integration,
+        pending: Option<&Invite>,
+        credentials: Option<CredentialsStatus>,
+        now: OffsetDateTime,
+    ) -> Result<Self, Problem> {
         let usable = pending.filter(|p| p.usable(now).is_ok());
         let masked = usable.map(Invite::masked_email);
         Ok(Self {
@@ -152,6 +243,7 @@ impl IntegrationView {
             invite: pending.map(|p| InviteView::of(p, now)),
             platform_account: i.platform_account.map(Into::into),
             company_data: i.platform_data.as_ref().map(CompanyDataView::of).transpose()?,
+            credentials: credentials.map(Into::into),
         })
     }
 }
@@ -271,7 +363,8 @@ async fn view(state: &AppState, t: &Target) -> Result<IntegrationView, Problem> 
         .ok_or_else(|| Problem::not_found("company_not_found", "No such company in this account."))?;
     let invites = state.integrations.invites(t.account, t.company, t.kind).await?;
     let pending = invites.iter().find(|i| i.state == InviteState::Pending);
-    IntegrationView::of(integration, pending, state.now())
+    let credentials = state.credentials.status(t.account, t.company, t.kind).await?;
+    IntegrationView::of(integration, pending, credentials, state.now())
 }
 
 fn stores(state: &AppState) -> Stores<'_> {
@@ -299,7 +392,9 @@ pub async fn list_integrations(caller: Caller, path: web::Path<AccountPath>, sta
         let mut views = Vec::new();
         for i in integrations.extract_if(.., |i| i.company_id == company.id) {
             let invites = state.integrations.invites(path.account, company.id, i.kind).await?;
-            views.push(IntegrationView::of(i, invites.iter().find(|v| v.state == InviteState::Pending), now)?);
+            let credentials = state.credentials.status(path.account, company.id, i.kind).await?;
+            let pending = invites.iter().find(|v| v.state == InviteState::Pending);
+            views.push(IntegrationView::of(i, pending, credentials, now)?);
         }
         companies.push(CompanyIntegrations {
             company_id: company.id.to_string(),
@@ -442,4 +537,137 @@ pub async fn resend_invite(
     let t = target(&state, &caller, &req, &one, Need::Manage).await?;
     let invite = state.integrations.resend(t.account, t.company, t.kind, path.invite, &t.actor, t.now).await??;
     Ok(HttpResponse::Ok().json(InviteView::of(&invite, t.now)))
+}
+
+fn refused(r: CredentialsRefused) -> Problem {
+    match r {
+        CredentialsRefused::Missing => Problem::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "credentials_missing",
+            "No credentials are stored for this integration",
+        )
+        .detail("Set them first (PUT …/credentials)."),
+        CredentialsRefused::NoPlatformAccount => Problem::new(
+            actix_web::http::StatusCode::CONFLICT,
+            "platform_account_missing",
+            "The integration has no platform account yet",
+        )
+        .detail("Reactivate the integration first, so the company has a platform account."),
+        CredentialsRefused::NoCompany => Problem::not_found("company_not_found", "No such company in this account."),
+        CredentialsRefused::Platform(PlatformFailure::Unavailable(why)) => {
+            Problem::unavailable("platform_unavailable", why)
+        }
+        CredentialsRefused::Platform(PlatformFailure::Rejected(why)) => {
+            Problem::new(actix_web::http::StatusCode::BAD_GATEWAY, "platform_refused", "The invoicing platform refused")
+                .detail(why)
+        }
+    }
+}
+
+async fn credentials_target(
+    state: &AppState,
+    caller: &Caller,
+    req: &HttpRequest,
+    path: &IntegrationPath,
+) -> Result<CredentialsTarget, Problem> {
+    let t = target(state, caller, req, path, Need::Manage).await?;
+    let company = require_company(state, t.account, t.company).await?;
+    Ok(CredentialsTarget {
+        account: t.account,
+        company: t.company,
+        vat_number: company.data.vat_number().as_str().to_owned(),
+        kind: t.kind,
+        actor: t.actor,
+        now: t.now,
+    })
+}
+
+/// Sets the company's platform credentials (sealed at rest, never shown back).
+#[utoipa::path(put, path = "/api/v1/accounts/{account}/companies/{company}/integrations/{kind}/credentials",
+    tag = "integrations", params(IntegrationPath), request_body = CredentialsBody, security(("bearer" = ["ponte.admin"])),
+    responses(
+        (status = 204, description = "stored"),
+        (status = 404, body = ProblemBody, content_type = PROBLEM),
+        (status = 422, description = "names the field", body = ProblemBody, content_type = PROBLEM),
+    ))]
+pub async fn put_credentials(
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<IntegrationPath>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> ApiResult {
+    let t = target(&state, &caller, &req, &path, Need::Manage).await?;
+    // Parsed by hand: serde's message could quote a value, and values are secrets here.
+    let body: CredentialsBody = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            "invalid_json",
+            format!("The body is not valid credentials (line {}, column {}).", e.line(), e.column()),
+        )
+    })?;
+    let credentials = PlatformCredentials::parse(&CredentialFields {
+        credential_type: &body.credential_type,
+        username: body.username.as_deref(),
+        password: body.password.as_deref(),
+        api_key: body.api_key.as_deref(),
+        key: body.key.as_deref(),
+    })?;
+    state.credentials.put(t.account, t.company, t.kind, &credentials, &t.actor, "credentials.updated", t.now).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Asks the platform whether the stored credentials work and records the outcome; when the
+/// platform is unavailable the outcome says so and `next_check_at` when it is asked again.
+#[utoipa::path(post, path = "/api/v1/accounts/{account}/companies/{company}/integrations/{kind}/credentials/check",
+    tag = "integrations", params(IntegrationPath), security(("bearer" = ["ponte.admin"])),
+    responses(
+        (status = 200, body = CredentialsView),
+        (status = 404, body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "credentials_missing", body = ProblemBody, content_type = PROBLEM),
+    ))]
+pub async fn check_credentials(
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<IntegrationPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
+    let t = credentials_target(&state, &caller, &req, &path).await?;
+    let key = uuid::Uuid::now_v7().to_string();
+    let status = creds::check(state.credentials.as_ref(), state.credentials_platform.as_ref(), &t, 0, &key)
+        .await?
+        .map_err(refused)?;
+    Ok(HttpResponse::Ok().json(CredentialsView::from(status)))
+}
+
+/// Obtains an API key from the platform for the company's platform account, stores it
+/// sealed as the company's credentials and returns it, this once.
+#[utoipa::path(post, path = "/api/v1/accounts/{account}/companies/{company}/integrations/{kind}/credentials/api-key",
+    tag = "integrations", params(IntegrationPath), security(("bearer" = ["ponte.admin"])),
+    responses(
+        (status = 200, body = IssuedApiKey),
+        (status = 404, body = ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "platform_account_missing", body = ProblemBody, content_type = PROBLEM),
+        (status = 502, description = "platform_refused", body = ProblemBody, content_type = PROBLEM),
+        (status = 503, description = "platform_unavailable", body = ProblemBody, content_type = PROBLEM),
+    ))]
+pub async fn issue_api_key(
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<IntegrationPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
+    let t = credentials_target(&state, &caller, &req, &path).await?;
+    let key = uuid::Uuid::now_v7().to_string();
+    let (api_key, status) = creds::issue_api_key(
+        state.credentials.as_ref(),
+        state.integrations.as_ref(),
+        state.credentials_platform.as_ref(),
+        &t,
+        &key,
+    )
+    .await?
+    .map_err(refused)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(IssuedApiKey { api_key, credentials: status.into() }))
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ponte_identity::clock::{from_unix, to_unix};
 use ponte_identity::db::Database;
-use ponte_identity::seal::MasterKey;
+use ponte_identity::seal::MasterKeys;
 use time::OffsetDateTime;
 
 use super::rules::{self, Invalid};
@@ -127,12 +127,12 @@ pub trait Receivers: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct SqlReceivers {
     db: Database,
-    master: MasterKey,
+    master: MasterKeys,
 }
 
 impl SqlReceivers {
     /// Receivers kept in `db`, secrets sealed under `master`.
-    pub fn new(db: Database, master: MasterKey) -> Self {
+    pub fn new(db: Database, master: MasterKeys) -> Self {
         Self { db, master }
     }
 }
@@ -282,7 +282,7 @@ impl Receivers for WithConfigured {
 pub fn from_config(
     configured: &BTreeMap<String, WebhookConfig>,
     db: Database,
-    master: MasterKey,
+    master: MasterKeys,
 ) -> Arc<dyn Receivers> {
     Arc::new(WithConfigured::new(configured.clone(), Arc::new(SqlReceivers::new(db, master))))
 }

@@ -12,7 +12,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use ponte_identity::jobs::{Job, JobFailure, JobId};
 use ponte_identity::outbox::{OutgoingMail, message_id};
-use ponte_identity::seal::MasterKey;
+use ponte_identity::seal::MasterKeys;
 
 use super::registry::JobHandler;
 use super::smtp::SmtpUrl;
@@ -30,7 +30,7 @@ enum Transport {
 pub struct MailHandler {
     from: Mailbox,
     transport: Transport,
-    master: MasterKey,
+    master: MasterKeys,
 }
 
 impl std::fmt::Debug for MailHandler {
@@ -45,7 +45,7 @@ impl std::fmt::Debug for MailHandler {
 
 impl MailHandler {
     /// The handler the configuration asks for.
-    pub fn from_config(config: &Config, master: MasterKey) -> Result<Self, String> {
+    pub fn from_config(config: &Config, master: MasterKeys) -> Result<Self, String> {
         let smtp: &SmtpConfig = &config.smtp;
         let from = smtp.from.parse::<Mailbox>().map_err(|e| format!("smtp.from: {e}"))?;
         let transport = match smtp.url.as_ref().filter(|u| !u.expose().is_empty()) {
@@ -58,7 +58,7 @@ impl MailHandler {
     }
 
     /// Writes files into `dir` instead of talking SMTP.
-    pub fn files(from: Mailbox, dir: PathBuf, master: MasterKey) -> Self {
+    pub fn files(from: Mailbox, dir: PathBuf, master: MasterKeys) -> Self {
         Self { from, transport: Transport::Files(dir), master }
     }
 }

@@ -122,7 +122,16 @@ impl Worker {
         let registry = registry
             .with(jobs::CREATE_ACCOUNT, platform_job(platform::Step::CreateAccount))
             .with(jobs::LINK_ACCOUNT, platform_job(platform::Step::LinkAccount))
-            .with(jobs::ACTIVATE, platform_job(platform::Step::Activate));
+            .with(jobs::ACTIVATE, platform_job(platform::Step::Activate))
+            .with(
+                jobs::CHECK_CREDENTIALS,
+                Arc::new(platform::CheckCredentialsJob {
+                    credentials: state.credentials.clone(),
+                    platform: state.credentials_platform.clone(),
+                    companies: state.companies.clone(),
+                    clock: clock.clone(),
+                }),
+            );
         let settings =
             Settings::from_config(&config.worker, state.jobs.database().backend(), &config.effective_database_url());
         Ok(Self::new(state.jobs.clone(), registry, settings, state.clock.clone()))

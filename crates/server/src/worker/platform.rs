@@ -206,3 +206,63 @@ impl JobHandler for PlatformJob {
         }
     }
 }
+
+/// `platform.check_credentials`: a check the platform could not answer, run again. It
+/// records its own outcome (and schedules the next attempt itself while the platform is
+/// away), so the job ends done either way.
+#[derive(Debug, Clone)]
+pub struct CheckCredentialsJob {
+    /// Where the credentials are.
+    pub credentials: Arc<dyn ponte_linking::integration::credentials::CredentialStore>,
+    /// The platform's credentials operations.
+    pub platform: Arc<dyn ponte_linking::integration::credentials::CredentialsPlatform>,
+    /// The companies (the VAT number to check under).
+    pub companies: Arc<dyn ponte_linking::company::CompanyStore>,
+    /// The one clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckPayload {
+    account_id: AccountId,
+    company_id: CompanyId,
+    kind: String,
+    attempt: u32,
+}
+
+#[async_trait]
+impl JobHandler for CheckCredentialsJob {
+    async fn run(&self, job: &Job) -> Result<(), JobFailure> {
+        use ponte_linking::integration::credentials::{self, CredentialsTarget};
+        let p: CheckPayload = serde_json::from_value(job.payload.clone())
+            .map_err(|e| JobFailure::Permanent(format!("check_credentials payload: {e}")))?;
+        let kind = IntegrationKind::parse(&p.kind)
+            .ok_or_else(|| JobFailure::Permanent(format!("unknown integration kind {}", p.kind)))?;
+        let company = self
+            .companies
+            .get(p.account_id, p.company_id)
+            .await
+            .map_err(|e| JobFailure::Retry(e.to_string()))?
+            .ok_or_else(|| JobFailure::Permanent("the company is gone".into()))?;
+        let target = CredentialsTarget {
+            account: p.account_id,
+            company: p.company_id,
+            vat_number: company.data.vat_number().as_str().to_owned(),
+            kind,
+            actor: Actor::system(),
+            now: self.clock.now(),
+        };
+        match credentials::check(
+            self.credentials.as_ref(),
+            self.platform.as_ref(),
+            &target,
+            p.attempt,
+            &job.id.to_string(),
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(JobFailure::Retry(e.to_string())),
+        }
+    }
+}

@@ -8,7 +8,7 @@ use ponte_identity::clock::{Clock, ManualClock};
 use ponte_identity::db::Database;
 use ponte_identity::jobs::{Job, JobStore, SqlJobs};
 use ponte_identity::outbox::{Message, OutgoingMail};
-use ponte_identity::seal::MasterKey;
+use ponte_identity::seal::MasterKeys;
 use ponte_identity::token::AccessTokenClaims;
 use ponte_identity::upstream::UpstreamIdentity;
 use ponte_linking::account::sql::{SqlAccounts, SqlUsers};
@@ -80,7 +80,7 @@ fn upstream(subject: &str, email: &str, verified: bool) -> UpstreamIdentity {
 /// Every store of the flow on one database, and a clock.
 struct World {
     jobs: Arc<SqlJobs>,
-    master: MasterKey,
+    master: MasterKeys,
     links: SqlLinks,
     users: SqlUsers,
     companies: SqlCompanies,
@@ -93,7 +93,7 @@ struct World {
 impl World {
     async fn new(db: Database) -> Self {
         let jobs = Arc::new(SqlJobs::new(db.clone(), 5));
-        let master = MasterKey::generate();
+        let master = MasterKeys::generate();
         let clock = ManualClock::new(crate::harness::now());
         let now = clock.now();
         let accounts = SqlAccounts::new(db.clone());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ponte_identity::clock::{Clock, SystemClock};
 use ponte_identity::jobs::{JobId, JobState, JobStore, SqlJobs};
 use ponte_identity::outbox::{Lang, Message, OutgoingMail, message_id};
-use ponte_identity::seal::MasterKey;
+use ponte_identity::seal::MasterKeys;
 use ponte_server::config::Secret;
 use serde_json::json;
 
@@ -94,7 +94,7 @@ async fn a_mail_sealed_under_another_master_key_goes_dead_without_leaving_or_quo
     let sink = Sink::start().await;
     let app =
         TestApp::spawn_with(TestDb::sqlite(), None, |c| c.smtp.url = Some(Secret::from(sink.url().as_str()))).await;
-    let foreign = link_code("mario@esempio.it", "24682468").to_job(&MasterKey::generate()).unwrap();
+    let foreign = link_code("mario@esempio.it", "24682468").to_job(&MasterKeys::generate()).unwrap();
     let stored = serde_json::to_string(&foreign.payload).unwrap();
     assert!(!stored.contains("24682468") && !stored.contains("mario@"), "the jobs table holds it sealed: {stored}");
     let id = app.state.jobs.enqueue(foreign, app.clock.now_for_test()).await.unwrap().job.id;
@@ -116,7 +116,7 @@ async fn ponte_killed_mid_delivery_delivers_the_mail_once_after_restart() {
     sink.hold(true);
     let db = TestDb::sqlite();
     let store = SqlJobs::new(db.open_migrated().await, 8);
-    let master = MasterKey::generate();
+    let master = MasterKeys::generate();
     let env = [
         ("PONTE_DATABASE_URL", db.url.clone()),
         ("PONTE_SMTP_URL", sink.url()),
@@ -158,7 +158,7 @@ async fn ponte_worker_alone_delivers_and_at_sigterm_releases_what_it_could_not_f
     let sink = Sink::start().await;
     let db = TestDb::sqlite();
     let store = SqlJobs::new(db.open_migrated().await, 8);
-    let master = MasterKey::generate();
+    let master = MasterKeys::generate();
     let env = [
         ("PONTE_DATABASE_URL", db.url.clone()),
         ("PONTE_SMTP_URL", sink.url()),
@@ -195,7 +195,7 @@ async fn an_enqueue_in_another_process_wakes_an_idle_worker_through_notify() {
     let sink = Sink::start().await;
     let store = SqlJobs::new(db.open_migrated().await, 8);
     // Polling once a minute: only LISTEN/NOTIFY can make this quick.
-    let master = MasterKey::generate();
+    let master = MasterKeys::generate();
     let env = [
         ("PONTE_DATABASE_URL", db.url.clone()),
         ("PONTE_SMTP_URL", sink.url()),
@@ -230,7 +230,7 @@ async fn two_replicas_on_one_postgres_deliver_500_mails_once_each() {
     let sink = Sink::start().await;
     let database = db.open_migrated().await;
     let store = SqlJobs::new(database.clone(), 8);
-    let master = MasterKey::generate();
+    let master = MasterKeys::generate();
     let env = [
         ("PONTE_DATABASE_URL", db.url.clone()),
         ("PONTE_SMTP_URL", sink.url()),

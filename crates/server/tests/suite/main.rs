@@ -10,6 +10,7 @@
 mod harness;
 
 mod api;
+mod credentials;
 mod errors;
 mod federation;
 mod hostile_input;

@@ -9,7 +9,7 @@ use ponte_identity::db::Database;
 use ponte_identity::keys::{KeyPolicy, KeyRepo, KeyRing, KeyStatus, SigningAlg, SqlKeys, rotate};
 use ponte_identity::oidc::{ConsentRepo, SqlConsents};
 use ponte_identity::refresh::{NewFamily, RefreshRepo, SqlRefresh, Verdict, judge};
-use ponte_identity::seal::MasterKey;
+use ponte_identity::seal::MasterKeys;
 use ponte_identity::upstream::UpstreamIdentity;
 use ponte_linking::Error;
 use ponte_linking::account::sql::{SqlAccounts, SqlUsers, lock_account};
@@ -580,7 +580,7 @@ async fn signing_keys_are_made_once_sealed_and_rotated() {
     for test_db in TestDb::all().await {
         let db = test_db.open_migrated().await;
         let repo = SqlKeys::new(db.clone());
-        let master = MasterKey::generate();
+        let master = MasterKeys::generate();
         let t0 = now();
         let first = KeyRing::load_or_create(&repo, &master, &POLICY, t0).await.unwrap();
         let second = KeyRing::load_or_create(&repo, &master, &POLICY, t0).await.unwrap();
@@ -598,7 +598,7 @@ async fn signing_keys_are_made_once_sealed_and_rotated() {
         assert_eq!(statuses, vec!["current", "next"], "the next key is published ahead of use");
         assert!(published.iter().all(|k| k.private_sealed.starts_with(&format!("v1.{}.", master.id()))));
         assert!(
-            KeyRing::load_or_create(&repo, &MasterKey::generate(), &POLICY, t0).await.is_err(),
+            KeyRing::load_or_create(&repo, &MasterKeys::generate(), &POLICY, t0).await.is_err(),
             "another master key cannot open it"
         );
 

@@ -439,13 +439,13 @@ async fn receivers_are_managed_by_the_pos_backend_only_and_configured_ones_stay_
 
 #[tokio::test]
 async fn the_receiver_and_processed_event_stores_conform_on_every_engine() {
-    use ponte_identity::seal::MasterKey;
+    use ponte_identity::seal::MasterKeys;
     use ponte_server::webhooks::processed::SqlProcessedEvents;
     use ponte_server::webhooks::receivers::{Receivers, SqlReceivers};
 
     for test_db in TestDb::all().await {
         let db = test_db.open_migrated().await;
-        let master = MasterKey::generate();
+        let master = MasterKeys::generate();
         let store = SqlReceivers::new(db.clone(), master.clone());
         let t = crate::harness::now();
         let a = store.put("pos", "https://pos.example.com/a", &Secret::from(RECEIVER_SECRET), t).await.unwrap();
@@ -455,7 +455,7 @@ async fn the_receiver_and_processed_event_stores_conform_on_every_engine() {
         assert_eq!((b.created_at, b.updated_at), (a.created_at, Some(later.replace_nanosecond(0).unwrap())));
         let (found, secret) = store.get_with_secret("pos").await.unwrap().unwrap();
         assert_eq!((found.url.as_str(), secret.expose()), ("https://pos.example.com/b", rotated));
-        let other_key = SqlReceivers::new(db.clone(), MasterKey::generate());
+        let other_key = SqlReceivers::new(db.clone(), MasterKeys::generate());
         assert!(other_key.get_with_secret("pos").await.is_err(), "sealed under the master key");
         assert!(store.put("bad", "http://pos.example.com/", &Secret::from(rotated), t).await.is_err());
         assert_eq!(store.list().await.unwrap().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["pos"]);
