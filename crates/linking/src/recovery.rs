@@ -261,9 +261,12 @@ mod tests {
     }
 
     #[test]
-    fn the_limits_are_per_email_tighter_than_per_address() {
-        assert!(FORGOT_PER_EMAIL.max < FORGOT_PER_IP.max);
-        assert_eq!(FORGOT_PER_EMAIL.window, Duration::minutes(15));
-        assert_ne!(FORGOT_PER_EMAIL.name, FORGOT_PER_IP.name, "counted apart");
+    fn configured_limits_keep_the_windows_and_names_and_never_drop_to_zero() {
+        let defaults = Limits::default();
+        assert_eq!((defaults.per_email.max, defaults.per_ip.max), (5, 30));
+        let custom = Limits::with_max(0, 1000);
+        assert_eq!((custom.per_email.max, custom.per_ip.max), (1, 1000));
+        assert_eq!(custom.per_email.window, Duration::minutes(15));
+        assert_ne!(custom.per_email.name, custom.per_ip.name, "counted apart");
     }
 }
