@@ -17,6 +17,7 @@ pub mod op;
 pub mod outbox;
 pub mod password;
 pub mod ratelimit;
+pub mod recovery;
 pub mod refresh;
 pub mod seal;
 pub mod secret;

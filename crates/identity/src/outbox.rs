@@ -72,6 +72,15 @@ pub enum Message {
         /// The last day the link works (`YYYY-MM-DD`).
         expires_on: String,
     },
+    /// A single-use link to choose a new password, asked for on `/password/forgot`.
+    PasswordReset {
+        /// The link to `/password/reset?token=…`.
+        link: String,
+        /// How long it works.
+        expires_in_minutes: u32,
+    },
+    /// The password was just changed through a reset; every session was ended.
+    PasswordChanged {},
 }
 
 /// One email, before rendering.
@@ -174,6 +183,57 @@ impl OutgoingMail {
                     until = escape_html(&until),
                 );
                 Rendered { subject, text, html }
+            }
+            Message::PasswordReset { link, expires_in_minutes } => {
+                let (subject, intro, until, ignore) = match self.lang {
+                    Lang::It => (
+                        "Ponte: reimposta la password",
+                        "Hai chiesto di reimpostare la password del tuo account Ponte. Apri il link per sceglierne una nuova:",
+                        format!("Il link vale una sola volta, per {expires_in_minutes} minuti."),
+                        "Se non sei stato tu, ignora questa email: la password resta quella di prima.",
+                    ),
+                    Lang::En => (
+                        "Ponte: reset your password",
+                        "You asked to reset the password of your Ponte account. Open the link to choose a new one:",
+                        format!("The link works once, for {expires_in_minutes} minutes."),
+                        "If it was not you, ignore this email: your password stays as it was.",
+                    ),
+                };
+                let text = format!("{intro}\n{link}\n\n{until}\n{ignore}\n");
+                let html = format!(
+                    "<!doctype html><html lang=\"{lang}\"><body><p>{intro}<br>\
+                     <a id=\"reset\" href=\"{link}\">{link}</a></p><p>{until}</p><p>{ignore}</p></body></html>",
+                    lang = self.lang_code(),
+                    intro = escape_html(intro),
+                    link = escape_html(link),
+                    until = escape_html(&until),
+                    ignore = escape_html(ignore),
+                );
+                Rendered { subject: subject.to_owned(), text, html }
+            }
+            Message::PasswordChanged {} => {
+                let (subject, said, unknown) = match self.lang {
+                    Lang::It => (
+                        "Ponte: la tua password è stata cambiata",
+                        "La password del tuo account Ponte è stata appena cambiata con un link di reimpostazione. \
+                         Tutte le sessioni aperte sono state chiuse: accedi di nuovo con la nuova password.",
+                        "Se non sei stato tu, chiedi subito una nuova reimpostazione e avvisa l'amministratore del tuo account.",
+                    ),
+                    Lang::En => (
+                        "Ponte: your password was changed",
+                        "The password of your Ponte account was just changed through a reset link. \
+                         Every open session was ended: sign in again with the new password.",
+                        "If it was not you, ask for a new reset at once and tell your account's administrator.",
+                    ),
+                };
+                let text = format!("{said}\n\n{unknown}\n");
+                let html = format!(
+                    "<!doctype html><html lang=\"{lang}\"><body><p>{said}</p><p>{unknown}</p></body></html>",
+                    lang = self.lang_code(),
+                    said = escape_html(said),
+                    unknown = escape_html(unknown),
+                );
+                Rendered { subject: subject.to_owned(), text, html }
             }
         }
     }
@@ -313,6 +373,34 @@ mod tests {
         );
         let en = mail(Lang::En).render();
         assert!(en.text.contains("until 2026-12-08") && en.subject.starts_with("Collaboration"), "{}", en.text);
+    }
+
+    #[test]
+    fn the_reset_mail_carries_its_link_and_lifetime_and_the_changed_mail_says_what_ended() {
+        let reset = |lang| OutgoingMail {
+            to: "mario@esempio.it".into(),
+            lang,
+            message: Message::PasswordReset {
+                link: "https://ponte.example/password/reset?token=abc&x=1".into(),
+                expires_in_minutes: 30,
+            },
+        };
+        let it = reset(Lang::It).render();
+        assert_eq!(it.subject, "Ponte: reimposta la password");
+        assert!(
+            it.text.contains("https://ponte.example/password/reset?token=abc&x=1") && it.text.contains("30 minuti")
+        );
+        assert!(it.html.contains("href=\"https://ponte.example/password/reset?token=abc&amp;x=1\""), "{}", it.html);
+        let en = reset(Lang::En).render();
+        assert!(en.subject.contains("reset your password") && en.text.contains("for 30 minutes"), "{}", en.text);
+        let changed = |lang| OutgoingMail { to: "mario@esempio.it".into(), lang, message: Message::PasswordChanged {} };
+        let it = changed(Lang::It).render();
+        assert!(it.subject.contains("cambiata") && it.text.contains("sessioni"), "{}", it.text);
+        let en = changed(Lang::En).render();
+        assert!(en.subject.contains("changed") && en.text.contains("Every open session was ended"), "{}", en.text);
+        let master = MasterKey::generate();
+        let mail = changed(Lang::En);
+        assert_eq!(OutgoingMail::from_payload(&mail.to_job(&master).unwrap().payload, &master).unwrap(), mail);
     }
 
     #[test]

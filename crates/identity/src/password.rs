@@ -7,6 +7,7 @@
 //! and reuses it, so memory is bounded by `workers × 19 MiB`. A bounded queue sits in
 //! front; when it is full the caller gets [`Error::Busy`] at once instead of piling up.
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -43,6 +44,56 @@ pub fn check_policy(password: &str) -> Result<()> {
     }
     if len > MAX_LENGTH {
         return Err(Error::Invalid(format!("password must have at most {MAX_LENGTH} characters")));
+    }
+    Ok(())
+}
+
+/// The common and breached passwords refused by [`check_policy_for`]: a file in the repo,
+/// `data/common-passwords.txt` (the top 10,000 of zxcvbn 4.5.0's leaked-password list plus
+/// common Italian choices; `data/make-common-passwords.py` regenerates it), lower case.
+const COMMON_PASSWORDS: &str = include_str!("../data/common-passwords.txt");
+
+/// Fewest different characters a password may use (`aaaaaaaaaa`, `1212121212`).
+const MIN_DISTINCT: usize = 4;
+
+fn common_passwords() -> &'static HashSet<&'static str> {
+    static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    SET.get_or_init(|| {
+        COMMON_PASSWORDS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+    })
+}
+
+/// Whether `password`, compared case-insensitively, is on the common list, either as it
+/// is or once the digits and symbols around a word are taken off (`Summer2024!`).
+pub fn is_common(password: &str) -> bool {
+    let lower = password.to_lowercase();
+    let list = common_passwords();
+    if list.contains(lower.as_str()) {
+        return true;
+    }
+    let core = lower.trim_matches(|c: char| !c.is_alphabetic());
+    core.chars().count() >= 4 && core != lower && list.contains(core)
+}
+
+/// The full policy for a password a person chooses: the length rules of [`check_policy`],
+/// at least a few different characters, not the email or the part of it before the `@`,
+/// and not on the common list ([`is_common`]). Each refusal names its rule.
+pub fn check_policy_for(password: &str, email: &str) -> Result<()> {
+    check_policy(password)?;
+    let distinct: HashSet<char> = password.chars().collect();
+    if distinct.len() < MIN_DISTINCT {
+        return Err(Error::Invalid(format!("password must use at least {MIN_DISTINCT} different characters")));
+    }
+    let lower = password.to_lowercase();
+    let email = email.trim().to_lowercase();
+    let local = email.split('@').next().unwrap_or("");
+    if lower == email || (local.chars().count() >= 3 && lower.contains(local)) {
+        return Err(Error::Invalid("password must not contain your email address or the part before the @".into()));
+    }
+    if is_common(password) {
+        return Err(Error::Invalid(
+            "password is too common: it is on a list of leaked or often-used passwords; choose another".into(),
+        ));
     }
     Ok(())
 }
@@ -297,6 +348,33 @@ mod tests {
             let got = answer.recv_timeout(std::time::Duration::from_secs(5));
             assert_eq!(got, Ok(n), "job {n} after a panic was not run");
         }
+    }
+
+    #[test]
+    fn the_full_policy_names_each_rule() {
+        let refusal = |p: &str| match check_policy_for(p, "Mario.Rossi@esempio.it") {
+            Err(Error::Invalid(m)) => m,
+            other => panic!("{p:?} was not refused: {other:?}"),
+        };
+        assert!(refusal("short").contains("at least 10 characters"));
+        assert!(refusal("aaaaaaaaaaaa").contains("different characters"));
+        assert!(refusal("mario.rossi@esempio.it").contains("email"));
+        assert!(refusal("xxMARIO.ROSSIxx").contains("email"), "the local part, in any case");
+        assert!(refusal("1234567890").contains("too common"));
+        assert!(refusal("QwertyuiOP").contains("too common"), "compared case-insensitively");
+        assert!(refusal("Password2024!").contains("too common"), "a common word with digits around it");
+        assert!(refusal("forzajuve1234").contains("too common"), "the Italian additions are read too");
+        assert!(check_policy_for("correct horse battery staple", "mario.rossi@esempio.it").is_ok());
+        assert!(check_policy_for("Vesuvio-sul-lago-17", "mario.rossi@esempio.it").is_ok());
+    }
+
+    #[test]
+    fn the_shipped_list_is_loaded_and_lower_case() {
+        let list = common_passwords();
+        assert!(list.len() > 10_000, "{}", list.len());
+        assert!(list.contains("password") && list.contains("qwertyuiop"));
+        assert!(list.iter().all(|w| w.to_lowercase() == *w));
+        assert!(!is_common("a quite unusual sentence"));
     }
 
     #[test]

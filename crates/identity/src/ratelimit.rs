@@ -28,6 +28,13 @@ impl RateLimit {
         Ok(count <= self.max)
     }
 
+    /// Seconds until the window that holds `now` ends: when a refused subject may try again.
+    pub fn retry_after(&self, now: OffsetDateTime) -> u32 {
+        let window = self.window.whole_seconds().max(1);
+        let left = window - now.unix_timestamp().rem_euclid(window);
+        u32::try_from(left).unwrap_or(u32::MAX)
+    }
+
     /// [`RateLimit::allow`] for a client address, counted per [`address_key`].
     pub async fn allow_address(&self, store: &dyn SessionStore, ip: &str, now: OffsetDateTime) -> Result<bool> {
         self.allow(store, &address_key(ip), now).await
@@ -78,5 +85,7 @@ mod tests {
         assert!(!limit.allow(&store, "a@example.com", t0).await.unwrap());
         assert!(limit.allow(&store, "b@example.com", t0).await.unwrap(), "other subjects are counted apart");
         assert!(limit.allow(&store, "a@example.com", t0 + Duration::minutes(1)).await.unwrap());
+        assert_eq!(limit.retry_after(t0), 60);
+        assert_eq!(limit.retry_after(t0 + Duration::seconds(45)), 15);
     }
 }

@@ -20,6 +20,7 @@ pub mod integration;
 pub mod invite;
 pub mod links;
 pub mod login;
+pub mod recovery;
 #[cfg(test)]
 mod testing;
 

@@ -23,6 +23,7 @@ use ponte_linking::audit::sql::SqlAudit;
 use ponte_linking::company::sql::SqlCompanies;
 use ponte_linking::integration::sql::SqlIntegrations;
 use ponte_linking::links::SqlLinks;
+use ponte_linking::recovery::sql::SqlResets;
 use time::Duration;
 use tracing_actix_web::TracingLogger;
 
@@ -205,6 +206,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         issuer: config.issuer(),
         providers: Arc::new(providers),
         links: Arc::new(SqlLinks::new(db.clone())),
+        resets: Arc::new(SqlResets::new(db.clone(), outbox.clone())),
         outbox,
         jobs,
         sessions: Sessions::new(session_store(&config)?, policy),

@@ -102,6 +102,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// Collaboration invites (`[invites]`).
     pub invites: InvitesConfig,
+    /// Password recovery (`[recovery]`).
+    pub recovery: RecoveryConfig,
     /// Webhook receivers of the POS backend by id (`[webhooks.<id>]`), besides those
     /// defined over REST.
     pub webhooks: std::collections::BTreeMap<String, WebhookConfig>,
@@ -120,6 +122,23 @@ pub struct InvitesConfig {
 impl Default for InvitesConfig {
     fn default() -> Self {
         Self { ttl_days: 7 }
+    }
+}
+
+/// Password recovery (`[recovery]`): how many reset requests a 15-minute window takes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// Requests per email address per 15 minutes.
+    pub max_per_email: u64,
+    /// Requests per client address (an IPv6 /64) per 15 minutes.
+    pub max_per_ip: u64,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        let limits = ponte_linking::recovery::Limits::default();
+        Self { max_per_email: limits.per_email.max, max_per_ip: limits.per_ip.max }
     }
 }
 
@@ -320,6 +339,7 @@ impl Default for Config {
             smtp: SmtpConfig::default(),
             worker: WorkerConfig::default(),
             invites: InvitesConfig::default(),
+            recovery: RecoveryConfig::default(),
             webhooks: Default::default(),
             platform: PlatformConfig::default(),
         }

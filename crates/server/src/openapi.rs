@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api, companies, integrations, jobs, oauth, ops, token};
+use crate::routes::{api, companies, integrations, jobs, oauth, ops, recovery, token};
 use crate::webhooks::api as webhooks;
 
 #[derive(OpenApi)]
@@ -25,6 +25,7 @@ use crate::webhooks::api as webhooks;
         integrations::list_invites, integrations::resend_invite,
         integrations::put_credentials, integrations::check_credentials, integrations::issue_api_key,
         jobs::list_jobs, jobs::retry_job,
+        recovery::forgot, recovery::reset,
         webhooks::list_receivers, webhooks::put_receiver, webhooks::delete_receiver,
     ),
     components(schemas(crate::problem::ProblemBody, crate::problem::FieldError)),
@@ -39,6 +40,7 @@ use crate::webhooks::api as webhooks;
         (name = "integrations", description = "Each company's e-invoicing integration: status, actions, invites"),
         (name = "jobs", description = "The durable job queue (mail and other side effects), for support"),
         (name = "webhooks", description = "Where Ponte POSTs its signed events for the POS backend"),
+        (name = "password", description = "Password recovery: no bearer token (whoever forgot the password has none)"),
         (name = "oauth2", description = "Tokens and keys"),
         (name = "operations", description = "Health and readiness"),
     )

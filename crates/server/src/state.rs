@@ -72,6 +72,8 @@ pub struct AppState {
     pub webhooks: Arc<dyn crate::webhooks::receivers::Receivers>,
     /// What `POST /webhooks/platform` does with an authentic, new platform event.
     pub platform_events: Arc<dyn crate::webhooks::platform_event::PlatformEventHandler>,
+    /// Password resets (`/password/forgot`, `/password/reset`).
+    pub resets: Arc<dyn ponte_linking::recovery::ResetStore>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
 }
@@ -80,6 +82,22 @@ impl AppState {
     /// The current time from the injected clock.
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()
+    }
+
+    /// Password recovery over this state's stores.
+    pub fn recovery(&self) -> ponte_linking::recovery::Recovery<'_> {
+        ponte_linking::recovery::Recovery {
+            sessions: &self.sessions,
+            refresh: self.refresh.as_ref(),
+            accounts: self.accounts.as_ref(),
+            users: self.users.as_ref(),
+            resets: self.resets.as_ref(),
+            public_url: &self.issuer,
+            limits: ponte_linking::recovery::Limits::with_max(
+                self.config.recovery.max_per_email,
+                self.config.recovery.max_per_ip,
+            ),
+        }
     }
 
     /// The user, if it and its account may still sign in (both active).

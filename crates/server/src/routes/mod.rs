@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod oauth;
 pub mod ops;
 pub mod pages;
+pub mod recovery;
 pub mod token;
 
 use actix_web::{HttpResponse, web};
@@ -25,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     federation::configure(cfg);
     invites::configure(cfg);
     pages::configure(cfg);
+    recovery::configure(cfg);
     // One scope for everything under an account: actix does not fall through from one
     // scope to another with the same prefix.
     cfg.service(

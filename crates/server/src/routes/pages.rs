@@ -66,11 +66,13 @@ fn login_form(
 <input id="password" name="password" type="password" autocomplete="current-password" required>
 <button type="submit">{submit}</button>
 </form>
+<p><a id="forgot-password" href="/password/forgot">{forgot}</a></p>
 {providers}"#,
         heading = lang.pick("Accedi a Ponte", "Sign in to Ponte"),
         email_label = lang.pick("Email", "Email"),
         password_label = lang.pick("Password", "Password"),
         submit = lang.pick("Accedi", "Sign in"),
+        forgot = lang.pick("Password dimenticata?", "Forgot your password?"),
         csrf = escape(csrf),
         email = escape(email),
     )

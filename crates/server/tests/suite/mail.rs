@@ -63,7 +63,11 @@ async fn job_state(store: &SqlJobs, id: JobId) -> (JobState, u32) {
     (job.state, job.attempts)
 }
 
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, within: Duration, mut check: impl FnMut() -> F) {
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) {
     let deadline = tokio::time::Instant::now() + within;
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
@@ -317,7 +321,7 @@ async fn a_refused_recipient_is_dead_at_once_a_busy_one_after_its_attempts_and_t
 }
 
 /// aiosmtpd writing a Maildir, as a child process.
-struct Aiosmtpd {
+pub struct Aiosmtpd {
     bin: PathBuf,
     port: u16,
     maildir: tempfile::TempDir,
@@ -326,18 +330,18 @@ struct Aiosmtpd {
 
 impl Aiosmtpd {
     /// `None` (skipped) unless `PONTE_TEST_AIOSMTPD` names the binary; under CI a failure.
-    async fn start() -> Option<Self> {
+    pub async fn start() -> Option<Self> {
         let bin = PathBuf::from(backend_env("PONTE_TEST_AIOSMTPD")?);
         let mut server = Self { bin, port: free_port(), maildir: tempfile::tempdir().unwrap(), child: None };
         server.up().await;
         Some(server)
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.port)
     }
 
-    async fn up(&mut self) {
+    pub async fn up(&mut self) {
         let child = std::process::Command::new(&self.bin)
             .args(["-n", "-l", &format!("127.0.0.1:{}", self.port), "-c", "aiosmtpd.handlers.Mailbox"])
             .arg(self.maildir())
@@ -360,7 +364,7 @@ impl Aiosmtpd {
         panic!("aiosmtpd did not come up");
     }
 
-    fn down(&mut self) {
+    pub fn down(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -373,7 +377,7 @@ impl Aiosmtpd {
     }
 
     /// Every message in the Maildir.
-    fn messages(&self) -> Vec<String> {
+    pub fn messages(&self) -> Vec<String> {
         ["new", "cur"]
             .iter()
             .filter_map(|sub| std::fs::read_dir(self.maildir().join(sub)).ok())
