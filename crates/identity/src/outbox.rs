@@ -398,7 +398,7 @@ mod tests {
         assert!(it.subject.contains("cambiata") && it.text.contains("sessioni"), "{}", it.text);
         let en = changed(Lang::En).render();
         assert!(en.subject.contains("changed") && en.text.contains("Every open session was ended"), "{}", en.text);
-        let master = MasterKey::generate();
+        let master = MasterKeys::generate();
         let mail = changed(Lang::En);
         assert_eq!(OutgoingMail::from_payload(&mail.to_job(&master).unwrap().payload, &master).unwrap(), mail);
     }
