@@ -137,6 +137,8 @@ export async function startAiosmtpd() {
   return {
     url: `smtp://127.0.0.1:${port}`,
     env: { PONTE_SMTP_URL: `smtp://127.0.0.1:${port}` },
+    /** The Maildir folder (`new/` holds delivered messages), for a reader that polls it itself. */
+    maildir,
     messages,
     /** The invite links mailed to `email` once there are at least `count`, oldest first. */
     async invites(email, count = 1, ms = 15_000) {
