@@ -9,6 +9,7 @@
 //! Use cases take those traits and return typed outcomes: [`login`] (password sign-in),
 //! [`account::manage`] (user changes and what they end), [`federation`].
 
+pub mod access;
 pub mod account;
 pub mod audit;
 pub mod company;

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api, companies, integrations, jobs, oauth, ops, recovery, token};
+use crate::routes::{api, companies, integrations, jobs, oauth, ops, permissions, recovery, token};
 use crate::webhooks::api as webhooks;
 
 #[derive(OpenApi)]
@@ -23,6 +23,7 @@ use crate::webhooks::api as webhooks;
         integrations::list_integrations, integrations::get_integration,
         integrations::disable, integrations::reactivate, integrations::confirm, integrations::retry,
         integrations::list_invites, integrations::resend_invite,
+        permissions::list_permissions,
         integrations::put_credentials, integrations::check_credentials, integrations::issue_api_key,
         jobs::list_jobs, jobs::retry_job,
         recovery::forgot, recovery::reset,
@@ -36,6 +37,7 @@ use crate::webhooks::api as webhooks;
         (name = "sessions", description = "Browser sessions of a user"),
         (name = "identities", description = "Upstream identities linked to a user"),
         (name = "audit", description = "Who did what"),
+        (name = "permissions", description = "The permission catalogue members are granted from"),
         (name = "companies", description = "The companies (legal entities, points of sale) of an account"),
         (name = "integrations", description = "Each company's e-invoicing integration: status, actions, invites"),
         (name = "jobs", description = "The durable job queue (mail and other side effects), for support"),

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod oauth;
 pub mod ops;
 pub mod pages;
+pub mod permissions;
 pub mod recovery;
 pub mod token;
 
@@ -36,6 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(integrations::configure),
     );
     jobs::configure(cfg);
+    permissions::configure(cfg);
     crate::webhooks::configure(cfg);
 }
 

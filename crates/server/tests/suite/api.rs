@@ -221,3 +221,33 @@ async fn sessions_are_listed_and_revoked_through_the_api() {
     assert_eq!(again.status(), 404);
     assert_eq!(again.json::<Value>().await.unwrap()["code"], "session_not_found");
 }
+
+#[tokio::test]
+async fn the_permission_catalogue_is_listed_in_both_languages_to_callers_only() {
+    let app = TestApp::spawn().await;
+    let http = app.browser();
+    let anonymous = http.get(app.url("/api/v1/permissions")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let token = app.admin_token().await;
+    let list: Value =
+        http.get(app.url("/api/v1/permissions")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> =
+        list["permissions"].as_array().unwrap().iter().map(|p| p["permission"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "invoices:read",
+            "invoices:send",
+            "invoices:download",
+            "contacts:manage",
+            "settings:manage",
+            "integrations:manage",
+            "users:manage"
+        ]
+    );
+    let users = &list["permissions"][6];
+    assert_eq!(users["scope"], "account");
+    assert_eq!(list["permissions"][0]["scope"], "company");
+    assert!(users["description"]["it"].as_str().unwrap().contains("utenti aggiuntivi"), "{users}");
+    assert!(users["description"]["en"].as_str().unwrap().contains("members"), "{users}");
+}
