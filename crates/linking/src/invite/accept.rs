@@ -136,6 +136,19 @@ async fn take(
     if let Err(refusal) = judge_acceptor(&invite, identity, linked) {
         return Ok(Accepted::Refused(refusal));
     }
+    apply_acceptance(integrations, invite, token_digest, actor, now).await
+}
+
+/// Moves the integration to `activating` with `invite` used up, in one transaction; the
+/// store re-checks that the invite is still the pending one (`token_digest`, when the
+/// acceptance came through a link).
+async fn apply_acceptance(
+    integrations: &dyn Integrations,
+    invite: Invite,
+    token_digest: Option<String>,
+    actor: &Actor,
+    now: OffsetDateTime,
+) -> Result<Accepted> {
     let mut change =
         Change::new(invite.account_id, invite.company_id, invite.kind, Event::InviteAccepted, actor.clone(), now);
     change.accepting = Some((invite.id, token_digest));
@@ -161,12 +174,5 @@ pub async fn accepted_on_platform(
     if let Err(refusal) = stored.usable(now) {
         return Ok(Accepted::Refused(refusal));
     }
-    let mut change =
-        Change::new(stored.account_id, stored.company_id, stored.kind, Event::InviteAccepted, actor.clone(), now);
-    change.accepting = Some((stored.id, None));
-    Ok(match integrations.apply(change).await? {
-        Ok(applied) => Accepted::Done { invite: stored, applied },
-        Err(Refused::Invite(refusal)) => Accepted::Refused(refusal),
-        Err(_) => Accepted::Refused(InviteRefusal::Revoked),
-    })
+    apply_acceptance(integrations, stored, None, actor, now).await
 }
