@@ -89,6 +89,22 @@ type Row = (
 const COLUMNS: &str = "account_id, company_id, kind, state, since, last_error, next_retry_at, platform_account, \
                        platform_data, invitee_user_id, version, updated_at";
 
+/// [`COLUMNS`] of the integrations table under `alias`, for queries that join companies.
+fn columns_of(alias: &str) -> String {
+    COLUMNS.split(", ").map(|c| format!("{alias}.{c}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The folded form of an invite's address for matching; an address that does not parse
+/// (it came from an upstream provider) is kept as it is, so it matches only itself.
+fn normalized(email: &str) -> String {
+    Email::parse(email).map(|e| e.normalized()).unwrap_or_else(|_| email.to_owned())
+}
+
+/// A user's mail language, Italian when the user is gone or the value unreadable.
+fn lang_or_italian(stored: Option<&str>) -> crate::account::Lang {
+    stored.and_then(crate::account::Lang::parse).unwrap_or(crate::account::Lang::It)
+}
+
 fn corrupt(what: String) -> Error {
     Error::Identity(ponte_identity::Error::Corrupt(what))
 }
@@ -279,7 +295,7 @@ impl SqlIntegrations {
             created_at: now,
             accepted_at: None,
         };
-        let normalized = Email::parse(&invitee.email).map(|e| e.normalized()).unwrap_or_else(|_| invitee.email.clone());
+        let normalized = normalized(&invitee.email);
         sqlx::query(
             "INSERT INTO invites (id, account_id, company_id, kind, invitee_user_id, email, email_normalized, \
              token_digest, state, expires_at, sent_count, created_at, updated_at) \
@@ -463,13 +479,7 @@ impl SqlIntegrations {
         .bind(user.to_string())
         .fetch_optional(&mut **tx)
         .await?;
-        Ok(row.and_then(|(lang, email)| {
-            Some(Invitee {
-                user,
-                email: email?,
-                lang: crate::account::Lang::parse(&lang).unwrap_or(crate::account::Lang::It),
-            })
-        }))
+        Ok(row.and_then(|(lang, email)| Some(Invitee { user, email: email?, lang: lang_or_italian(Some(&lang)) })))
     }
 }
 
@@ -501,7 +511,7 @@ impl Integrations for SqlIntegrations {
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {} FROM integrations i JOIN companies c ON c.id = i.company_id \
              WHERE i.account_id = $1 ORDER BY c.created_at, c.id, i.kind",
-            COLUMNS.split(", ").map(|c| format!("i.{c}")).collect::<Vec<_>>().join(", ")
+            columns_of("i")
         ))
         .bind(account.to_string())
         .fetch_all(self.db.pool())
@@ -566,7 +576,7 @@ impl Integrations for SqlIntegrations {
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT {} FROM integrations i JOIN companies c ON c.id = i.company_id \
              WHERE c.vat_number = $1 AND i.kind = $2",
-            COLUMNS.split(", ").map(|c| format!("i.{c}")).collect::<Vec<_>>().join(", ")
+            columns_of("i")
         ))
         .bind(vat_number)
         .bind(kind.as_str())
@@ -668,7 +678,7 @@ impl Integrations for SqlIntegrations {
                     .bind(stored.invitee.to_string())
                     .fetch_optional(&mut *tx)
                     .await?;
-                let lang = lang.and_then(|(l,)| crate::account::Lang::parse(&l)).unwrap_or(crate::account::Lang::It);
+                let lang = lang_or_italian(lang.as_ref().map(|(l,)| l.as_str()));
                 (stored.email.clone(), lang)
             }
             InviteState::Revoked => {
@@ -688,7 +698,7 @@ impl Integrations for SqlIntegrations {
                 }
             }
         };
-        let normalized = Email::parse(&email).map(|e| e.normalized()).unwrap_or_else(|_| email.clone());
+        let normalized = normalized(&email);
         let token = random_token();
         let expires_at = now + self.invite_ttl;
         sqlx::query(
