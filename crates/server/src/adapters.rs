@@ -88,11 +88,7 @@ impl ponte_linking::integration::actions::PlatformLookup for PlatformDirectory {
         // A lookup changes nothing at the platform: any fresh key will do.
         let key = uuid::Uuid::now_v7().to_string();
         let found = platform.find_account(vat_number, &key).await.map_err(|e| e.to_string())?;
-        Ok(found.map(|a| ponte_linking::integration::PlatformAccount {
-            id: a.id,
-            legal_name: a.legal_name,
-            owner_email: a.owner_email,
-        }))
+        Ok(found.as_ref().map(crate::connectors::platform::PlatformAccount::summary))
     }
 }
 

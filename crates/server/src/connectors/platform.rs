@@ -41,6 +41,17 @@ pub struct PlatformAccount {
     pub created_at: Option<String>,
 }
 
+impl PlatformAccount {
+    /// What the integration keeps of it: the id, the name and the masked owner.
+    pub fn summary(&self) -> ponte_linking::integration::PlatformAccount {
+        ponte_linking::integration::PlatformAccount {
+            id: self.id.clone(),
+            legal_name: self.legal_name.clone(),
+            owner_email: self.owner_email.clone(),
+        }
+    }
+}
+
 /// A collaborator invite as the platform recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Collaborator {

@@ -12,7 +12,7 @@ use ponte_identity::jobs::{AfterFailure, Backoff, Job, JobFailure, after_failure
 use ponte_linking::audit::Actor;
 use ponte_linking::ids::{AccountId, CompanyId};
 use ponte_linking::integration::actions::{self, Target};
-use ponte_linking::integration::{Integration, IntegrationKind, IntegrationState, Integrations, PlatformAccount};
+use ponte_linking::integration::{Integration, IntegrationKind, IntegrationState, Integrations};
 use ponte_linking::invite::InviteState;
 use serde::Deserialize;
 
@@ -61,14 +61,6 @@ impl PlatformJob {
         Self { step, platform, integrations, backoff, clock }
     }
 
-    fn summary(account: &connector::PlatformAccount) -> PlatformAccount {
-        PlatformAccount {
-            id: account.id.clone(),
-            legal_name: account.legal_name.clone(),
-            owner_email: account.owner_email.clone(),
-        }
-    }
-
     fn company_json(integration: &Integration) -> Result<serde_json::Value, JobFailure> {
         let data = integration
             .platform_data
@@ -79,7 +71,7 @@ impl PlatformJob {
 
     async fn record(&self, i: &Integration, account: &connector::PlatformAccount) -> Result<(), JobFailure> {
         self.integrations
-            .set_platform_account(i.account_id, i.company_id, i.kind, &Self::summary(account), self.clock.now())
+            .set_platform_account(i.account_id, i.company_id, i.kind, &account.summary(), self.clock.now())
             .await
             .map_err(|e| JobFailure::Retry(e.to_string()))
     }
