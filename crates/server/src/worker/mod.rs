@@ -109,7 +109,9 @@ impl Worker {
                 Arc::new(FanoutHandler::new(state.webhooks.clone(), state.jobs.clone(), clock.clone())),
             )
             .with(WEBHOOK_DELIVER, Arc::new(DeliverHandler::new(state.webhooks.clone(), http, clock.clone())));
-        let backoff = Settings::from_config(&config.worker, state.jobs.database().backend(), "").backoff;
+        let settings =
+            Settings::from_config(&config.worker, state.jobs.database().backend(), &config.effective_database_url());
+        let backoff = settings.backoff;
         let platform_job = |step| {
             Arc::new(platform::PlatformJob::new(
                 step,
@@ -132,8 +134,6 @@ impl Worker {
                     clock: clock.clone(),
                 }),
             );
-        let settings =
-            Settings::from_config(&config.worker, state.jobs.database().backend(), &config.effective_database_url());
         Ok(Self::new(state.jobs.clone(), registry, settings, state.clock.clone()))
     }
 
