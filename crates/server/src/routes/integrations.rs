@@ -3,7 +3,7 @@
 //! at a glance. Each action is idempotent: repeating it answers the current state.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use ponte_linking::company::CompanyData;
+use ponte_linking::company::{Company, CompanyData};
 use ponte_linking::ids::{AccountId, CompanyId, InviteId, UserId};
 use ponte_linking::integration::actions::{self, Stores, Target};
 use ponte_linking::integration::credentials::{
@@ -349,10 +349,23 @@ async fn target(
     path: &IntegrationPath,
     need: Need,
 ) -> Result<Target, Problem> {
+    Ok(target_company(state, caller, req, path, need).await?.0)
+}
+
+/// [`target`] with the company it names, for a handler that needs its data too.
+async fn target_company(
+    state: &AppState,
+    caller: &Caller,
+    req: &HttpRequest,
+    path: &IntegrationPath,
+    need: Need,
+) -> Result<(Target, Company), Problem> {
     caller.check(Some(path.account), need)?;
     let kind = parse_kind(&path.kind)?;
-    require_company(state, path.account, path.company).await?;
-    Ok(Target { account: path.account, company: path.company, kind, actor: caller.actor(req), now: state.now() })
+    let company = require_company(state, path.account, path.company).await?;
+    let target =
+        Target { account: path.account, company: path.company, kind, actor: caller.actor(req), now: state.now() };
+    Ok((target, company))
 }
 
 async fn view(state: &AppState, t: &Target) -> Result<IntegrationView, Problem> {
@@ -455,10 +468,10 @@ pub async fn reactivate(
     state: web::Data<AppState>,
 ) -> ApiResult {
     let body: ReactivateBody = optional_body(&body)?;
-    let t = target(&state, &caller, &req, &path, Need::Manage).await?;
+    let (t, company) = target_company(&state, &caller, &req, &path, Need::Manage).await?;
     let data = match body.company {
         Some(fields) => CompanyData::parse(&fields.into()).map_err(ponte_linking::Error::from)?,
-        None => require_company(&state, t.account, t.company).await?.data,
+        None => company.data,
     };
     let outcome = actions::reactivate(stores(&state), state.platform_lookup.as_ref(), &t, data, body.invitee).await?;
     answer(&state, &t, outcome).await
