@@ -25,10 +25,11 @@ use ponte_server::reseal::{self, Store};
 use serde_json::{Value, json};
 use time::Duration;
 use wiremock::matchers::{body_partial_json, method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, ResponseTemplate};
 
 use crate::harness::{TestApp, TestDb};
 use crate::integrations::company_json;
+use crate::integrations::through_the_worker::platform_with_an_account;
 
 /// The log lines of this test binary while a test records them (see [`Recording`]); the
 /// subscriber stays installed for the binary's life, but keeps nothing between recordings.
@@ -85,25 +86,6 @@ fn captured_logs() -> &'static Captured {
 const PASSWORD: &str = "pw-Zq81-never-shown";
 const ISSUED: &str = "pk_issued_key_never_twice";
 
-async fn platform() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/oauth/token"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"access_token": "tok", "token_type": "bearer", "expires_in": 3600})),
-        )
-        .mount(&server)
-        .await;
-    let account = json!({"id": "pa_42", "legal_name": "Bar Sport S.r.l.", "vat_number": "00743110157"});
-    Mock::given(method("GET"))
-        .and(path("/v1/accounts"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"accounts": [account]})))
-        .mount(&server)
-        .await;
-    server
-}
-
 fn check_answers(status: u16, outcome: &str) -> Mock {
     Mock::given(method("POST"))
         .and(path("/v1/credentials/check"))
@@ -114,7 +96,7 @@ fn check_answers(status: u16, outcome: &str) -> Mock {
 async fn credentials_are_checked_rechecked_after_an_outage_and_never_shown() {
     let logs = captured_logs();
     let _recording = Recording::start();
-    let server = platform().await;
+    let server = platform_with_an_account().await;
     let app = TestApp::spawn_with(TestDb::sqlite(), None, |c| {
         c.platform.base_url = Some(server.uri().parse().unwrap());
         c.platform.client_id = Some("ponte".into());

@@ -477,7 +477,7 @@ async fn companies_are_validated_field_by_field_and_kept_to_their_account() {
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "company_not_found");
 }
 
-mod through_the_worker {
+pub mod through_the_worker {
     //! The platform jobs run by the app's own worker against a scripted platform.
 
     use super::*;
@@ -485,7 +485,14 @@ mod through_the_worker {
     use wiremock::matchers::{method, path, path_regex};
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
-    async fn platform() -> MockServer {
+    /// The platform account every scripted platform has for the test company.
+    pub fn platform_account() -> Value {
+        json!({"id": "pa_42", "legal_name": "Bar Sport S.r.l.", "vat_number": "00743110157"})
+    }
+
+    /// A scripted platform that issues tokens and has [`platform_account`] for the VAT
+    /// number; tests mount the rest of what they need.
+    pub async fn platform_with_an_account() -> MockServer {
         let server = MockServer::start().await;
         Mock::given(method("POST"))
             .and(path("/oauth/token"))
@@ -495,12 +502,17 @@ mod through_the_worker {
             )
             .mount(&server)
             .await;
-        let account = json!({"id": "pa_42", "legal_name": "Bar Sport S.r.l.", "vat_number": "00743110157"});
         Mock::given(method("GET"))
             .and(path("/v1/accounts"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"accounts": [account.clone()]})))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"accounts": [platform_account()]})))
             .mount(&server)
             .await;
+        server
+    }
+
+    async fn platform() -> MockServer {
+        let server = platform_with_an_account().await;
+        let account = platform_account();
         Mock::given(method("POST"))
             .and(path("/v1/accounts/pa_42/companies"))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({"account": account})))
