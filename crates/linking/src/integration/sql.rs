@@ -446,8 +446,8 @@ impl SqlIntegrations {
                 Effect::Activate => self.enqueue(&mut tx, Self::platform_job(jobs::ACTIVATE, &next), now).await?,
             }
         }
-        let invited = pending_masked(&mut tx, &next, now).await?;
         if to != current.state {
+            let invited = pending_masked(&mut tx, &next, now).await?;
             self.enqueue(&mut tx, state_changed(current.state, &next, invited.as_deref()).fanout_job(), now).await?;
         }
         audit(
