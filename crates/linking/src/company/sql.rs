@@ -5,10 +5,11 @@
 use async_trait::async_trait;
 use ponte_identity::clock::{from_unix, to_unix};
 use ponte_identity::db::{Database, is_unique_violation};
-use sqlx::{Any, Transaction};
+use sqlx::Any;
 use time::OffsetDateTime;
 
 use super::{Company, CompanyData, CompanyDraft, CompanyStore};
+use crate::account::sql::lock_account;
 use crate::audit::{Actor, AuditEntry, sql::append as audit};
 use crate::ids::{AccountId, CompanyId};
 use crate::integration::sql::create_for_company;
@@ -67,14 +68,6 @@ async fn select(
     row.map(parse).transpose()
 }
 
-async fn account_exists(tx: &mut Transaction<'_, Any>, account: AccountId) -> Result<bool> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT id FROM accounts WHERE id = $1")
-        .bind(account.to_string())
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(row.is_some())
-}
-
 fn entry(company: &Company, actor: &Actor, action: &str, now: OffsetDateTime) -> AuditEntry {
     AuditEntry::for_company(company.account_id, company.id, actor, action, now)
         .with_detail(serde_json::json!({"vat_number": company.data.vat_number().as_str()}).to_string())
@@ -103,7 +96,7 @@ impl CompanyStore for SqlCompanies {
         now: OffsetDateTime,
     ) -> Result<Company> {
         let mut tx = self.db.begin().await?;
-        if !account_exists(&mut tx, account).await? {
+        if !lock_account(self.db.backend(), &mut tx, account).await? {
             return Err(Error::NotFound("account"));
         }
         let company = Company { id: CompanyId::new(), account_id: account, data, created_at: now, updated_at: now };
