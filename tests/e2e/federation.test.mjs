@@ -116,6 +116,13 @@ function upstreamPerson(upstream, label, extra = {}) {
 async function addUser(accountId, label, role) {
   const n = ++people;
   const person = { email: `${label}-${n}@esempio.it`, name: `Utente ${label} ${n}`, role, password: `una password lunga ${label} ${n}` };
+  if (role === 'member') {
+    // A member takes a seat: buy one and register its payment, as the POS backend does.
+    const grant = await ponte.api('POST', `/api/v1/accounts/${accountId}/seats`, { quantity: 1, order_reference: `ORD-${label}-${n}` });
+    assert.equal(grant.status, 201, JSON.stringify(grant.body));
+    const paid = await ponte.api('POST', `/api/v1/accounts/${accountId}/seats/${grant.body.id}/paid`);
+    assert.equal(paid.status, 200, JSON.stringify(paid.body));
+  }
   const created = await ponte.api('POST', `/api/v1/accounts/${accountId}/users`, person);
   assert.equal(created.status, 201, `add ${role}: ${JSON.stringify(created.body)}`);
   return { ...person, accountId, userId: created.body.id };

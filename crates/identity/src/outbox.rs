@@ -81,6 +81,33 @@ pub enum Message {
     },
     /// The password was just changed through a reset; every session was ended.
     PasswordChanged {},
+    /// A new member of an account chooses their first password with a single-use link.
+    PasswordSetup {
+        /// The link to `/password/reset?token=…`.
+        link: String,
+        /// The account the member was added to.
+        account_name: String,
+        /// The last day the link works (`YYYY-MM-DD`).
+        expires_on: String,
+    },
+    /// To the owner: paid seats are about to expire.
+    SeatsExpiring {
+        /// The account.
+        account_name: String,
+        /// How many seats the grant holds.
+        quantity: u32,
+        /// The order they were bought with.
+        order_reference: String,
+        /// The last day they count (`YYYY-MM-DD`).
+        expires_on: String,
+    },
+    /// To the owner: seats lapsed and these members were suspended (never deleted).
+    SeatsLapsed {
+        /// The account.
+        account_name: String,
+        /// The suspended members, as `Name <email>`.
+        suspended: Vec<String>,
+    },
 }
 
 /// One email, before rendering.
@@ -234,6 +261,86 @@ impl OutgoingMail {
                     unknown = escape_html(unknown),
                 );
                 Rendered { subject: subject.to_owned(), text, html }
+            }
+            Message::PasswordSetup { link, account_name, expires_on } => {
+                let (subject, intro, until) = match self.lang {
+                    Lang::It => (
+                        format!("Ponte: sei stato aggiunto a {account_name}"),
+                        format!(
+                            "Sei stato aggiunto come utente dell'account {account_name}. Apri il link per scegliere \
+                             la tua password:"
+                        ),
+                        format!("Il link vale una sola volta, fino al {expires_on}."),
+                    ),
+                    Lang::En => (
+                        format!("Ponte: you were added to {account_name}"),
+                        format!(
+                            "You were added as a user of the account {account_name}. Open the link to choose your password:"
+                        ),
+                        format!("The link works once, until {expires_on}."),
+                    ),
+                };
+                let text = format!("{intro}\n{link}\n\n{until}\n");
+                let html = format!(
+                    "<!doctype html><html lang=\"{lang}\"><body><p>{intro}<br>\
+                     <a id=\"setup\" href=\"{link}\">{link}</a></p><p>{until}</p></body></html>",
+                    lang = self.lang_code(),
+                    intro = escape_html(&intro),
+                    link = escape_html(link),
+                    until = escape_html(&until),
+                );
+                Rendered { subject, text, html }
+            }
+            Message::SeatsExpiring { account_name, quantity, order_reference, expires_on } => {
+                let (subject, said, what) = match self.lang {
+                    Lang::It => (
+                        format!("Ponte: gli utenti aggiuntivi di {account_name} scadono il {expires_on}"),
+                        format!(
+                            "{quantity} utenti aggiuntivi dell'ordine {order_reference} valgono fino al {expires_on}."
+                        ),
+                        "Rinnova per tempo: alla scadenza gli utenti oltre i posti validi vengono sospesi (mai eliminati).",
+                    ),
+                    Lang::En => (
+                        format!("Ponte: the additional users of {account_name} expire on {expires_on}"),
+                        format!("{quantity} additional users of order {order_reference} count until {expires_on}."),
+                        "Renew in time: when they expire, members beyond the valid seats are suspended (never deleted).",
+                    ),
+                };
+                let text = format!("{said}\n\n{what}\n");
+                let html = format!(
+                    "<!doctype html><html lang=\"{lang}\"><body><p>{said}</p><p>{what}</p></body></html>",
+                    lang = self.lang_code(),
+                    said = escape_html(&said),
+                    what = escape_html(what),
+                );
+                Rendered { subject, text, html }
+            }
+            Message::SeatsLapsed { account_name, suspended } => {
+                let (subject, said, how) = match self.lang {
+                    Lang::It => (
+                        format!("Ponte: utenti sospesi in {account_name}"),
+                        "I posti per gli utenti aggiuntivi sono scaduti. Questi utenti sono stati sospesi e non possono \
+                         accedere; nessuno è stato eliminato:",
+                        "Acquista nuovi posti: appena il pagamento è registrato, gli utenti sospesi tornano attivi.",
+                    ),
+                    Lang::En => (
+                        format!("Ponte: members suspended in {account_name}"),
+                        "The seats for additional users expired. These members were suspended and cannot sign in; \
+                         nobody was deleted:",
+                        "Buy new seats: once the payment is registered, the suspended members become active again.",
+                    ),
+                };
+                let list = suspended.iter().map(|s| format!("- {s}")).collect::<Vec<_>>().join("\n");
+                let text = format!("{said}\n{list}\n\n{how}\n");
+                let items: String = suspended.iter().map(|s| format!("<li>{}</li>", escape_html(s))).collect();
+                let html = format!(
+                    "<!doctype html><html lang=\"{lang}\"><body><p>{said}</p><ul id=\"suspended\">{items}</ul>\
+                     <p>{how}</p></body></html>",
+                    lang = self.lang_code(),
+                    said = escape_html(said),
+                    how = escape_html(how),
+                );
+                Rendered { subject, text, html }
             }
         }
     }
@@ -401,6 +508,36 @@ mod tests {
         let master = MasterKeys::generate();
         let mail = changed(Lang::En);
         assert_eq!(OutgoingMail::from_payload(&mail.to_job(&master).unwrap().payload, &master).unwrap(), mail);
+    }
+
+    #[test]
+    fn the_member_and_seat_mails_say_what_happened_in_both_languages() {
+        let mail = |lang, message| OutgoingMail { to: "mario@esempio.it".into(), lang, message };
+        let setup = Message::PasswordSetup {
+            link: "https://ponte.example/password/reset?token=abc".into(),
+            account_name: "Bar <Sport>".into(),
+            expires_on: "2026-12-14".into(),
+        };
+        let it = mail(Lang::It, setup.clone()).render();
+        assert!(it.subject.contains("Bar <Sport>") && it.text.contains("fino al 2026-12-14"), "{}", it.text);
+        assert!(it.html.contains("id=\"setup\" href=\"https://ponte.example/password/reset?token=abc\""));
+        assert!(it.html.contains("Bar &lt;Sport&gt;") && !it.html.contains("<Sport>"));
+        assert!(mail(Lang::En, setup).render().text.contains("choose your password"));
+        let expiring = Message::SeatsExpiring {
+            account_name: "Bar Sport".into(),
+            quantity: 3,
+            order_reference: "ORD-1".into(),
+            expires_on: "2027-01-01".into(),
+        };
+        let en = mail(Lang::En, expiring).render();
+        assert!(en.text.contains("3 additional users of order ORD-1 count until 2027-01-01"), "{}", en.text);
+        let lapsed = Message::SeatsLapsed {
+            account_name: "Bar Sport".into(),
+            suspended: vec!["Anna <anna@esempio.it>".into(), "Bruno <b@esempio.it>".into()],
+        };
+        let it = mail(Lang::It, lapsed).render();
+        assert!(it.text.contains("- Anna <anna@esempio.it>\n- Bruno <b@esempio.it>"), "{}", it.text);
+        assert!(it.html.contains("<li>Anna &lt;anna@esempio.it&gt;</li>") && it.subject.contains("sospesi"));
     }
 
     #[test]

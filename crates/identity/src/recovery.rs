@@ -22,8 +22,14 @@ pub struct IssuedToken {
 
 /// Issues a token that works until `now + TOKEN_TTL`.
 pub fn issue(now: OffsetDateTime) -> IssuedToken {
+    issue_for(now, TOKEN_TTL)
+}
+
+/// Issues a token that works until `now + ttl` (a new member's set-password link lasts
+/// days, not minutes).
+pub fn issue_for(now: OffsetDateTime, ttl: Duration) -> IssuedToken {
     let secret = random_token();
-    IssuedToken { digest: token_digest(&secret), secret, expires_at: now + TOKEN_TTL }
+    IssuedToken { digest: token_digest(&secret), secret, expires_at: now + ttl }
 }
 
 /// The stored form of a token as presented. Anything that is not the shape we issue still

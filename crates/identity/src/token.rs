@@ -40,6 +40,10 @@ pub struct AccessTokenClaims {
     /// The user's role, for user tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// For user tokens: the role and the permissions per company when the token was
+    /// issued (`{"role": …, "permissions": {…}}`; see the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<serde_json::Value>,
 }
 
 impl AccessTokenClaims {
@@ -56,6 +60,7 @@ impl AccessTokenClaims {
             jti: random_token()[..22].to_owned(),
             account_id: None,
             role: None,
+            access: None,
         }
     }
 
@@ -150,6 +155,9 @@ pub struct IdTokenClaims {
     /// The user's account (Ponte-specific).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
+    /// With scope `profile`: the role and the permissions per company (Ponte-specific).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<serde_json::Value>,
 }
 
 impl KeyRing {

@@ -155,6 +155,57 @@ pub fn allows(who: Principal<'_>, action: Permission, target: Target) -> bool {
     })
 }
 
+/// Whether `giver` may hand out `grants`: owners and admins anything; a member (with
+/// `users:manage`) only what they hold themselves, on the same companies, so a grant can
+/// never raise anyone above the one who gave it.
+pub fn may_grant(giver: Principal<'_>, grants: &[Grant]) -> bool {
+    grants.iter().all(|g| match &g.companies {
+        Companies::All => allows(giver, g.permission, Target::Account),
+        Companies::Only(ids) => ids.iter().all(|c| allows(giver, g.permission, Target::Company(*c))),
+    })
+}
+
+/// Whether `giver` may create, change or remove a user with `target` role: owners and
+/// admins manage everyone but the owner (whom only the owner changes); a member with
+/// `users:manage` manages members only.
+pub fn may_manage(giver: Principal<'_>, target: Role) -> bool {
+    if giver.role.is_admin() {
+        return true;
+    }
+    target == Role::Member && allows(giver, Permission::UsersManage, Target::Account)
+}
+
+/// The one compact claim tokens, userinfo and introspection carry about what the user may
+/// do: `{"role": "member", "permissions": {"invoices:read": "all", "invoices:send":
+/// ["<company id>", …]}}`. Owners and admins hold every permission on `"all"`; a member's
+/// grants of one permission are merged (`"all"` wins over lists). A downstream service
+/// enforces it with the same rule as [`allows`]: the permission is listed with `"all"` or
+/// with the company's id.
+pub fn claim(who: Principal<'_>) -> serde_json::Value {
+    let mut permissions = serde_json::Map::new();
+    for permission in Permission::ALL {
+        let companies = if who.role.is_admin() {
+            Some(Companies::All)
+        } else {
+            who.grants.iter().filter(|g| g.permission == permission).fold(None, |acc, g| {
+                Some(match (acc, &g.companies) {
+                    (Some(Companies::All), _) | (_, Companies::All) => Companies::All,
+                    (Some(Companies::Only(mut ids)), Companies::Only(more)) => {
+                        ids.extend(more.iter().copied());
+                        Companies::Only(ids)
+                    }
+                    (None, Companies::Only(ids)) => Companies::Only(ids.clone()),
+                })
+            })
+        };
+        if let Some(companies) = companies {
+            let value = Grant { permission, companies }.to_json().companies;
+            permissions.insert(permission.as_str().to_owned(), value);
+        }
+    }
+    serde_json::json!({"role": who.role.as_str(), "permissions": permissions})
+}
+
 /// The wire form of a grant list, as requests and responses carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -268,6 +319,58 @@ mod tests {
         assert!(
             serde_json::from_value::<GrantJson>(serde_json::json!({"permission": "x", "companies": "all", "y": 1}))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn nobody_grants_more_than_they_hold_and_members_manage_only_members() {
+        let (bar, pizzeria) = (CompanyId::new(), CompanyId::new());
+        let grants = [
+            Grant { permission: Permission::UsersManage, companies: Companies::All },
+            Grant { permission: Permission::InvoicesRead, companies: Companies::All },
+            Grant { permission: Permission::InvoicesSend, companies: only(&[bar]) },
+        ];
+        let manager = Principal { role: Role::Member, grants: &grants };
+        let send_bar = Grant { permission: Permission::InvoicesSend, companies: only(&[bar]) };
+        let send_both = Grant { permission: Permission::InvoicesSend, companies: only(&[bar, pizzeria]) };
+        let send_all = Grant { permission: Permission::InvoicesSend, companies: Companies::All };
+        let read_all = Grant { permission: Permission::InvoicesRead, companies: Companies::All };
+        assert!(may_grant(manager, &[send_bar.clone(), read_all.clone()]));
+        assert!(!may_grant(manager, &[send_both]), "pizzeria is not theirs to give");
+        assert!(!may_grant(manager, std::slice::from_ref(&send_all)));
+        assert!(!may_grant(manager, &[Grant { permission: Permission::SettingsManage, companies: only(&[bar]) }]));
+        let admin = Principal { role: Role::Admin, grants: &[] };
+        assert!(may_grant(admin, &[send_all]));
+        assert!(may_manage(manager, Role::Member));
+        assert!(!may_manage(manager, Role::Admin) && !may_manage(manager, Role::Owner));
+        assert!(may_manage(admin, Role::Admin));
+        let reader = Principal { role: Role::Member, grants: &grants[1..] };
+        assert!(!may_manage(reader, Role::Member), "users:manage is needed");
+    }
+
+    #[test]
+    fn the_claim_lists_each_permission_once_with_where_it_applies() {
+        let (bar, pizzeria) = (CompanyId::new(), CompanyId::new());
+        let grants = [
+            Grant { permission: Permission::InvoicesSend, companies: only(&[bar]) },
+            Grant { permission: Permission::InvoicesSend, companies: only(&[pizzeria]) },
+            Grant { permission: Permission::InvoicesRead, companies: only(&[bar]) },
+            Grant { permission: Permission::InvoicesRead, companies: Companies::All },
+        ];
+        let claim = claim(Principal { role: Role::Member, grants: &grants });
+        let mut both = [bar.to_string(), pizzeria.to_string()];
+        both.sort();
+        assert_eq!(
+            claim,
+            serde_json::json!({"role": "member", "permissions": {"invoices:read": "all", "invoices:send": both}})
+        );
+        let admin = super::claim(Principal { role: Role::Admin, grants: &[] });
+        assert_eq!(admin["role"], "admin");
+        assert_eq!(admin["permissions"].as_object().unwrap().len(), Permission::ALL.len());
+        assert!(admin["permissions"].as_object().unwrap().values().all(|v| v == "all"));
+        assert_eq!(
+            super::claim(Principal { role: Role::Member, grants: &[] }),
+            serde_json::json!({"role": "member", "permissions": {}})
         );
     }
 

@@ -12,3 +12,7 @@ ponte_identity::entity_id!(
     /// Identifies a collaboration invite.
     InviteId
 );
+ponte_identity::entity_id!(
+    /// Identifies a seat grant (additional-user licences bought for an account).
+    SeatGrantId
+);

@@ -22,6 +22,7 @@ pub mod invite;
 pub mod links;
 pub mod login;
 pub mod recovery;
+pub mod seats;
 #[cfg(test)]
 mod testing;
 

@@ -27,6 +27,9 @@ use crate::email::Email;
 use crate::ids::{AccountId, UserId};
 use crate::{Error, Result};
 
+/// How long a new member's set-password link works.
+pub const SETUP_LINK_TTL: Duration = Duration::days(7);
+
 /// Reset requests per email address.
 pub const FORGOT_PER_EMAIL: RateLimit = RateLimit { name: "forgot-email", max: 5, window: Duration::minutes(15) };
 /// Reset requests per client address.
@@ -136,6 +139,16 @@ pub trait ResetStore: Send + Sync + std::fmt::Debug {
         audit: &AuditEntry,
         now: OffsetDateTime,
     ) -> Result<()>;
+    /// Like [`ResetStore::issue`], but every link of the user still outstanding stops
+    /// working in the same transaction: a resent set-password link replaces the old one.
+    async fn rotate(
+        &self,
+        user: &User,
+        token: &IssuedToken,
+        mail: &OutgoingMail,
+        audit: &AuditEntry,
+        now: OffsetDateTime,
+    ) -> Result<()>;
     /// The reset with this digest, used or not.
     async fn find(&self, digest: &str) -> Result<Option<StoredReset>>;
     /// In one transaction: marks the reset used if it still is usable at `now` (else
@@ -201,6 +214,37 @@ impl Recovery<'_> {
             self.resets.issue(&user, &token, &mail, &audit, now).await?;
         }
         Ok(Forgot::Accepted)
+    }
+
+    /// Mails `user` a single-use link to choose their password, valid for
+    /// [`SETUP_LINK_TTL`]; any link the user still had stops working (a resend rotates it).
+    /// The link is redeemed on the same page as a reset. Refused for a user who may not
+    /// sign in (a disabled or suspended member would get a link that cannot work).
+    pub async fn send_setup_link(
+        &self,
+        user: &User,
+        account_name: &str,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        if user.status != crate::account::UserStatus::Active {
+            return Err(Error::Conflict {
+                code: "user_not_active",
+                message: "the user is not active: enable them before sending a password link".into(),
+            });
+        }
+        let token = tokens::issue_for(now, SETUP_LINK_TTL);
+        let mail = OutgoingMail {
+            to: user.email.clone(),
+            lang: user.lang,
+            message: Message::PasswordSetup {
+                link: reset_link(self.public_url, &token.secret),
+                account_name: account_name.to_owned(),
+                expires_on: token.expires_at.date().to_string(),
+            },
+        };
+        let audit = AuditEntry::for_user(user.account_id, user.id, actor, "password.setup_link_sent", now);
+        self.resets.rotate(user, &token, &mail, &audit, now).await
     }
 
     /// Whether `token` could be redeemed now (for the page that shows the form): known,

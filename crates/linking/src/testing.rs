@@ -34,6 +34,8 @@ pub fn user(email: &str, role: Role, account: AccountId) -> User {
         status: UserStatus::Active,
         has_password: true,
         lang: crate::account::Lang::It,
+        grants: Vec::new(),
+        status_reason: None,
         created_at: NOW,
         updated_at: NOW,
     }
@@ -109,6 +111,17 @@ impl UserStore for FakeUsers {
         }
         u.updated_at = now;
         Ok(u.clone())
+    }
+
+    async fn set_grants(
+        &self,
+        _: AccountId,
+        _: UserId,
+        _: Vec<crate::access::Grant>,
+        _: &Actor,
+        _: OffsetDateTime,
+    ) -> Result<User> {
+        Err(Error::invalid("body", "not in these tests"))
     }
 
     async fn delete(&self, account: AccountId, user: UserId, _: &Actor, _: OffsetDateTime) -> Result<()> {

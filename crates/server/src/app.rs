@@ -207,6 +207,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         providers: Arc::new(providers),
         links: Arc::new(SqlLinks::new(db.clone())),
         resets: Arc::new(SqlResets::new(db.clone(), outbox.clone())),
+        seats: Arc::new(ponte_linking::seats::sql::SqlSeats::new(db.clone(), outbox.clone())),
         outbox,
         jobs,
         sessions: Sessions::new(session_store(&config)?, policy),

@@ -2,15 +2,18 @@
 //!
 //! Two kinds of bearer token are accepted: a client's own token with scope `ponte.admin`
 //! (the POS backend: every account), and a user's token for audience `ponte-api` (that
-//! user's account only, by role: owners and admins manage it, a member reads itself).
+//! user's account only: owners and admins manage it, a member does what their grants
+//! allow, as [`ponte_linking::access::allows`] decides with the grants read now, not the
+//! ones the token was issued with).
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
+use ponte_linking::access::{Grant, Permission, Principal, Target, allows};
 use ponte_linking::account::Role;
 use ponte_linking::audit::Actor;
-use ponte_linking::ids::{AccountId, UserId};
+use ponte_linking::ids::{AccountId, CompanyId, UserId};
 
 use crate::extract::client_ip;
 use crate::op::provider;
@@ -39,8 +42,10 @@ pub enum Caller {
         account: AccountId,
         /// The user.
         user: UserId,
-        /// The user's role when the token was issued.
+        /// The user's role now.
         role: Role,
+        /// The user's grants now (a member's; empty for owners and admins).
+        grants: Vec<Grant>,
     },
 }
 
@@ -53,8 +58,12 @@ pub enum Need {
     Member,
     /// An owner or admin of the account.
     Manage,
-    /// An owner or admin, or the user `target` itself.
+    /// The user `target` itself, or whoever may manage users (`users:manage`).
     ManageOrSelf(UserId),
+    /// A permission on a target: owners and admins always, members by their grants.
+    Permission(Permission, Target),
+    /// Any permission at all on the company (to see it).
+    AnyOn(CompanyId),
 }
 
 impl Caller {
@@ -65,22 +74,43 @@ impl Caller {
             || Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail("Your role does not allow this.");
         match self {
             Caller::Backend { .. } => Ok(()),
-            Caller::User { account: own, user, role, .. } => {
+            Caller::User { account: own, user, .. } => {
                 if need == Need::Backend {
                     return Err(forbidden());
                 }
                 if account.is_some_and(|a| a != *own) {
                     return Err(Problem::not_found("account_not_found", "No such account."));
                 }
-                match need {
-                    Need::Backend => Err(forbidden()),
-                    Need::Member => Ok(()),
-                    Need::Manage if role.is_admin() => Ok(()),
-                    Need::ManageOrSelf(target) if role.is_admin() || target == *user => Ok(()),
-                    _ => Err(forbidden()),
-                }
+                let who = self.principal().unwrap_or(Principal { role: Role::Member, grants: &[] });
+                let allowed = match need {
+                    Need::Backend => false,
+                    Need::Member => true,
+                    Need::Manage => who.role.is_admin(),
+                    Need::ManageOrSelf(target) => {
+                        target == *user || allows(who, Permission::UsersManage, Target::Account)
+                    }
+                    Need::Permission(permission, target) => allows(who, permission, target),
+                    Need::AnyOn(company) => {
+                        Permission::ALL.into_iter().any(|p| allows(who, p, Target::Company(company)))
+                    }
+                };
+                if allowed { Ok(()) } else { Err(forbidden()) }
             }
         }
+    }
+
+    /// A user caller as the access rule sees them; `None` for the POS backend, which may
+    /// do everything.
+    pub fn principal(&self) -> Option<Principal<'_>> {
+        match self {
+            Caller::Backend { .. } => None,
+            Caller::User { role, grants, .. } => Some(Principal { role: *role, grants }),
+        }
+    }
+
+    /// Whether the caller may see `company` at all (lists are filtered by it).
+    pub fn sees(&self, company: CompanyId) -> bool {
+        self.principal().is_none_or(|who| Permission::ALL.into_iter().any(|p| allows(who, p, Target::Company(company))))
     }
 
     /// The audit actor for this caller.
@@ -143,6 +173,7 @@ async fn authenticate(state: web::Data<AppState>, authorization: Option<String>)
             account: user.account_id,
             user: user.id,
             role: user.role,
+            grants: user.grants,
         });
     }
     if !claims.has_scope(ADMIN_SCOPE) {
@@ -174,8 +205,43 @@ mod tests {
     use super::*;
 
     fn user(role: Role) -> (Caller, AccountId, UserId) {
+        with_grants(role, Vec::new())
+    }
+
+    fn with_grants(role: Role, grants: Vec<Grant>) -> (Caller, AccountId, UserId) {
         let (account, user) = (AccountId::new(), UserId::new());
-        (Caller::User { client_id: "c".into(), account, user, role }, account, user)
+        (Caller::User { client_id: "c".into(), account, user, role, grants }, account, user)
+    }
+
+    #[test]
+    fn members_act_by_their_grants_and_see_only_the_companies_they_are_granted() {
+        use ponte_linking::access::Companies;
+        let (bar, pizzeria) = (CompanyId::new(), CompanyId::new());
+        let grants = vec![Grant { permission: Permission::InvoicesSend, companies: Companies::Only([bar].into()) }];
+        let (member, account, _) = with_grants(Role::Member, grants);
+        let on = |p, c| Need::Permission(p, Target::Company(c));
+        assert!(member.check(Some(account), on(Permission::InvoicesSend, bar)).is_ok());
+        assert_eq!(
+            member.check(Some(account), on(Permission::InvoicesSend, pizzeria)).unwrap_err().code(),
+            "forbidden"
+        );
+        assert!(member.check(Some(account), on(Permission::IntegrationsManage, bar)).is_err());
+        assert!(
+            member.check(Some(account), Need::AnyOn(bar)).is_ok()
+                && member.check(Some(account), Need::AnyOn(pizzeria)).is_err()
+        );
+        assert!(member.sees(bar) && !member.sees(pizzeria));
+        assert_eq!(
+            member.check(Some(AccountId::new()), on(Permission::InvoicesSend, bar)).unwrap_err().code(),
+            "account_not_found",
+            "another tenant is not found, whatever the grants"
+        );
+        let backend = Caller::Backend { client_id: "pos".into() };
+        assert!(backend.sees(pizzeria) && backend.check(Some(account), on(Permission::UsersManage, bar)).is_ok());
+        let manager = vec![Grant { permission: Permission::UsersManage, companies: Companies::All }];
+        let (manager, account, _) = with_grants(Role::Member, manager);
+        assert!(manager.check(Some(account), Need::ManageOrSelf(UserId::new())).is_ok());
+        assert!(manager.check(Some(account), Need::Manage).is_err(), "users:manage is not owner or admin");
     }
 
     #[test]

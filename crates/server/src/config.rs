@@ -104,6 +104,8 @@ pub struct Config {
     pub invites: InvitesConfig,
     /// Password recovery (`[recovery]`).
     pub recovery: RecoveryConfig,
+    /// Seats of additional users (`[seats]`).
+    pub seats: SeatsConfig,
     /// Webhook receivers of the POS backend by id (`[webhooks.<id>]`), besides those
     /// defined over REST.
     pub webhooks: std::collections::BTreeMap<String, WebhookConfig>,
@@ -122,6 +124,21 @@ pub struct InvitesConfig {
 impl Default for InvitesConfig {
     fn default() -> Self {
         Self { ttl_days: 7 }
+    }
+}
+
+/// Seats of additional users (`[seats]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeatsConfig {
+    /// How often each worker sweeps: suspends members that lapsed grants no longer seat
+    /// and sends the 30- and 7-day expiry reminders.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for SeatsConfig {
+    fn default() -> Self {
+        Self { sweep_interval_secs: 300 }
     }
 }
 
@@ -340,6 +357,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             invites: InvitesConfig::default(),
             recovery: RecoveryConfig::default(),
+            seats: SeatsConfig::default(),
             webhooks: Default::default(),
             platform: PlatformConfig::default(),
         }

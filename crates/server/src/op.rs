@@ -42,6 +42,7 @@ impl Subjects for AppState {
                 other => ponte_identity::Error::Corrupt(format!("user lookup: {other}")),
             })?;
         Ok(user.map(|u| Subject {
+            access: ponte_linking::access::claim(u.principal()),
             id: u.id,
             account_id: u.account_id,
             role: u.role.as_str().to_owned(),

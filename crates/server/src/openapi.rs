@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api, companies, integrations, jobs, oauth, ops, permissions, recovery, token};
+use crate::routes::{api, companies, integrations, jobs, oauth, ops, permissions, recovery, seats, token};
 use crate::webhooks::api as webhooks;
 
 #[derive(OpenApi)]
@@ -15,6 +15,8 @@ use crate::webhooks::api as webhooks;
         oauth::discovery, oauth::jwks, token::token, token::introspect, token::revoke, token::userinfo,
         api::create_account, api::get_account,
         api::list_users, api::create_user, api::get_user, api::update_user, api::delete_user,
+        api::put_permissions, api::send_password_link,
+        seats::list_seats, seats::create_seats, seats::pay_seats, seats::delete_seats,
         api::list_sessions, api::revoke_session,
         api::list_identities, api::unlink_identity,
         api::list_audit,
@@ -37,6 +39,7 @@ use crate::webhooks::api as webhooks;
         (name = "sessions", description = "Browser sessions of a user"),
         (name = "identities", description = "Upstream identities linked to a user"),
         (name = "audit", description = "Who did what"),
+        (name = "seats", description = "Additional-user seats bought for an account, each counting for a year from its payment"),
         (name = "permissions", description = "The permission catalogue members are granted from"),
         (name = "companies", description = "The companies (legal entities, points of sale) of an account"),
         (name = "integrations", description = "Each company's e-invoicing integration: status, actions, invites"),

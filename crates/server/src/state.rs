@@ -72,6 +72,8 @@ pub struct AppState {
     pub webhooks: Arc<dyn crate::webhooks::receivers::Receivers>,
     /// What `POST /webhooks/platform` does with an authentic, new platform event.
     pub platform_events: Arc<dyn crate::webhooks::platform_event::PlatformEventHandler>,
+    /// Seat grants of accounts.
+    pub seats: Arc<dyn ponte_linking::seats::SeatStore>,
     /// Password resets (`/password/forgot`, `/password/reset`).
     pub resets: Arc<dyn ponte_linking::recovery::ResetStore>,
     /// The one clock.

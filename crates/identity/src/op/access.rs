@@ -38,6 +38,8 @@ pub struct UserClaims {
     pub account_id: String,
     /// The user's role now.
     pub role: String,
+    /// With scope `profile`: the role and the permissions per company now.
+    pub access: Option<serde_json::Value>,
 }
 
 /// What userinfo answers.
@@ -72,11 +74,17 @@ impl Provider<'_> {
         self.subjects.active_subject(account, user).await
     }
 
-    /// Introspection for an authenticated confidential `client`.
+    /// Introspection for an authenticated confidential `client`. A user's token is
+    /// described with the user's role and permissions as they are now, not as issued: a
+    /// resource server that introspects always enforces the current ones.
     pub async fn introspect(&self, client: &Client, token: &str, now: OffsetDateTime) -> Result<Introspection> {
-        if let Some(claims) = self.verify_access(token, now).await? {
-            if claims.is_user_token() && self.token_subject(&claims).await?.is_none() {
-                return Ok(Introspection::Inactive);
+        if let Some(mut claims) = self.verify_access(token, now).await? {
+            if claims.is_user_token() {
+                let Some(subject) = self.token_subject(&claims).await? else {
+                    return Ok(Introspection::Inactive);
+                };
+                claims.role = Some(subject.role);
+                claims.access = Some(subject.access);
             }
             return Ok(Introspection::Access(claims));
         }
@@ -125,13 +133,15 @@ impl Provider<'_> {
             return Ok(UserInfoOutcome::InvalidToken("The user can no longer sign in."));
         };
         let email = claims.has_scope("email");
+        let profile = claims.has_scope("profile");
         Ok(UserInfoOutcome::Claims(UserClaims {
             sub: subject.id.to_string(),
             email: email.then(|| subject.email.clone()),
             email_verified: email.then_some(self.settings.assert_email_verified),
-            name: claims.has_scope("profile").then(|| subject.name.clone()),
+            name: profile.then(|| subject.name.clone()),
             account_id: subject.account_id.to_string(),
             role: subject.role,
+            access: profile.then_some(subject.access),
         }))
     }
 }
@@ -175,6 +185,29 @@ mod tests {
             op.userinfo(&token, T0).await.unwrap(),
             UserInfoOutcome::InvalidToken("The user can no longer sign in.")
         );
+    }
+
+    #[tokio::test]
+    async fn the_token_carries_the_permissions_of_its_issue_and_introspection_those_of_now() {
+        let world = World::new(shop(true));
+        let op = world.provider();
+        let token = user_token(&world, "openid profile");
+        let issued = op.verify_access(&token, T0).await.unwrap().unwrap();
+        assert_eq!(issued.access, Some(world.user.access.clone()));
+        let UserInfoOutcome::Claims(info) = op.userinfo(&token, T0).await.unwrap() else { panic!("claims") };
+        assert_eq!(info.access, Some(world.user.access.clone()), "userinfo shows them with scope profile");
+
+        let narrowed = serde_json::json!({"role": "member", "permissions": {}});
+        world.set_access(narrowed.clone());
+        let Introspection::Access(now) = op.introspect(&shop(true), &token, T0).await.unwrap() else {
+            panic!("active")
+        };
+        assert_eq!((now.access, now.role.as_deref()), (Some(narrowed.clone()), Some("owner")));
+        let UserInfoOutcome::Claims(info) = op.userinfo(&token, T0).await.unwrap() else { panic!("claims") };
+        assert_eq!(info.access, Some(narrowed));
+        let plain = user_token(&world, "openid");
+        let UserInfoOutcome::Claims(info) = op.userinfo(&plain, T0).await.unwrap() else { panic!("claims") };
+        assert_eq!(info.access, None, "without profile, userinfo leaves them out");
     }
 
     #[tokio::test]

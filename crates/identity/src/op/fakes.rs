@@ -152,6 +152,7 @@ impl World {
             role: "owner".into(),
             email: "mario@esempio.it".into(),
             name: "Mario Rossi".into(),
+            access: serde_json::json!({"role": "owner", "permissions": {"invoices:read": "all"}}),
         };
         let world = Self {
             sessions: Sessions::new(store.clone(), SessionPolicy::default()),
@@ -201,6 +202,13 @@ impl World {
     /// The user may no longer sign in.
     pub fn disable_user(&self) {
         self.subjects.0.lock().unwrap().remove(&self.user.id);
+    }
+
+    /// Changes what the user may do, as the directory would after a permission change.
+    pub fn set_access(&self, access: serde_json::Value) {
+        if let Some(s) = self.subjects.0.lock().unwrap().get_mut(&self.user.id) {
+            s.access = access;
+        }
     }
 }
 

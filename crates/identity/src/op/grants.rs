@@ -126,17 +126,21 @@ impl Provider<'_> {
     ) -> (AccessTokenClaims, Option<IdTokenClaims>) {
         let s = &self.settings;
         let subject = grant.subject;
-        let access = AccessTokenClaims::for_user(
-            &s.issuer,
-            subject.id,
-            subject.account_id,
-            &subject.role,
-            grant.client_id,
-            grant.scope,
-            now,
-            s.access_token_ttl,
-        );
+        let access = AccessTokenClaims {
+            access: Some(subject.access.clone()),
+            ..AccessTokenClaims::for_user(
+                &s.issuer,
+                subject.id,
+                subject.account_id,
+                &subject.role,
+                grant.client_id,
+                grant.scope,
+                now,
+                s.access_token_ttl,
+            )
+        };
         let scopes: Vec<&str> = grant.scope.split(' ').collect();
+        let profile = scopes.contains(&"profile");
         let email = scopes.contains(&"email");
         let id = scopes.contains(&"openid").then(|| IdTokenClaims {
             iss: s.issuer.clone(),
@@ -151,8 +155,9 @@ impl Provider<'_> {
             azp: grant.client_id.to_owned(),
             email: email.then(|| subject.email.clone()),
             email_verified: email.then_some(s.assert_email_verified),
-            name: scopes.contains(&"profile").then(|| subject.name.clone()),
+            name: profile.then(|| subject.name.clone()),
             account_id: Some(subject.account_id.to_string()),
+            access: profile.then(|| subject.access.clone()),
         });
         (access, id)
     }

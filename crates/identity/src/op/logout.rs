@@ -133,6 +133,7 @@ mod tests {
             email_verified: None,
             name: None,
             account_id: None,
+            access: None,
         };
         world.keys.sign_id_token(&claims).unwrap()
     }

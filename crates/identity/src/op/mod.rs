@@ -50,6 +50,9 @@ pub struct Subject {
     pub email: String,
     /// The user's display name.
     pub name: String,
+    /// What the user may do, as tokens carry it in the `access` claim: the role and the
+    /// permissions per company, built by the directory (the identity crate does not read it).
+    pub access: serde_json::Value,
 }
 
 /// Who may sign in. Implemented outside this crate, over the directory of users: the

@@ -16,6 +16,7 @@ pub use store::{AccountStore, LoginCandidate, UserStore, active_user};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::access::{Grant, Principal};
 use crate::email::Email;
 use crate::ids::{AccountId, UserId};
 use crate::{Error, Result};
@@ -117,10 +118,22 @@ pub struct User {
     pub has_password: bool,
     /// The language its mail is written in.
     pub lang: Lang,
+    /// What a member may do, on which companies (owners and admins may do everything).
+    pub grants: Vec<Grant>,
+    /// Why the system set the status (e.g. [`crate::seats::SEATS_LAPSED`]); `None` when a
+    /// person set it.
+    pub status_reason: Option<String>,
     /// Creation time.
     pub created_at: OffsetDateTime,
     /// Last change.
     pub updated_at: OffsetDateTime,
+}
+
+impl User {
+    /// The user as [`crate::access::allows`] sees them.
+    pub fn principal(&self) -> Principal<'_> {
+        Principal { role: self.role, grants: &self.grants }
+    }
 }
 
 /// A user to create. The password, if any, is already hashed.
@@ -136,6 +149,8 @@ pub struct NewUser {
     pub password_hash: Option<String>,
     /// The language its mail is written in.
     pub lang: Lang,
+    /// A member's grants (empty for owners and admins).
+    pub grants: Vec<Grant>,
 }
 
 /// A partial update of a user; `None` leaves a field as it is.
@@ -222,6 +237,20 @@ pub fn check_patch(target: &User, patch: &UserPatch) -> Result<()> {
     Ok(())
 }
 
+/// Only members carry grants: owners and admins may already do everything.
+pub fn check_grants_target(target: &User) -> Result<()> {
+    if target.role != Role::Member {
+        return Err(Error::Conflict {
+            code: "not_a_member",
+            message: format!(
+                "a {} may already do everything; permissions are granted to members",
+                target.role.as_str()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The owner is never deleted (delete the account instead).
 pub fn check_delete(target: &User) -> Result<()> {
     if target.role == Role::Owner {
@@ -247,6 +276,8 @@ mod tests {
             status: UserStatus::Active,
             has_password: true,
             lang: Lang::It,
+            grants: Vec::new(),
+            status_reason: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
         }

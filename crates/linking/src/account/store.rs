@@ -52,7 +52,9 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
     /// One user of the account.
     async fn get(&self, account: AccountId, user: UserId) -> Result<Option<User>>;
     /// Adds a user to the account; [`crate::Error::NotFound`]`("account")` if there is no
-    /// such account, [`crate::Error::EmailTaken`] if the email is in use (any case).
+    /// such account, [`crate::Error::EmailTaken`] if the email is in use (any case), a
+    /// conflict `no_free_seat` when an active member would exceed the valid seats
+    /// ([`crate::seats`]), checked under the account lock.
     async fn create(&self, account: AccountId, new: NewUser, actor: &Actor, now: OffsetDateTime) -> Result<User>;
     /// Changes a user, enforcing [`check_patch`](super::check_patch) inside the write transaction.
     async fn update(
@@ -60,6 +62,16 @@ pub trait UserStore: Send + Sync + std::fmt::Debug {
         account: AccountId,
         user: UserId,
         patch: UserPatch,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) -> Result<User>;
+    /// Replaces a member's grants ([`check_grants_target`](super::check_grants_target));
+    /// every company named must be the account's. Audited with the new list.
+    async fn set_grants(
+        &self,
+        account: AccountId,
+        user: UserId,
+        grants: Vec<crate::access::Grant>,
         actor: &Actor,
         now: OffsetDateTime,
     ) -> Result<User>;

@@ -31,6 +31,45 @@ impl SqlResets {
     }
 }
 
+impl SqlResets {
+    /// Stores `token` with its audit line and mail in one transaction; with
+    /// `replace_others`, the user's outstanding links stop working in it too.
+    async fn store(
+        &self,
+        user: &User,
+        token: &IssuedToken,
+        mail: &OutgoingMail,
+        entry: &AuditEntry,
+        now: OffsetDateTime,
+        replace_others: bool,
+    ) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        if replace_others {
+            sqlx::query("UPDATE password_resets SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL")
+                .bind(to_unix(now))
+                .bind(user.id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO password_resets (digest, user_id, account_id, expires_at, used_at, created_at) \
+             VALUES ($1, $2, $3, $4, NULL, $5)",
+        )
+        .bind(&token.digest)
+        .bind(user.id.to_string())
+        .bind(user.account_id.to_string())
+        .bind(to_unix(token.expires_at))
+        .bind(to_unix(now))
+        .execute(&mut *tx)
+        .await;
+        inserted?;
+        audit(&mut *tx, entry).await?;
+        self.outbox.send_in(&mut tx, mail, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ResetStore for SqlResets {
     async fn issue(
@@ -41,22 +80,18 @@ impl ResetStore for SqlResets {
         entry: &AuditEntry,
         now: OffsetDateTime,
     ) -> Result<()> {
-        let mut tx = self.db.begin().await?;
-        sqlx::query(
-            "INSERT INTO password_resets (digest, user_id, account_id, expires_at, used_at, created_at) \
-             VALUES ($1, $2, $3, $4, NULL, $5)",
-        )
-        .bind(&token.digest)
-        .bind(user.id.to_string())
-        .bind(user.account_id.to_string())
-        .bind(to_unix(token.expires_at))
-        .bind(to_unix(now))
-        .execute(&mut *tx)
-        .await?;
-        audit(&mut *tx, entry).await?;
-        self.outbox.send_in(&mut tx, mail, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.store(user, token, mail, entry, now, false).await
+    }
+
+    async fn rotate(
+        &self,
+        user: &User,
+        token: &IssuedToken,
+        mail: &OutgoingMail,
+        entry: &AuditEntry,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        self.store(user, token, mail, entry, now, true).await
     }
 
     async fn find(&self, digest: &str) -> Result<Option<StoredReset>> {

@@ -4,6 +4,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ponte_identity::password;
 use ponte_identity::session::Session;
+use ponte_linking::access::{self, Grant, GrantJson};
 use ponte_linking::account::manage::{self, UserStores};
 use ponte_linking::account::{
     Account, Lang, NewUser, Role, User, UserPatch, UserStatus, check_new_user_role, parse_name,
@@ -12,6 +13,7 @@ use ponte_linking::audit::AuditEntry;
 use ponte_linking::email::Email;
 use ponte_linking::federation;
 use ponte_linking::ids::{AccountId, UserId};
+use ponte_linking::seats::SeatUsage;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -26,6 +28,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/{account}").get(get_account))
         .service(web::resource("/{account}/users").get(list_users).post(create_user))
         .service(web::resource("/{account}/users/{user}").get(get_user).patch(update_user).delete(delete_user))
+        .service(web::resource("/{account}/users/{user}/permissions").put(put_permissions))
+        .service(web::resource("/{account}/users/{user}/password-link").post(send_password_link))
         .service(web::resource("/{account}/users/{user}/sessions").get(list_sessions))
         .service(web::resource("/{account}/users/{user}/sessions/{session}").delete(revoke_session))
         .service(web::resource("/{account}/users/{user}/identities").get(list_identities))
@@ -44,6 +48,8 @@ pub struct AccountView {
     pub name: String,
     /// `active` or `disabled`.
     pub status: String,
+    /// Additional-user seats now.
+    pub seats: SeatsView,
     /// Creation time (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -52,12 +58,31 @@ pub struct AccountView {
     pub updated_at: OffsetDateTime,
 }
 
-impl From<Account> for AccountView {
-    fn from(a: Account) -> Self {
+/// An account's seats at this moment.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeatsView {
+    /// Seats of the paid grants that count now.
+    pub valid: u32,
+    /// Active members (owners and admins take no seat).
+    pub used: u32,
+    /// Seats nobody takes.
+    pub free: u32,
+}
+
+impl From<SeatUsage> for SeatsView {
+    fn from(u: SeatUsage) -> Self {
+        Self { valid: u.valid, used: u.used, free: u.free() }
+    }
+}
+
+impl AccountView {
+    /// The account with its seats.
+    pub fn of(a: Account, seats: SeatUsage) -> Self {
         Self {
             id: a.id.to_string(),
             name: a.name,
             status: a.status.as_str().into(),
+            seats: seats.into(),
             created_at: a.created_at,
             updated_at: a.updated_at,
         }
@@ -79,6 +104,12 @@ pub struct UserView {
     pub role: String,
     /// `active`, `disabled` or `suspended`.
     pub status: String,
+    /// Why the system set the status (`seats_lapsed`); absent when a person set it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// A member's grants (owners and admins may do everything and list none).
+    #[schema(value_type = Vec<GrantView>)]
+    pub permissions: Vec<GrantJson>,
     /// Whether a password is set.
     pub has_password: bool,
     /// The language its mail is written in: `it` or `en`.
@@ -100,6 +131,8 @@ impl From<User> for UserView {
             name: u.name,
             role: u.role.as_str().into(),
             status: u.status.as_str().into(),
+            status_reason: u.status_reason,
+            permissions: u.grants.iter().map(Grant::to_json).collect(),
             has_password: u.has_password,
             language: u.lang.as_str().into(),
             created_at: u.created_at,
@@ -155,8 +188,32 @@ pub struct CreateUser {
     pub role: String,
     /// Optional password (10 to 256 characters).
     pub password: Option<String>,
+    /// Instead of a password: mail the user a single-use link to choose one (7 days).
+    pub send_password_link: Option<bool>,
     /// `it` (the default) or `en`: the language of the user's mail.
     pub language: Option<String>,
+    /// A member's grants; owners and admins may do everything and take none.
+    #[schema(value_type = Option<Vec<GrantView>>)]
+    pub permissions: Option<Vec<GrantJson>>,
+}
+
+/// One grant: a permission on every company (`"all"`) or on a list of company ids.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GrantView {
+    /// From the catalogue (`GET /api/v1/permissions`), e.g. `invoices:read`.
+    pub permission: String,
+    /// `"all"`, or a non-empty list of the account's company ids.
+    #[schema(value_type = Object)]
+    pub companies: serde_json::Value,
+}
+
+/// `PUT /api/v1/accounts/{account}/users/{user}/permissions`: the member's whole grant list.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutPermissions {
+    /// Replaces every grant the member had.
+    #[schema(value_type = Vec<GrantView>)]
+    pub permissions: Vec<GrantJson>,
 }
 
 /// `PATCH /api/v1/accounts/{account}/users/{user}`: only the fields given change.
@@ -375,6 +432,39 @@ async fn hash_optional_password(password: Option<String>, field: &'static str) -
     }
 }
 
+/// The grants of a request, each parsed; the error names the entry at fault.
+fn parse_grants(input: &[GrantJson]) -> Result<Vec<Grant>, Problem> {
+    if input.len() > 64 {
+        return Err(Problem::validation("permissions", "at most 64 grants"));
+    }
+    input
+        .iter()
+        .enumerate()
+        .map(|(i, g)| Grant::parse(g).map_err(|m| Problem::validation(format!("permissions[{i}]"), m)))
+        .collect()
+}
+
+fn forbidden(detail: &str) -> Problem {
+    Problem::new(actix_web::http::StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail(detail)
+}
+
+/// A member with `users:manage` manages members only, and grants only what they hold.
+fn check_delegation(caller: &Caller, target_role: Role, grants: &[Grant]) -> Result<(), Problem> {
+    let Some(who) = caller.principal() else { return Ok(()) };
+    if !access::may_manage(who, target_role) {
+        return Err(forbidden("Members who manage users manage members only."));
+    }
+    if !access::may_grant(who, grants) {
+        return Err(forbidden("You can grant only permissions you hold, on the companies you hold them on."));
+    }
+    Ok(())
+}
+
+/// Seats of `account` now, for its JSON.
+async fn seats_now(state: &AppState, account: AccountId) -> Result<SeatUsage, Problem> {
+    Ok(state.seats.usage(account, state.now()).await?)
+}
+
 /// Only the owner (or the POS backend) may change or remove the owner: an admin must not
 /// be able to take the account over by resetting the owner's email or password.
 fn guard_owner(caller: &Caller, target: &User) -> Result<(), Problem> {
@@ -387,7 +477,7 @@ fn guard_owner(caller: &Caller, target: &User) -> Result<(), Problem> {
     }
 }
 
-pub(crate) async fn require_account(state: &AppState, account: AccountId) -> Result<Account, Problem> {
+pub async fn require_account(state: &AppState, account: AccountId) -> Result<Account, Problem> {
     state.accounts.get(account).await?.ok_or_else(|| Problem::not_found("account_not_found", "No such account."))
 }
 
@@ -401,6 +491,9 @@ async fn require_user(state: &AppState, account: AccountId, user: UserId) -> Res
 }
 
 type ApiResult = Result<HttpResponse, Problem>;
+
+/// What managing users takes: owners and admins, or a member granted `users:manage`.
+const USERS_MANAGE: Need = Need::Permission(access::Permission::UsersManage, access::Target::Account);
 
 const PROBLEM: &str = "application/problem+json";
 
@@ -430,12 +523,12 @@ pub async fn create_account(
     let email = Email::parse(&body.owner.email).map_err(|e| refield("owner.email", e))?;
     let password_hash = hash_optional_password(body.owner.password, "owner.password").await?;
     let lang = parse_lang("owner.language", body.owner.language.as_deref())?.unwrap_or(Lang::It);
-    let owner = NewUser { email, name: owner_name, role: Role::Owner, password_hash, lang };
+    let owner = NewUser { email, name: owner_name, role: Role::Owner, password_hash, lang, grants: Vec::new() };
     let (account, owner) = state.accounts.create(name, owner, &caller.actor(&req), state.now()).await?;
     let id = account.id.to_string();
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/accounts/{id}")))
-        .json(CreatedAccount { id, account: account.into(), owner: owner.into() }))
+        .json(CreatedAccount { id, account: AccountView::of(account, SeatUsage::default()), owner: owner.into() }))
 }
 
 /// One account.
@@ -444,7 +537,8 @@ pub async fn create_account(
     responses((status = 200, body = AccountView), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
 pub async fn get_account(caller: Caller, path: web::Path<AccountPath>, state: web::Data<AppState>) -> ApiResult {
     caller.check(Some(path.account), Need::Member)?;
-    Ok(HttpResponse::Ok().json(AccountView::from(require_account(&state, path.account).await?)))
+    let account = require_account(&state, path.account).await?;
+    Ok(HttpResponse::Ok().json(AccountView::of(account, seats_now(&state, path.account).await?)))
 }
 
 /// The account's users.
@@ -452,7 +546,7 @@ pub async fn get_account(caller: Caller, path: web::Path<AccountPath>, state: we
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = UserList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
 pub async fn list_users(caller: Caller, path: web::Path<AccountPath>, state: web::Data<AppState>) -> ApiResult {
-    caller.check(Some(path.account), Need::Manage)?;
+    caller.check(Some(path.account), USERS_MANAGE)?;
     require_account(&state, path.account).await?;
     let users = state.users.list(path.account).await?;
     Ok(HttpResponse::Ok().json(UserList { users: users.into_iter().map(Into::into).collect() }))
@@ -474,18 +568,36 @@ pub async fn create_user(
     body: web::Json<CreateUser>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    caller.check(Some(path.account), Need::Manage)?;
+    caller.check(Some(path.account), USERS_MANAGE)?;
     let body = body.into_inner();
     let email = Email::parse(&body.email)?;
     let name = parse_name("name", &body.name)?;
     let role = parse_role(&body.role)?;
     let lang = parse_lang("language", body.language.as_deref())?.unwrap_or(Lang::It);
-    require_account(&state, path.account).await?;
+    let grants = parse_grants(body.permissions.as_deref().unwrap_or_default())?;
+    if role != Role::Member && !grants.is_empty() {
+        return Err(Problem::validation(
+            "permissions",
+            "owners and admins may do everything: grant permissions to members",
+        ));
+    }
+    let send_link = body.send_password_link.unwrap_or(false);
+    if send_link && body.password.is_some() {
+        return Err(Problem::validation("send_password_link", "give a password or send a link, not both"));
+    }
+    check_delegation(&caller, role, &grants)?;
+    let account = require_account(&state, path.account).await?;
     let password_hash = hash_optional_password(body.password, "password").await?;
-    let user = state
-        .users
-        .create(path.account, NewUser { email, name, role, password_hash, lang }, &caller.actor(&req), state.now())
-        .await?;
+    let actor = caller.actor(&req);
+    let new = NewUser { email, name, role, password_hash, lang, grants };
+    let user = state.users.create(path.account, new, &actor, state.now()).await?;
+    if send_link {
+        // The user exists already: a mail queue that is away must not make the POS
+        // backend retry the creation (it would get email_taken). The link can be resent.
+        if let Err(e) = state.recovery().send_setup_link(&user, &account.name, &actor, state.now()).await {
+            tracing::warn!(user = %user.id, error = %e, "the set-password link was not queued; resend it");
+        }
+    }
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/accounts/{}/users/{}", path.account, user.id)))
         .json(UserView::from(user)))
@@ -516,7 +628,7 @@ pub async fn update_user(
     body: web::Json<UpdateUser>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    caller.check(Some(path.account), Need::Manage)?;
+    caller.check(Some(path.account), USERS_MANAGE)?;
     let body = body.into_inner();
     let patch = UserPatch {
         lang: parse_lang("language", body.language.as_deref())?,
@@ -536,7 +648,10 @@ pub async fn update_user(
             .transpose()?,
         password_hash: hash_optional_password(body.password, "password").await?,
     };
-    guard_owner(&caller, &require_user(&state, path.account, path.user).await?)?;
+    let target = require_user(&state, path.account, path.user).await?;
+    guard_owner(&caller, &target)?;
+    check_delegation(&caller, target.role, &[])?;
+    check_delegation(&caller, patch.role.unwrap_or(target.role), &[])?;
     let user =
         manage::update_user(user_stores(&state), path.account, path.user, patch, &caller.actor(&req), state.now())
             .await?;
@@ -562,8 +677,10 @@ pub async fn delete_user(
     path: web::Path<UserPath>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    caller.check(Some(path.account), Need::Manage)?;
-    guard_owner(&caller, &require_user(&state, path.account, path.user).await?)?;
+    caller.check(Some(path.account), USERS_MANAGE)?;
+    let target = require_user(&state, path.account, path.user).await?;
+    guard_owner(&caller, &target)?;
+    check_delegation(&caller, target.role, &[])?;
     manage::delete_user(user_stores(&state), path.account, path.user, &caller.actor(&req), state.now()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -591,6 +708,10 @@ pub async fn revoke_session(
 ) -> ApiResult {
     caller.check(Some(path.account), Need::ManageOrSelf(path.user))?;
     let user = require_user(&state, path.account, path.user).await?;
+    if caller_user(&caller) != Some(user.id) {
+        guard_owner(&caller, &user)?;
+        check_delegation(&caller, user.role, &[])?;
+    }
     if path.session.len() > 64 || !state.sessions.revoke(user.id, &path.session).await? {
         return Err(Problem::not_found("session_not_found", "No such live session for this user."));
     }
@@ -653,8 +774,8 @@ pub async fn unlink_identity(
     path: web::Path<IdentityPath>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    caller.check(Some(path.account), Need::Manage)?;
-    require_user(&state, path.account, path.user).await?;
+    caller.check(Some(path.account), USERS_MANAGE)?;
+    check_delegation(&caller, require_user(&state, path.account, path.user).await?.role, &[])?;
     let (store, links, actor) = (state.sessions.store().as_ref(), state.links.as_ref(), caller.actor(&req));
     let integrations = state.integrations.as_ref();
     if path.provider.len() > 64
@@ -664,4 +785,65 @@ pub async fn unlink_identity(
         return Err(Problem::not_found("identity_not_found", "This user has no identity linked at that provider."));
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Replaces a member's grants. Tokens issued before keep the old ones until their next
+/// refresh; the REST API and introspection use the new ones at once.
+#[utoipa::path(put, path = "/api/v1/accounts/{account}/users/{user}/permissions", tag = "users", params(UserPath),
+    request_body = PutPermissions, security(("bearer" = ["ponte.admin"])),
+    responses(
+        (status = 200, body = UserView),
+        (status = 403, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "not_a_member", body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
+    ))]
+pub async fn put_permissions(
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<UserPath>,
+    body: web::Json<PutPermissions>,
+    state: web::Data<AppState>,
+) -> ApiResult {
+    caller.check(Some(path.account), USERS_MANAGE)?;
+    let grants = parse_grants(&body.permissions)?;
+    let target = require_user(&state, path.account, path.user).await?;
+    check_delegation(&caller, target.role, &grants)?;
+    if caller.principal().is_some() && Some(path.user) == caller_user(&caller) {
+        return Err(forbidden("Nobody changes their own permissions."));
+    }
+    let user = state.users.set_grants(path.account, path.user, grants, &caller.actor(&req), state.now()).await?;
+    Ok(HttpResponse::Ok().json(UserView::from(user)))
+}
+
+fn caller_user(caller: &Caller) -> Option<UserId> {
+    match caller {
+        Caller::User { user, .. } => Some(*user),
+        Caller::Backend { .. } => None,
+    }
+}
+
+/// Mails the user a new single-use link to choose a password (7 days); the link sent
+/// before stops working.
+#[utoipa::path(post, path = "/api/v1/accounts/{account}/users/{user}/password-link", tag = "users", params(UserPath),
+    security(("bearer" = ["ponte.admin"])),
+    responses(
+        (status = 202, description = "The link is queued for delivery"),
+        (status = 403, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 409, description = "user_not_active", body = crate::problem::ProblemBody, content_type = PROBLEM),
+    ))]
+pub async fn send_password_link(
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<UserPath>,
+    state: web::Data<AppState>,
+) -> ApiResult {
+    caller.check(Some(path.account), USERS_MANAGE)?;
+    let account = require_account(&state, path.account).await?;
+    let target = require_user(&state, path.account, path.user).await?;
+    guard_owner(&caller, &target)?;
+    check_delegation(&caller, target.role, &[])?;
+    state.recovery().send_setup_link(&target, &account.name, &caller.actor(&req), state.now()).await?;
+    Ok(HttpResponse::Accepted().finish())
 }

@@ -13,6 +13,7 @@ use crate::auth::{Caller, Need};
 use crate::problem::{Problem, ProblemBody};
 use crate::routes::api::{AccountPath, require_account};
 use crate::state::AppState;
+use ponte_linking::access::{Permission, Target as On};
 
 /// Registers the company routes inside the `/api/v1/accounts` scope.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -182,7 +183,8 @@ pub async fn list_companies(caller: Caller, path: web::Path<AccountPath>, state:
     caller.check(Some(path.account), Need::Member)?;
     require_account(&state, path.account).await?;
     let companies = state.companies.list(path.account).await?;
-    let companies = companies.iter().map(CompanyView::of).collect::<Result<_, _>>()?;
+    // A member sees the companies they hold some permission on.
+    let companies = companies.iter().filter(|c| caller.sees(c.id)).map(CompanyView::of).collect::<Result<_, _>>()?;
     Ok(HttpResponse::Ok().json(CompanyList { companies }))
 }
 
@@ -215,7 +217,7 @@ pub async fn create_company(
     security(("bearer" = ["ponte.admin"])),
     responses((status = 200, body = CompanyView), (status = 404, body = ProblemBody, content_type = PROBLEM)))]
 pub async fn get_company(caller: Caller, path: web::Path<CompanyPath>, state: web::Data<AppState>) -> ApiResult {
-    caller.check(Some(path.account), Need::Member)?;
+    caller.check(Some(path.account), Need::AnyOn(path.company))?;
     Ok(HttpResponse::Ok().json(CompanyView::of(&require_company(&state, path.account, path.company).await?)?))
 }
 
@@ -235,7 +237,7 @@ pub async fn update_company(
     body: web::Json<CompanyFields>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    caller.check(Some(path.account), Need::Manage)?;
+    caller.check(Some(path.account), Need::Permission(Permission::SettingsManage, On::Company(path.company)))?;
     require_account(&state, path.account).await?;
     let draft = CompanyDraft::from(body.into_inner());
     let company = state.companies.update(path.account, path.company, &draft, &caller.actor(&req), state.now()).await?;

@@ -3,6 +3,7 @@
 //! at a glance. Each action is idempotent: repeating it answers the current state.
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use ponte_linking::access::{Permission, Target as On};
 use ponte_linking::company::{Company, CompanyData};
 use ponte_linking::ids::{AccountId, CompanyId, InviteId, UserId};
 use ponte_linking::integration::actions::{self, Stores, Target};
@@ -342,14 +343,23 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &web::Bytes) ->
         .map_err(|e| Problem::bad_request("invalid_json", format!("The body is not valid: {e}")))
 }
 
+/// What a handler does with a company's integration, and so what it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// Read its status: any permission on the company.
+    Read,
+    /// Act on it, its invites or its credentials: `integrations:manage` on the company.
+    Drive,
+}
+
 async fn target(
     state: &AppState,
     caller: &Caller,
     req: &HttpRequest,
     path: &IntegrationPath,
-    need: Need,
+    use_: Use,
 ) -> Result<Target, Problem> {
-    Ok(target_company(state, caller, req, path, need).await?.0)
+    Ok(target_company(state, caller, req, path, use_).await?.0)
 }
 
 /// [`target`] with the company it names, for a handler that needs its data too.
@@ -358,8 +368,12 @@ async fn target_company(
     caller: &Caller,
     req: &HttpRequest,
     path: &IntegrationPath,
-    need: Need,
+    use_: Use,
 ) -> Result<(Target, Company), Problem> {
+    let need = match use_ {
+        Use::Read => Need::AnyOn(path.company),
+        Use::Drive => Need::Permission(Permission::IntegrationsManage, On::Company(path.company)),
+    };
     caller.check(Some(path.account), need)?;
     let kind = parse_kind(&path.kind)?;
     let company = require_company(state, path.account, path.company).await?;
@@ -401,7 +415,7 @@ pub async fn list_integrations(caller: Caller, path: web::Path<AccountPath>, sta
     let now = state.now();
     let mut integrations = state.integrations.for_account(path.account).await?;
     let mut companies = Vec::new();
-    for company in state.companies.list(path.account).await? {
+    for company in state.companies.list(path.account).await?.into_iter().filter(|c| caller.sees(c.id)) {
         let mut views = Vec::new();
         for i in integrations.extract_if(.., |i| i.company_id == company.id) {
             let invites = state.integrations.invites(path.account, company.id, i.kind).await?;
@@ -429,7 +443,7 @@ pub async fn get_integration(
     path: web::Path<IntegrationPath>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    let t = target(&state, &caller, &req, &path, Need::Member).await?;
+    let t = target(&state, &caller, &req, &path, Use::Read).await?;
     Ok(HttpResponse::Ok().json(view(&state, &t).await?))
 }
 
@@ -443,7 +457,7 @@ pub async fn disable(
     path: web::Path<IntegrationPath>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    let t = target(&state, &caller, &req, &path, Need::Manage).await?;
+    let t = target(&state, &caller, &req, &path, Use::Drive).await?;
     answer(&state, &t, actions::disable(state.integrations.as_ref(), &t).await?).await
 }
 
@@ -468,7 +482,7 @@ pub async fn reactivate(
     state: web::Data<AppState>,
 ) -> ApiResult {
     let body: ReactivateBody = optional_body(&body)?;
-    let (t, company) = target_company(&state, &caller, &req, &path, Need::Manage).await?;
+    let (t, company) = target_company(&state, &caller, &req, &path, Use::Drive).await?;
     let data = match body.company {
         Some(fields) => CompanyData::parse(&fields.into()).map_err(ponte_linking::Error::from)?,
         None => company.data,
@@ -493,7 +507,7 @@ pub async fn confirm(
     state: web::Data<AppState>,
 ) -> ApiResult {
     let body: ConfirmBody = optional_body(&body)?;
-    let t = target(&state, &caller, &req, &path, Need::Manage).await?;
+    let t = target(&state, &caller, &req, &path, Use::Drive).await?;
     answer(&state, &t, actions::confirm(stores(&state), &t, body.invitee).await?).await
 }
 
@@ -511,7 +525,7 @@ pub async fn retry(
     path: web::Path<IntegrationPath>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    let t = target(&state, &caller, &req, &path, Need::Manage).await?;
+    let t = target(&state, &caller, &req, &path, Use::Drive).await?;
     answer(&state, &t, actions::retry(state.integrations.as_ref(), &t).await?).await
 }
 
@@ -525,7 +539,7 @@ pub async fn list_invites(
     path: web::Path<IntegrationPath>,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    let t = target(&state, &caller, &req, &path, Need::Manage).await?;
+    let t = target(&state, &caller, &req, &path, Use::Drive).await?;
     let invites = state.integrations.invites(t.account, t.company, t.kind).await?;
     Ok(HttpResponse::Ok().json(InviteList { invites: invites.iter().map(|i| InviteView::of(i, t.now)).collect() }))
 }
@@ -547,7 +561,7 @@ pub async fn resend_invite(
 ) -> ApiResult {
     let path = path.into_inner();
     let one = IntegrationPath { account: path.account, company: path.company, kind: path.kind };
-    let t = target(&state, &caller, &req, &one, Need::Manage).await?;
+    let t = target(&state, &caller, &req, &one, Use::Drive).await?;
     let invite = state.integrations.resend(t.account, t.company, t.kind, path.invite, &t.actor, t.now).await??;
     Ok(HttpResponse::Ok().json(InviteView::of(&invite, t.now)))
 }
@@ -583,7 +597,7 @@ async fn credentials_target(
     req: &HttpRequest,
     path: &IntegrationPath,
 ) -> Result<CredentialsTarget, Problem> {
-    let t = target(state, caller, req, path, Need::Manage).await?;
+    let t = target(state, caller, req, path, Use::Drive).await?;
     let company = require_company(state, t.account, t.company).await?;
     Ok(CredentialsTarget {
         account: t.account,
@@ -610,7 +624,7 @@ pub async fn put_credentials(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> ApiResult {
-    let t = target(&state, &caller, &req, &path, Need::Manage).await?;
+    let t = target(&state, &caller, &req, &path, Use::Drive).await?;
     // Parsed by hand: serde's message could quote a value, and values are secrets here.
     let body: CredentialsBody = serde_json::from_slice(&body).map_err(|e| {
         Problem::bad_request(

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod pages;
 pub mod permissions;
 pub mod recovery;
+pub mod seats;
 pub mod token;
 
 use actix_web::{HttpResponse, web};
@@ -33,6 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1/accounts")
             .configure(api::configure)
+            .configure(seats::configure)
             .configure(companies::configure)
             .configure(integrations::configure),
     );

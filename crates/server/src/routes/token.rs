@@ -290,6 +290,10 @@ pub struct UserInfo {
     name: Option<String>,
     account_id: String,
     role: String,
+    /// With scope `profile`: `{"role": …, "permissions": {"<permission>": "all" | [company ids]}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    access: Option<serde_json::Value>,
 }
 
 fn bearer_error(status: StatusCode, error: &str, description: &str) -> HttpResponse {
@@ -315,6 +319,7 @@ pub async fn userinfo(req: HttpRequest, state: web::Data<AppState>) -> Result<Ht
             name: c.name,
             account_id: c.account_id,
             role: c.role,
+            access: c.access,
         }),
         UserInfoOutcome::InvalidToken(why) => bearer_error(StatusCode::UNAUTHORIZED, "invalid_token", why),
         UserInfoOutcome::InsufficientScope => {

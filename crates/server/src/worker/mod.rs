@@ -10,9 +10,11 @@
 pub mod mail;
 pub mod platform;
 pub mod registry;
+pub mod seats;
 pub mod smtp;
 
 pub use registry::{JobHandler, Registry};
+pub use seats::{Periodic, SeatSweep};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -79,6 +81,8 @@ pub struct Worker {
     registry: Registry,
     settings: Settings,
     clock: Arc<dyn Clock>,
+    /// Work on a timer beside the queue (the seat sweep), each on a task of its own.
+    periodic: Vec<Arc<dyn Periodic>>,
 }
 
 /// Jobs claimed by this worker and not yet finished: their leases are released at shutdown.
@@ -92,7 +96,13 @@ pub fn housekeeping_every(w: &WorkerConfig) -> StdDuration {
 impl Worker {
     /// A worker over `store` running the handlers in `registry`.
     pub fn new(store: Arc<SqlJobs>, registry: Registry, settings: Settings, clock: Arc<dyn Clock>) -> Self {
-        Self { store, registry, settings, clock }
+        Self { store, registry, settings, clock, periodic: Vec::new() }
+    }
+
+    /// Also runs `task` every `task.every()` until shutdown.
+    pub fn with_periodic(mut self, task: Arc<dyn Periodic>) -> Self {
+        self.periodic.push(task);
+        self
     }
 
     /// The worker `ponte serve` and `ponte worker` run: every built-in job kind, on the
@@ -134,12 +144,15 @@ impl Worker {
                     clock: clock.clone(),
                 }),
             );
-        Ok(Self::new(state.jobs.clone(), registry, settings, state.clock.clone()))
+        let sweep = SeatSweep::of(state);
+        Ok(Self::new(state.jobs.clone(), registry, settings, state.clock.clone()).with_periodic(Arc::new(sweep)))
     }
 
     /// Runs until `shutdown` turns true, then drains as described in the module docs.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let wake = self.store.waker();
+        let periodic: Vec<_> =
+            self.periodic.iter().map(|p| tokio::spawn(seats::run_periodic(p.clone(), shutdown.clone()))).collect();
         let mut listener = None;
         if let Some(url) = self.settings.listen_url.clone() {
             listener = Some(tokio::spawn(listen(url, wake.clone(), shutdown.clone())));
@@ -224,6 +237,9 @@ impl Worker {
         }
         if let Some(l) = listener {
             l.abort();
+        }
+        for p in periodic {
+            p.abort();
         }
         tracing::info!("worker stopped");
     }

@@ -55,6 +55,7 @@ async fn accounts_and_users_lifecycle() {
     assert_eq!(got["name"], "Bar Sport");
 
     let users_url = app.url(&format!("/api/v1/accounts/{account}/users"));
+    app.paid_seats(&token, account, 2).await;
     let member = http
         .post(&users_url)
         .bearer_auth(&token)

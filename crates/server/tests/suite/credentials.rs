@@ -322,6 +322,7 @@ async fn one_of_each(db: &Database, keys: &MasterKeys) -> (AccountId, CompanyId)
         role: Role::Owner,
         password_hash: None,
         lang: ponte_linking::account::Lang::It,
+        grants: Vec::new(),
     };
     let (_, owner) =
         SqlAccounts::new(db.clone()).create("Bar Sport".into(), owner, &Actor::system(), now).await.unwrap();

@@ -481,6 +481,7 @@ async fn unlink_then_login_is_refused_and_relink_works() {
 async fn members_cannot_connect_and_bad_return_to_is_refused() {
     let world = World::new().await;
     let account = world.account["id"].as_str().unwrap();
+    world.ponte.paid_seats(&world.admin_token, account, 1).await;
     world
         .ponte
         .browser()

@@ -285,6 +285,33 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Buys `n` seats for `account` and registers their payment, as the POS backend does;
+    /// returns the grant id.
+    pub async fn paid_seats(&self, token: &str, account: &str, n: u32) -> String {
+        let http = self.browser();
+        let order = json!({"quantity": n, "order_reference": format!("ORD-{}", uuid::Uuid::new_v4())});
+        let grant = http
+            .post(self.url(&format!("/api/v1/accounts/{account}/seats")))
+            .bearer_auth(token)
+            .json(&order)
+            .send()
+            .await
+            .expect("buy seats");
+        assert_eq!(grant.status(), 201);
+        let grant: Value = grant.json().await.expect("grant json");
+        let id = grant["id"].as_str().expect("grant id").to_owned();
+        let paid = http
+            .post(self.url(&format!("/api/v1/accounts/{account}/seats/{id}/paid")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("pay seats");
+        assert_eq!(paid.status(), 200);
+        id
+    }
+}
+
 /// `ManualClock::now` through the trait, without importing it in every test.
 pub trait NowForTest {
     fn now_for_test(&self) -> OffsetDateTime;

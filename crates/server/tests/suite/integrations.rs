@@ -103,6 +103,7 @@ impl World {
             role: Role::Owner,
             password_hash: None,
             lang: Lang::It,
+            grants: Vec::new(),
         };
         let (_, owner) = accounts.create("Bar Sport".into(), owner, &Actor::system(), now).await.unwrap();
         let links = SqlLinks::new(db.clone());

@@ -121,6 +121,7 @@ async fn disabled_users_cannot_sign_in_and_lose_their_sessions() {
     let (app, account) = app_with_owner().await;
     let token = app.admin_token().await;
     let account_id = account["id"].as_str().unwrap();
+    app.paid_seats(&token, account_id, 1).await;
     let created = app
         .browser()
         .post(app.url(&format!("/api/v1/accounts/{account_id}/users")))

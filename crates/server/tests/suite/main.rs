@@ -27,6 +27,7 @@ mod platform;
 mod process;
 mod recovery;
 mod resilience;
+mod seats;
 mod sessions;
 mod sink;
 mod storage;

@@ -467,6 +467,7 @@ async fn user_tokens_act_within_their_account_by_role() {
     let flow = Flow::new(true, false).await;
     let admin_token = flow.app.admin_token().await;
     let account = flow.account["id"].as_str().unwrap().to_owned();
+    flow.app.paid_seats(&admin_token, &account, 1).await;
     let http = flow.app.browser();
     let member: Value = http
         .post(flow.app.url(&format!("/api/v1/accounts/{account}/users")))
@@ -639,6 +640,7 @@ async fn introspection_turns_inactive_when_the_user_is_disabled() {
     let flow = Flow::new(true, false).await;
     let admin_token = flow.app.admin_token().await;
     let account = flow.account["id"].as_str().unwrap().to_owned();
+    flow.app.paid_seats(&admin_token, &account, 1).await;
     let http = flow.app.browser();
     let member: Value = http
         .post(flow.app.url(&format!("/api/v1/accounts/{account}/users")))

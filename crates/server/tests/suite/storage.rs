@@ -21,6 +21,7 @@ use ponte_linking::audit::{Actor, AuditEntry, AuditLog};
 use ponte_linking::email::Email;
 use ponte_linking::ids::{AccountId, UserId};
 use ponte_linking::links::{Decision, Links, SqlLinks};
+use ponte_linking::seats::{NewSeatGrant, SeatStore};
 
 use crate::harness::{TestDb, now};
 
@@ -31,6 +32,7 @@ fn new_user(email: &str, role: Role) -> NewUser {
         role,
         password_hash: Some("$argon2id$fake".into()),
         lang: Lang::En,
+        grants: Vec::new(),
     }
 }
 
@@ -40,6 +42,7 @@ struct Stores {
     accounts: Box<dyn AccountStore>,
     users: Box<dyn UserStore>,
     audit: Box<dyn AuditLog>,
+    seats: Box<dyn SeatStore>,
 }
 
 impl Stores {
@@ -49,6 +52,7 @@ impl Stores {
             accounts: Box::new(SqlAccounts::new(db.clone())),
             users: Box::new(SqlUsers::new(db.clone())),
             audit: Box::new(SqlAudit::new(db.clone())),
+            seats: Box::new(crate::seats::seat_store(&db)),
             db,
         }
     }
@@ -59,11 +63,21 @@ impl Stores {
         n
     }
 
-    /// An account with its owner `email`, made by the POS backend.
+    /// An account with its owner `email`, made by the POS backend, with five paid seats
+    /// so members can be added.
     async fn account(&self, name: &str, email: &str) -> (AccountId, User) {
         let (account, owner) =
             self.accounts.create(name.into(), new_user(email, Role::Owner), &backend(), now()).await.unwrap();
+        self.paid_seats(account.id, 5).await;
         (account.id, owner)
+    }
+
+    /// Buys and pays `n` seats for `account`.
+    async fn paid_seats(&self, account: AccountId, n: u32) {
+        let order =
+            NewSeatGrant { quantity: n, order_reference: format!("ORD-{}", UserId::new()), extend_other_grants: false };
+        let grant = self.seats.create(account, order, &backend(), now()).await.unwrap();
+        self.seats.pay(account, grant.id, &backend(), now()).await.unwrap();
     }
 
     async fn actions(&self, account: AccountId) -> Vec<String> {
@@ -105,6 +119,7 @@ async fn account_with_owner_then_users_with_rules_and_audit() {
         assert!(matches!(dup, Err(Error::EmailTaken)), "{dup:?}");
         let (other, _) =
             s.accounts.create("Other".into(), new_user("luigi@esempio.it", Role::Owner), &actor, t).await.unwrap();
+        s.paid_seats(account.id, 2).await;
 
         let member = s.users.create(account.id, new_user("anna@esempio.it", Role::Member), &actor, t).await.unwrap();
         let users = s.users.list(account.id).await.unwrap();
@@ -409,7 +424,7 @@ async fn the_audit_trail_is_newest_first_limited_and_per_account() {
         assert_eq!(step4.target, Some(format!("user:{}", owner.id)));
         assert_eq!(s.audit.list(account, 1).await.unwrap().len(), 1);
         let all = s.actions(account).await;
-        assert_eq!(all.len(), 9, "5 steps, 2 same-second lines, account.created and user.created: {all:?}");
+        assert_eq!(all.len(), 11, "5 steps, 2 same-second lines, account.created, user.created and the seats: {all:?}");
         assert!(!all.iter().any(|a| a == "test.elsewhere"), "another account's lines never show");
         assert_eq!(s.actions(other).await.first().map(String::as_str), Some("test.elsewhere"));
     }

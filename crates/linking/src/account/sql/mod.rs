@@ -16,11 +16,18 @@ use ponte_identity::db::{Backend, Database, is_unique_violation};
 use sqlx::{Any, Transaction};
 use time::OffsetDateTime;
 
+use std::collections::BTreeSet;
+
 use super::store::{AccountStore, LoginCandidate, UserStore};
-use super::{Account, AccountStatus, Lang, NewUser, Role, User, UserPatch, UserStatus, check_delete, check_patch};
+use super::{
+    Account, AccountStatus, Lang, NewUser, Role, User, UserPatch, UserStatus, check_delete, check_grants_target,
+    check_patch,
+};
+use crate::access::{Companies, Grant, GrantJson};
 use crate::audit::{Actor, AuditEntry, sql::append as audit};
 use crate::email::Email;
-use crate::ids::{AccountId, UserId};
+use crate::ids::{AccountId, CompanyId, UserId};
+use crate::seats;
 use crate::{Error, Result};
 
 /// Locks the account for the rest of `tx`, so the rules checked after it (the owner, the
@@ -59,11 +66,74 @@ impl SqlUsers {
     }
 }
 
-type UserRow = (String, String, String, String, String, String, Option<String>, String, i64, i64);
-const USER_COLUMNS: &str = "id, account_id, email, name, role, status, password_hash, lang, created_at, updated_at";
+type UserRow =
+    (String, String, String, String, String, String, Option<String>, String, String, Option<String>, i64, i64);
+const USER_COLUMNS: &str = "id, account_id, email, name, role, status, password_hash, lang, permissions, status_reason, created_at, updated_at";
+
+/// The stored form of a member's grants: the API's JSON.
+pub(crate) fn grants_json(grants: &[Grant]) -> String {
+    serde_json::to_string(&grants.iter().map(Grant::to_json).collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_grants(stored: &str) -> Option<Vec<Grant>> {
+    let wire: Vec<GrantJson> = serde_json::from_str(stored).ok()?;
+    wire.iter().map(|g| Grant::parse(g).ok()).collect()
+}
+
+/// Every company a grant names must be one of `account`'s (checked inside the write
+/// transaction, so a company cannot be granted by another tenant's id).
+async fn check_grant_companies(tx: &mut Transaction<'_, Any>, account: AccountId, grants: &[Grant]) -> Result<()> {
+    let named: BTreeSet<CompanyId> = grants
+        .iter()
+        .filter_map(|g| match &g.companies {
+            Companies::All => None,
+            Companies::Only(ids) => Some(ids.iter().copied()),
+        })
+        .flatten()
+        .collect();
+    if named.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM companies WHERE account_id = $1")
+        .bind(account.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+    let own: BTreeSet<String> = rows.into_iter().map(|(id,)| id).collect();
+    if let Some(unknown) = named.iter().find(|id| !own.contains(&id.to_string())) {
+        return Err(Error::invalid("permissions", format!("no company {unknown} in this account")));
+    }
+    Ok(())
+}
+
+/// The seat rule for a user going from `before` to `after`, checked after the account lock.
+async fn check_seat(
+    tx: &mut Transaction<'_, Any>,
+    account: AccountId,
+    before: Option<(Role, UserStatus)>,
+    after: (Role, UserStatus),
+    now: OffsetDateTime,
+) -> Result<()> {
+    if seats::needs_seat(before, after) {
+        seats::check_free_seat(seats::sql::usage_in(tx, account, now).await?)?;
+    }
+    Ok(())
+}
 
 fn parse_user(row: UserRow) -> Result<(User, Option<String>)> {
-    let (id, account_id, email, name, role, status, password_hash, lang, created_at, updated_at) = row;
+    let (
+        id,
+        account_id,
+        email,
+        name,
+        role,
+        status,
+        password_hash,
+        lang,
+        permissions,
+        status_reason,
+        created_at,
+        updated_at,
+    ) = row;
     let corrupt = |what: &str| Error::Identity(ponte_identity::Error::Corrupt(format!("user {id}: {what}")));
     let user = User {
         id: id.parse().map_err(|_| corrupt("id"))?,
@@ -74,6 +144,8 @@ fn parse_user(row: UserRow) -> Result<(User, Option<String>)> {
         status: UserStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
         has_password: password_hash.is_some(),
         lang: Lang::parse(&lang).ok_or_else(|| corrupt("lang"))?,
+        grants: parse_grants(&permissions).ok_or_else(|| corrupt("permissions"))?,
+        status_reason,
         created_at: from_unix(created_at),
         updated_at: from_unix(updated_at),
     };
@@ -95,12 +167,14 @@ async fn insert_user(
         status: UserStatus::Active,
         has_password: new.password_hash.is_some(),
         lang: new.lang,
+        grants: new.grants.clone(),
+        status_reason: None,
         created_at: now,
         updated_at: now,
     };
     let result = sqlx::query(
         "INSERT INTO users (id, account_id, email, email_normalized, name, role, status, password_hash, lang, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+         permissions, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
     )
     .bind(user.id.to_string())
     .bind(account.to_string())
@@ -111,6 +185,7 @@ async fn insert_user(
     .bind(user.status.as_str())
     .bind(new.password_hash.clone())
     .bind(new.lang.as_str())
+    .bind(grants_json(&new.grants))
     .bind(to_unix(now))
     .execute(&mut **tx)
     .await;
@@ -200,6 +275,8 @@ impl UserStore for SqlUsers {
         if !lock_account(self.db.backend(), &mut tx, account).await? {
             return Err(Error::NotFound("account"));
         }
+        check_grant_companies(&mut tx, account, &new.grants).await?;
+        check_seat(&mut tx, account, None, (new.role, UserStatus::Active), now).await?;
         let user = insert_user(&mut tx, account, &new, now).await?;
         let detail = format!(r#"{{"role":"{}"}}"#, user.role.as_str());
         audit(&mut *tx, &AuditEntry::for_user(account, user.id, actor, "user.created", now).with_detail(detail))
@@ -221,6 +298,8 @@ impl UserStore for SqlUsers {
         lock_account(self.db.backend(), &mut tx, account).await?;
         let current = select_user(&mut *tx, account, user).await?.ok_or(Error::NotFound("user"))?;
         check_patch(&current, &patch)?;
+        let after = (patch.role.unwrap_or(current.role), patch.status.unwrap_or(current.status));
+        check_seat(&mut tx, account, Some((current.role, current.status)), after, now).await?;
         let mut changed = Vec::new();
         let mut next = current.clone();
         if let Some(email) = &patch.email {
@@ -237,6 +316,8 @@ impl UserStore for SqlUsers {
         }
         if let Some(status) = patch.status {
             next.status = status;
+            // A person decided the status now: the system's reason no longer holds.
+            next.status_reason = None;
             changed.push("status");
         }
         if patch.password_hash.is_some() {
@@ -250,7 +331,8 @@ impl UserStore for SqlUsers {
         next.updated_at = now;
         let result = sqlx::query(
             "UPDATE users SET email = $1, email_normalized = COALESCE($2, email_normalized), name = $3, role = $4, status = $5, \
-             password_hash = COALESCE($6, password_hash), lang = $7, updated_at = $8 WHERE account_id = $9 AND id = $10",
+             password_hash = COALESCE($6, password_hash), lang = $7, updated_at = $8, status_reason = $11 \
+             WHERE account_id = $9 AND id = $10",
         )
         .bind(&next.email)
         .bind(patch.email.as_ref().map(|e| e.normalized()))
@@ -262,6 +344,7 @@ impl UserStore for SqlUsers {
         .bind(to_unix(now))
         .bind(account.to_string())
         .bind(user.to_string())
+        .bind(next.status_reason.clone())
         .execute(&mut *tx)
         .await;
         match result {
@@ -273,6 +356,34 @@ impl UserStore for SqlUsers {
         audit(&mut *tx, &AuditEntry::for_user(account, user, actor, "user.updated", now).with_detail(detail)).await?;
         tx.commit().await?;
         Ok(next)
+    }
+
+    async fn set_grants(
+        &self,
+        account: AccountId,
+        user: UserId,
+        grants: Vec<Grant>,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) -> Result<User> {
+        let mut tx = self.db.begin().await?;
+        lock_account(self.db.backend(), &mut tx, account).await?;
+        let current = select_user(&mut *tx, account, user).await?.ok_or(Error::NotFound("user"))?;
+        check_grants_target(&current)?;
+        check_grant_companies(&mut tx, account, &grants).await?;
+        let stored = grants_json(&grants);
+        sqlx::query("UPDATE users SET permissions = $1, updated_at = $2 WHERE account_id = $3 AND id = $4")
+            .bind(&stored)
+            .bind(to_unix(now))
+            .bind(account.to_string())
+            .bind(user.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let detail = format!(r#"{{"permissions":{stored}}}"#);
+        let entry = AuditEntry::for_user(account, user, actor, "user.permissions_changed", now).with_detail(detail);
+        audit(&mut *tx, &entry).await?;
+        tx.commit().await?;
+        Ok(User { grants, updated_at: now, ..current })
     }
 
     async fn delete(&self, account: AccountId, user: UserId, actor: &Actor, now: OffsetDateTime) -> Result<()> {
@@ -295,9 +406,26 @@ impl UserStore for SqlUsers {
         // nobody; folding it the same way as on insert keeps lookup and uniqueness one rule
         // (and keeps text PostgreSQL refuses, such as NUL, away from the database).
         let Ok(email) = Email::parse(email) else { return Ok(None) };
-        let row: Option<(String, String, String, String, String, String, Option<String>, String, i64, i64, String, String)> = sqlx::query_as(
-            "SELECT u.id, u.account_id, u.email, u.name, u.role, u.status, u.password_hash, u.lang, u.created_at, u.updated_at, \
-             a.status, a.name FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.email_normalized = $1",
+        type CandidateRow = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            String,
+            Option<String>,
+            i64,
+            i64,
+            String,
+            String,
+        );
+        let row: Option<CandidateRow> = sqlx::query_as(
+            "SELECT u.id, u.account_id, u.email, u.name, u.role, u.status, u.password_hash, u.lang, u.permissions, \
+             u.status_reason, u.created_at, u.updated_at, a.status, a.name \
+             FROM users u JOIN accounts a ON a.id = u.account_id WHERE u.email_normalized = $1",
         )
         .bind(email.normalized())
         .fetch_optional(self.db.pool())
@@ -311,6 +439,8 @@ impl UserStore for SqlUsers {
             status,
             hash,
             lang,
+            permissions,
+            reason,
             created,
             updated,
             account_status,
@@ -320,7 +450,7 @@ impl UserStore for SqlUsers {
             return Ok(None);
         };
         let (user, password_hash) =
-            parse_user((id, account_id, email, name, role, status, hash, lang, created, updated))?;
+            parse_user((id, account_id, email, name, role, status, hash, lang, permissions, reason, created, updated))?;
         Ok(Some(LoginCandidate {
             user,
             password_hash,
