@@ -8,6 +8,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::forwarded::{Cidr, ForwardedHeader};
+
 /// A value that must not appear in logs or `Debug` output.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -23,6 +25,14 @@ impl Secret {
 impl From<&str> for Secret {
     fn from(s: &str) -> Self {
         Self(s.to_owned())
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::from(s))
     }
 }
 
@@ -91,6 +101,12 @@ pub struct Config {
     pub key_reload_secs: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Networks of the reverse proxies whose forwarding header names the client (a list;
+    /// in the environment comma-separated). Empty: the TCP peer is the client.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub trusted_proxies: Vec<Cidr>,
+    /// The header those proxies write: `x-forwarded-for` or `forwarded` (RFC 7239).
+    pub forwarded_header: ForwardedHeader,
     /// Assert `email_verified: true` for users' emails in ID tokens and userinfo (set it
     /// when the POS backend only provisions verified addresses).
     pub assert_email_verified: bool,
@@ -334,6 +350,8 @@ impl Default for Config {
             key_rotation_days: 30,
             key_reload_secs: 30,
             max_body_bytes: 64 * 1024,
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             assert_email_verified: false,
             providers: Default::default(),
             smtp: SmtpConfig::default(),
@@ -350,7 +368,12 @@ impl Default for Config {
 const SECRET_KEYS: [&str; 4] = ["master_key", "master_keys_retired", "database_url", "redis_url"];
 
 /// A list given as a list (TOML) or as one comma-separated string (the environment).
-fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+fn list_or_commas<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Form {
@@ -361,7 +384,12 @@ fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>,
         Form::List(items) => items,
         Form::Text(text) => text.split(',').map(str::to_owned).collect(),
     };
-    Ok(items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(Secret::from).collect())
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// Environment names (after `PONTE_`) of nested keys, and the key they set.
@@ -684,6 +712,20 @@ mod tests {
         assert_eq!(c.master_keys_retired.len(), 2);
         assert!(from_toml("").unwrap().master_keys_retired.is_empty());
         assert!(!format!("{c:?}").contains("a2V5MQ"));
+    }
+
+    #[test]
+    fn trusted_proxies_come_as_a_list_or_comma_separated_and_a_bad_one_stops_start_up() {
+        assert!(from_toml("").unwrap().trusted_proxies.is_empty(), "no proxy is trusted by default");
+        let c = from_toml("trusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\"]").unwrap();
+        assert_eq!(c.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(c.forwarded_header, ForwardedHeader::XForwardedFor);
+        let c = from_toml("trusted_proxies = \"10.0.0.0/8, 127.0.0.1\"\nforwarded_header = \"forwarded\"").unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(c.forwarded_header, ForwardedHeader::Forwarded);
+        let err = from_toml("trusted_proxies = [\"10.0.0.1/8\"]").unwrap_err().to_string();
+        assert!(err.contains("trusted_proxies") && err.contains("10.0.0.0/8"), "{err}");
+        assert!(from_toml("forwarded_header = \"x-real-ip\"").is_err());
     }
 
     #[test]

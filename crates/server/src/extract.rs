@@ -8,7 +8,9 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpRequest, ResponseError, web};
 
+use crate::forwarded;
 use crate::problem::Problem;
+use crate::state::AppState;
 
 /// JSON bodies: size limit, `application/json` only, serde's message in the detail.
 pub fn json_config(limit: usize) -> web::JsonConfig {
@@ -94,10 +96,18 @@ pub fn problem_for_bare_errors<B: MessageBody + 'static>(
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
 }
 
-/// The client address for audit and rate limits. Ponte trusts no forwarding header by
-/// default: behind a proxy, the peer is the proxy.
+/// The client address for audit and rate limits: the TCP peer, or, when the peer is one
+/// of `trusted_proxies`, the client their forwarding header names (see [`crate::forwarded`]).
 pub fn client_ip(req: &HttpRequest) -> Option<String> {
-    req.peer_addr().map(|a| a.ip().to_string())
+    let peer = req.peer_addr()?.ip();
+    let config = req.app_data::<web::Data<AppState>>().map(|s| s.config.clone());
+    let Some(config) = config.filter(|c| !c.trusted_proxies.is_empty()) else {
+        return Some(peer.to_canonical().to_string());
+    };
+    let header = config.forwarded_header;
+    let lines: Vec<_> = req.headers().get_all(header.name()).map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
+    let value = (!lines.is_empty()).then(|| lines.join(","));
+    Some(forwarded::client_addr(peer, &config.trusted_proxies, header, value.as_deref()).to_string())
 }
 
 /// Sets the headers every server-rendered page carries.

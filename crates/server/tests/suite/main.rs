@@ -25,6 +25,7 @@ mod openapi;
 mod ops;
 mod platform;
 mod process;
+mod proxy;
 mod recovery;
 mod resilience;
 mod sessions;
