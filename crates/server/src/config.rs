@@ -82,6 +82,11 @@ pub struct Config {
     pub log_level: String,
     /// HTTP worker threads; empty means one per core.
     pub workers: Option<usize>,
+    /// Seconds between SIGTERM (when `/readyz` starts answering 503) and the listener
+    /// closing, so load balancers stop sending requests first.
+    pub shutdown_delay_secs: u64,
+    /// Seconds in-flight requests get to finish once the listener has closed.
+    pub shutdown_grace_secs: u64,
     /// Seconds a browser session may sit unused.
     pub session_idle_secs: u64,
     /// Seconds a browser session lasts at most.
@@ -341,6 +346,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             workers: None,
+            shutdown_delay_secs: 0,
+            shutdown_grace_secs: 30,
             session_idle_secs: 30 * 60,
             session_absolute_secs: 12 * 60 * 60,
             access_token_ttl_secs: 600,

@@ -29,6 +29,7 @@ mod proxy;
 mod recovery;
 mod resilience;
 mod sessions;
+mod shutdown;
 mod sink;
 mod storage;
 mod webhooks;

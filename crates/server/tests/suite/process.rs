@@ -88,8 +88,18 @@ impl PonteProcess {
 
     /// SIGTERM, then the exit status (within `within`).
     pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.sigterm();
+        self.exited(within).await
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    }
+
+    /// The exit status, once the process has ended (within `within`).
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
