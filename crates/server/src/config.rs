@@ -548,6 +548,19 @@ impl Config {
         Ok(())
     }
 
+    /// Where this process answers from the same host: `bind`, with an unspecified address
+    /// (`0.0.0.0`, `[::]`) replaced by loopback.
+    pub fn local_url(&self) -> String {
+        let mut addr: std::net::SocketAddr = self.bind.parse().unwrap_or_else(|_| ([127, 0, 0, 1], 8080).into());
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}")
+    }
+
     /// The issuer: the public URL without a trailing slash.
     pub fn issuer(&self) -> String {
         self.public_url.trim_end_matches('/').to_owned()
@@ -617,6 +630,14 @@ mod tests {
         assert_eq!(from_toml("public_url = \"https://id.example.com/\"").unwrap().issuer(), "https://id.example.com");
         assert!(from_toml("public_url = \"http://localhost:8080\"").is_ok());
         assert!(from_toml("bind = \"nowhere\"").is_err());
+    }
+
+    #[test]
+    fn the_local_url_reaches_an_unspecified_bind_on_loopback() {
+        let local = |bind: &str| from_toml(&format!("bind = \"{bind}\"")).unwrap().local_url();
+        assert_eq!(local("0.0.0.0:8080"), "http://127.0.0.1:8080");
+        assert_eq!(local("[::]:9000"), "http://[::1]:9000");
+        assert_eq!(local("10.1.2.3:8080"), "http://10.1.2.3:8080");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// This build's `ponte`, pinned at first use. `target/debug/ponte` is shared by every
 /// checkout building into the same target folder, so another checkout's build could swap
 /// it mid-run; a hard link taken right after cargo built it keeps ours.
-fn ponte_bin() -> &'static Path {
+pub fn ponte_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let built = PathBuf::from(env!("CARGO_BIN_EXE_ponte"));
