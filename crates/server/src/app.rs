@@ -294,6 +294,7 @@ impl Application {
                 .app_data(web::PayloadConfig::new(max_body))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
+                .wrap(from_fn(extract::limit_request_head))
                 .wrap(ErrorHandlers::new().default_handler(extract::problem_for_bare_errors))
                 .wrap(from_fn(telemetry::observe))
                 .wrap(TracingLogger::default())
