@@ -227,6 +227,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         db,
         clock,
         config: Arc::new(config),
+        draining: Default::default(),
     })
 }
 
@@ -294,11 +295,15 @@ impl Application {
                 .app_data(web::PayloadConfig::new(max_body))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
+                .wrap(from_fn(extract::limit_request_head))
                 .wrap(ErrorHandlers::new().default_handler(extract::problem_for_bare_errors))
                 .wrap(from_fn(telemetry::observe))
                 .wrap(TracingLogger::default())
         })
-        .listen(listener)?;
+        .listen(listener)?
+        // Signals are ours (run_until_stopped): readiness turns 503 before the listener closes.
+        .disable_signals()
+        .shutdown_timeout(state.config.shutdown_grace_secs);
         if let Some(n) = workers {
             server = server.workers(n.max(1));
         }
@@ -324,22 +329,31 @@ impl Application {
         &self.state
     }
 
-    /// Serves (and runs the worker) until the process is told to stop: on SIGINT/SIGTERM
-    /// the HTTP server drains its connections and the worker its jobs, side by side.
+    /// Serves (and runs the worker) until the process is told to stop. At SIGTERM/SIGINT:
+    /// `/readyz` answers 503 at once and the worker stops claiming (its in-flight jobs get
+    /// `worker.shutdown_grace_secs`, then their leases are released); `shutdown_delay_secs`
+    /// later the listener closes, and in-flight requests get `shutdown_grace_secs` to finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Some(worker) = self.worker else { return self.server.await };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let stop = Arc::new(stop);
         let on_signal = stop.clone();
+        let (server, draining) = (self.server.handle(), self.state.draining.clone());
+        let delay = std::time::Duration::from_secs(self.state.config.shutdown_delay_secs);
         tokio::spawn(async move {
             shutdown_signal().await;
+            draining.start();
             let _ = on_signal.send(true);
+            tracing::info!(delay_secs = delay.as_secs(), "stopping: /readyz answers 503, then the listener closes");
+            tokio::time::sleep(delay).await;
+            server.stop(true).await;
         });
-        let worker = tokio::spawn(worker.run(stopped));
+        let worker = self.worker.map(|w| tokio::spawn(w.run(stopped)));
         let served = self.server.await;
         // The server may also end without a signal (its handle stopped it): stop the worker too.
         let _ = stop.send(true);
-        if let Err(e) = worker.await {
+        if let Some(worker) = worker
+            && let Err(e) = worker.await
+        {
             tracing::error!(error = %e, "the worker ended abnormally");
         }
         served

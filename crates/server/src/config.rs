@@ -8,6 +8,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::forwarded::{Cidr, ForwardedHeader};
+
 /// A value that must not appear in logs or `Debug` output.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -23,6 +25,14 @@ impl Secret {
 impl From<&str> for Secret {
     fn from(s: &str) -> Self {
         Self(s.to_owned())
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::from(s))
     }
 }
 
@@ -72,6 +82,11 @@ pub struct Config {
     pub log_level: String,
     /// HTTP worker threads; empty means one per core.
     pub workers: Option<usize>,
+    /// Seconds between SIGTERM (when `/readyz` starts answering 503) and the listener
+    /// closing, so load balancers stop sending requests first.
+    pub shutdown_delay_secs: u64,
+    /// Seconds in-flight requests get to finish once the listener has closed.
+    pub shutdown_grace_secs: u64,
     /// Seconds a browser session may sit unused.
     pub session_idle_secs: u64,
     /// Seconds a browser session lasts at most.
@@ -91,6 +106,12 @@ pub struct Config {
     pub key_reload_secs: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Networks of the reverse proxies whose forwarding header names the client (a list;
+    /// in the environment comma-separated). Empty: the TCP peer is the client.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub trusted_proxies: Vec<Cidr>,
+    /// The header those proxies write: `x-forwarded-for` or `forwarded` (RFC 7239).
+    pub forwarded_header: ForwardedHeader,
     /// Assert `email_verified: true` for users' emails in ID tokens and userinfo (set it
     /// when the POS backend only provisions verified addresses).
     pub assert_email_verified: bool,
@@ -342,6 +363,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             workers: None,
+            shutdown_delay_secs: 0,
+            shutdown_grace_secs: 30,
             session_idle_secs: 30 * 60,
             session_absolute_secs: 12 * 60 * 60,
             access_token_ttl_secs: 600,
@@ -351,6 +374,8 @@ impl Default for Config {
             key_rotation_days: 30,
             key_reload_secs: 30,
             max_body_bytes: 64 * 1024,
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeader::default(),
             assert_email_verified: false,
             providers: Default::default(),
             smtp: SmtpConfig::default(),
@@ -368,7 +393,12 @@ impl Default for Config {
 const SECRET_KEYS: [&str; 4] = ["master_key", "master_keys_retired", "database_url", "redis_url"];
 
 /// A list given as a list (TOML) or as one comma-separated string (the environment).
-fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+fn list_or_commas<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Form {
@@ -379,7 +409,12 @@ fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Secret>,
         Form::List(items) => items,
         Form::Text(text) => text.split(',').map(str::to_owned).collect(),
     };
-    Ok(items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(Secret::from).collect())
+    items
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// Environment names (after `PONTE_`) of nested keys, and the key they set.
@@ -531,6 +566,19 @@ impl Config {
         Ok(())
     }
 
+    /// Where this process answers from the same host: `bind`, with an unspecified address
+    /// (`0.0.0.0`, `[::]`) replaced by loopback.
+    pub fn local_url(&self) -> String {
+        let mut addr: std::net::SocketAddr = self.bind.parse().unwrap_or_else(|_| ([127, 0, 0, 1], 8080).into());
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}")
+    }
+
     /// The issuer: the public URL without a trailing slash.
     pub fn issuer(&self) -> String {
         self.public_url.trim_end_matches('/').to_owned()
@@ -600,6 +648,14 @@ mod tests {
         assert_eq!(from_toml("public_url = \"https://id.example.com/\"").unwrap().issuer(), "https://id.example.com");
         assert!(from_toml("public_url = \"http://localhost:8080\"").is_ok());
         assert!(from_toml("bind = \"nowhere\"").is_err());
+    }
+
+    #[test]
+    fn the_local_url_reaches_an_unspecified_bind_on_loopback() {
+        let local = |bind: &str| from_toml(&format!("bind = \"{bind}\"")).unwrap().local_url();
+        assert_eq!(local("0.0.0.0:8080"), "http://127.0.0.1:8080");
+        assert_eq!(local("[::]:9000"), "http://[::1]:9000");
+        assert_eq!(local("10.1.2.3:8080"), "http://10.1.2.3:8080");
     }
 
     #[test]
@@ -702,6 +758,20 @@ mod tests {
         assert_eq!(c.master_keys_retired.len(), 2);
         assert!(from_toml("").unwrap().master_keys_retired.is_empty());
         assert!(!format!("{c:?}").contains("a2V5MQ"));
+    }
+
+    #[test]
+    fn trusted_proxies_come_as_a_list_or_comma_separated_and_a_bad_one_stops_start_up() {
+        assert!(from_toml("").unwrap().trusted_proxies.is_empty(), "no proxy is trusted by default");
+        let c = from_toml("trusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\"]").unwrap();
+        assert_eq!(c.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(c.forwarded_header, ForwardedHeader::XForwardedFor);
+        let c = from_toml("trusted_proxies = \"10.0.0.0/8, 127.0.0.1\"\nforwarded_header = \"forwarded\"").unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(c.forwarded_header, ForwardedHeader::Forwarded);
+        let err = from_toml("trusted_proxies = [\"10.0.0.1/8\"]").unwrap_err().to_string();
+        assert!(err.contains("trusted_proxies") && err.contains("10.0.0.0/8"), "{err}");
+        assert!(from_toml("forwarded_header = \"x-real-ip\"").is_err());
     }
 
     #[test]

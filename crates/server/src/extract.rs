@@ -1,14 +1,17 @@
 //! Turning every way a request can be malformed into a problem document.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::ServiceResponse;
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, UrlencodedError};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::middleware::Next;
 use actix_web::{HttpRequest, ResponseError, web};
 
+use crate::forwarded;
 use crate::problem::Problem;
+use crate::state::AppState;
 
 /// JSON bodies: size limit, `application/json` only, serde's message in the detail.
 pub fn json_config(limit: usize) -> web::JsonConfig {
@@ -57,6 +60,38 @@ pub fn query_config() -> web::QueryConfig {
     })
 }
 
+/// Longest query string accepted (longer: 414). An authorization request needs about 2 KiB.
+pub const MAX_QUERY_BYTES: usize = 8 * 1024;
+/// Most header bytes (names and values) accepted in one request (more: 431).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Refuses, as problem documents, a query string or headers beyond the limits above,
+/// before any handler runs. (What actix-web refuses while parsing, before the application
+/// sees the request, stays a bare status: see the README's limits.)
+pub async fn limit_request_head(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> actix_web::Result<ServiceResponse<EitherBody<impl MessageBody>>> {
+    let header_bytes: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    let problem = if req.query_string().len() > MAX_QUERY_BYTES {
+        Some(
+            Problem::new(StatusCode::URI_TOO_LONG, "uri_too_long", "URI too long")
+                .detail(format!("The query string is longer than {MAX_QUERY_BYTES} bytes.")),
+        )
+    } else if header_bytes > MAX_HEADER_BYTES {
+        Some(
+            Problem::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", "Headers too large")
+                .detail(format!("The request headers take more than {MAX_HEADER_BYTES} bytes.")),
+        )
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Ok(req.into_response(problem.error_response()).map_into_right_body()),
+        None => Ok(next.call(req).await?.map_into_left_body()),
+    }
+}
+
 fn too_large() -> Problem {
     Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large")
         .detail("The request body is larger than this server accepts.")
@@ -94,10 +129,18 @@ pub fn problem_for_bare_errors<B: MessageBody + 'static>(
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
 }
 
-/// The client address for audit and rate limits. Ponte trusts no forwarding header by
-/// default: behind a proxy, the peer is the proxy.
+/// The client address for audit and rate limits: the TCP peer, or, when the peer is one
+/// of `trusted_proxies`, the client their forwarding header names (see [`crate::forwarded`]).
 pub fn client_ip(req: &HttpRequest) -> Option<String> {
-    req.peer_addr().map(|a| a.ip().to_string())
+    let peer = req.peer_addr()?.ip();
+    let config = req.app_data::<web::Data<AppState>>().map(|s| s.config.clone());
+    let Some(config) = config.filter(|c| !c.trusted_proxies.is_empty()) else {
+        return Some(peer.to_canonical().to_string());
+    };
+    let header = config.forwarded_header;
+    let lines: Vec<_> = req.headers().get_all(header.name()).map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
+    let value = (!lines.is_empty()).then(|| lines.join(","));
+    Some(forwarded::client_addr(peer, &config.trusted_proxies, header, value.as_deref()).to_string())
 }
 
 /// Sets the headers every server-rendered page carries.

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod config;
 pub mod connectors;
 pub mod extract;
+pub mod forwarded;
 pub mod html;
 pub mod op;
 pub mod openapi;

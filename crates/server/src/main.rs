@@ -36,6 +36,9 @@ enum Command {
     Keys(KeysCommand),
     /// Print the OpenAPI document (the one checked in under openapi/).
     Openapi,
+    /// Exit 0 when `ponte serve` on this host answers /healthz (a container HEALTHCHECK
+    /// without a shell or curl in the image).
+    Healthcheck,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +197,15 @@ async fn run(command: Command, config: Config) -> Result<(), String> {
         Command::Openapi => {
             print!("{}", openapi::document_json());
             Ok(())
+        }
+        Command::Healthcheck => {
+            let url = format!("{}/healthz", config.local_url());
+            let http = ponte_identity::upstream::http_client().map_err(|e| e.to_string())?;
+            let response = http.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+            match response.status() {
+                status if status.is_success() => Ok(()),
+                status => Err(format!("{url} answered {status}")),
+            }
         }
     }
 }

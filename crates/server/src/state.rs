@@ -78,6 +78,24 @@ pub struct AppState {
     pub resets: Arc<dyn ponte_linking::recovery::ResetStore>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
+    /// Set when the process starts to stop: `/readyz` then answers 503.
+    pub draining: Draining,
+}
+
+/// Whether this process is stopping, shared by the signal handler and `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Draining(Arc<std::sync::atomic::AtomicBool>);
+
+impl Draining {
+    /// From now on `/readyz` answers 503, so load balancers take this replica out.
+    pub fn start(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Draining::start`] was called.
+    pub fn is_on(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl AppState {

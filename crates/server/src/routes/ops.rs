@@ -30,12 +30,16 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok" })
 }
 
-/// The database and the session store answer.
+/// The database and the session store answer, and the process is not stopping.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, body = Health),
-    (status = 503, description = "A dependency is unreachable", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+    (status = 503, description = "not_ready: a dependency is unreachable; shutting_down: the process is stopping", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
+    if state.draining.is_on() {
+        return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "Service unavailable")
+            .detail("This replica is stopping; other replicas take its requests."));
+    }
     let (db, sessions) = tokio::join!(state.db.ping(), state.sessions.store().ping());
     let mut down = Vec::new();
     if let Err(e) = db {

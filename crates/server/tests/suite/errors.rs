@@ -110,3 +110,40 @@ async fn unknown_paths_and_methods() {
     let (status, _) = problem(http.get(app.url("/oauth2/token")).send().await.unwrap()).await;
     assert_eq!(status, 405);
 }
+
+/// Sends `raw` on a new connection and returns the status line's code and the body.
+async fn raw_request(app: &TestApp, raw: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn an_oversize_query_or_header_block_is_a_problem_and_a_broken_request_line_a_bare_400() {
+    let app = TestApp::spawn().await;
+    let http = app.browser();
+    let long_query = format!("/healthz?q={}", "a".repeat(ponte_server::extract::MAX_QUERY_BYTES));
+    let (status, body) = problem(http.get(app.url(&long_query)).send().await.unwrap()).await;
+    assert_eq!((status, body["code"].as_str().unwrap()), (414, "uri_too_long"));
+
+    let mut big = http.get(app.url("/healthz"));
+    for n in 0..40 {
+        big = big.header(format!("x-filler-{n}"), "f".repeat(1000));
+    }
+    let (status, body) = problem(big.send().await.unwrap()).await;
+    assert_eq!((status, body["code"].as_str().unwrap()), (431, "headers_too_large"));
+    let fine = format!("/healthz?q={}", "a".repeat(2000));
+    assert_eq!(http.get(app.url(&fine)).send().await.unwrap().status(), 200, "a long but fair query passes");
+
+    // These never reach the application: actix-web answers them itself, without a body.
+    let (status, body) = raw_request(&app, b"NOT A REQUEST LINE\r\n\r\n").await;
+    assert_eq!((status, body.as_str()), (400, ""));
+    let many: String = (0..100).map(|n| format!("x-h{n}: v\r\n")).collect();
+    let (status, _) = raw_request(&app, format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many}\r\n").as_bytes()).await;
+    assert_eq!(status, 431, "more than actix-web's 96 headers");
+}

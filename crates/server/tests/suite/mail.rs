@@ -20,7 +20,7 @@ use crate::sink::{Sink, message_id_of};
 /// The domain of the default `smtp.from`, which Message-IDs carry.
 const FROM_DOMAIN: &str = "localhost";
 
-fn link_code(to: &str, code: &str) -> OutgoingMail {
+pub fn link_code(to: &str, code: &str) -> OutgoingMail {
     OutgoingMail {
         to: to.into(),
         lang: Lang::En,

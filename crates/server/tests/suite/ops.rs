@@ -57,3 +57,27 @@ async fn database_away_means_503_not_500() {
     assert!(response.headers().contains_key("retry-after"));
     assert_eq!(response.json::<serde_json::Value>().await.unwrap()["code"], "database_unavailable");
 }
+
+/// `ponte healthcheck` (the container image's HEALTHCHECK) with `bind` as its only setting.
+async fn healthcheck(bind: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(crate::process::ponte_bin());
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("PONTE_")) {
+            command.env_remove(key);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        command.arg("healthcheck").current_dir(dir.path()).env("PONTE_BIND", bind);
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        command.status().unwrap().success()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_healthcheck_command_passes_while_ponte_answers_and_fails_when_nothing_does() {
+    let app = TestApp::spawn().await;
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    assert!(healthcheck(format!("0.0.0.0:{port}")).await, "an unspecified bind is reached on loopback");
+    assert!(!healthcheck(format!("127.0.0.1:{}", crate::process::free_port())).await);
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// This build's `ponte`, pinned at first use. `target/debug/ponte` is shared by every
 /// checkout building into the same target folder, so another checkout's build could swap
 /// it mid-run; a hard link taken right after cargo built it keeps ours.
-fn ponte_bin() -> &'static Path {
+pub fn ponte_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let built = PathBuf::from(env!("CARGO_BIN_EXE_ponte"));
@@ -88,8 +88,18 @@ impl PonteProcess {
 
     /// SIGTERM, then the exit status (within `within`).
     pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.sigterm();
+        self.exited(within).await
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    }
+
+    /// The exit status, once the process has ended (within `within`).
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
