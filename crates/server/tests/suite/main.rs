@@ -9,6 +9,7 @@
 
 mod harness;
 
+mod access;
 mod api;
 mod credentials;
 mod errors;

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::harness::{POST_LOGOUT_URI, REDIRECT_URI, TestApp, csrf_from};
+use crate::harness::{NowForTest, POST_LOGOUT_URI, REDIRECT_URI, TestApp, csrf_from};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -30,6 +30,8 @@ fn query_of(url: &str) -> HashMap<String, String> {
 
 struct Flow {
     scope: &'static str,
+    /// Who signs in when Ponte asks.
+    email: &'static str,
     app: TestApp,
     browser: reqwest::Client,
     client_id: String,
@@ -44,7 +46,15 @@ impl Flow {
         let account = app.create_account(&token, "mario@esempio.it", PASSWORD).await;
         let (client_id, secret) = app.register_browser_client(first_party, public).await;
         let browser = app.browser();
-        Self { scope: "openid email profile offline_access", app, browser, client_id, secret, account }
+        Self {
+            scope: "openid email profile offline_access",
+            email: "mario@esempio.it",
+            app,
+            browser,
+            client_id,
+            secret,
+            account,
+        }
     }
 
     fn authorize_url(&self, challenge: &str, extra: &[(&str, &str)]) -> String {
@@ -77,7 +87,7 @@ impl Flow {
                     .browser
                     .post(self.app.url("/login"))
                     .form(&[
-                        ("email", "mario@esempio.it"),
+                        ("email", self.email),
                         ("password", PASSWORD),
                         ("csrf_token", &csrf_from(&page)),
                         ("authz", &authz),
@@ -670,4 +680,67 @@ async fn introspection_turns_inactive_when_the_user_is_disabled() {
     assert_eq!(flow.introspect(access).await, json!({"active": false}), "introspection agrees with userinfo");
     let info = http.get(flow.app.url("/oauth2/userinfo")).bearer_auth(access).send().await.unwrap();
     assert_eq!(info.status(), 401);
+}
+
+#[tokio::test]
+async fn a_member_s_tokens_carry_the_access_claim_and_a_refresh_picks_up_a_permission_change() {
+    let flow = Flow::new(true, false).await;
+    let admin = flow.app.admin_token().await;
+    let account = flow.account["id"].as_str().unwrap().to_owned();
+    flow.app.paid_seats(&admin, &account, 1).await;
+    let http = flow.app.browser();
+    let company: Value = http
+        .post(flow.app.url(&format!("/api/v1/accounts/{account}/companies")))
+        .bearer_auth(&admin)
+        .json(&crate::integrations::company_json("00743110157"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let company = company["id"].as_str().unwrap().to_owned();
+    let grants = json!([
+        {"permission": "invoices:read", "companies": "all"},
+        {"permission": "invoices:send", "companies": [company]},
+    ]);
+    let anna: Value = http
+        .post(flow.app.url(&format!("/api/v1/accounts/{account}/users")))
+        .bearer_auth(&admin)
+        .json(&json!({"email": "anna@esempio.it", "name": "Anna", "role": "member", "password": PASSWORD, "permissions": grants}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let flow = Flow { email: "anna@esempio.it", ..flow };
+    let (verifier, challenge) = pkce();
+    let code = flow.code(&challenge).await;
+    let (status, tokens) = flow.redeem(&code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    let expected = json!({"role": "member", "permissions": {"invoices:read": "all", "invoices:send": [company]}});
+    let ring = flow.app.state.keys.ring();
+    let issuer = &flow.app.state.issuer;
+    let now = flow.app.clock.now_for_test();
+    let access = ring.verify_access_token(tokens["access_token"].as_str().unwrap(), issuer, "ponte-api", now).unwrap();
+    assert_eq!(access.access, Some(expected.clone()));
+    let id_token = claims(tokens["id_token"].as_str().unwrap());
+    assert_eq!(id_token["access"], expected, "scope profile puts it in the ID token");
+
+    // Narrowed by the admin: the old access token keeps its claim, a refresh carries the new one.
+    let narrowed = json!({"permissions": [{"permission": "invoices:read", "companies": [company]}]});
+    let put = http
+        .put(flow.app.url(&format!("/api/v1/accounts/{account}/users/{}/permissions", anna["id"].as_str().unwrap())))
+        .bearer_auth(&admin)
+        .json(&narrowed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let (status, refreshed) = flow.refresh(tokens["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{refreshed}");
+    let access =
+        ring.verify_access_token(refreshed["access_token"].as_str().unwrap(), issuer, "ponte-api", now).unwrap();
+    assert_eq!(access.access, Some(json!({"role": "member", "permissions": {"invoices:read": [company]}})));
 }
