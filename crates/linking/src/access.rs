@@ -155,6 +155,12 @@ pub fn allows(who: Principal<'_>, action: Permission, target: Target) -> bool {
     })
 }
 
+/// Whether `who` may see `company` at all: some permission covers it. Lists (REST and
+/// pages) show a member only these companies.
+pub fn may_see(who: Principal<'_>, company: CompanyId) -> bool {
+    Permission::ALL.into_iter().any(|p| allows(who, p, Target::Company(company)))
+}
+
 /// Whether `giver` may hand out `grants`: owners and admins anything; a member (with
 /// `users:manage`) only what they hold themselves, on the same companies, so a grant can
 /// never raise anyone above the one who gave it.

@@ -10,7 +10,7 @@ use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
-use ponte_linking::access::{Grant, Permission, Principal, Target, allows};
+use ponte_linking::access::{Grant, Permission, Principal, Target, allows, may_see};
 use ponte_linking::account::Role;
 use ponte_linking::audit::Actor;
 use ponte_linking::ids::{AccountId, CompanyId, UserId};
@@ -90,9 +90,7 @@ impl Caller {
                         target == *user || allows(who, Permission::UsersManage, Target::Account)
                     }
                     Need::Permission(permission, target) => allows(who, permission, target),
-                    Need::AnyOn(company) => {
-                        Permission::ALL.into_iter().any(|p| allows(who, p, Target::Company(company)))
-                    }
+                    Need::AnyOn(company) => may_see(who, company),
                 };
                 if allowed { Ok(()) } else { Err(forbidden()) }
             }
@@ -110,7 +108,7 @@ impl Caller {
 
     /// Whether the caller may see `company` at all (lists are filtered by it).
     pub fn sees(&self, company: CompanyId) -> bool {
-        self.principal().is_none_or(|who| Permission::ALL.into_iter().any(|p| allows(who, p, Target::Company(company))))
+        self.principal().is_none_or(|who| may_see(who, company))
     }
 
     /// The audit actor for this caller.

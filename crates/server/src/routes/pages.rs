@@ -116,13 +116,12 @@ async fn identities_section(state: &AppState, lang: Lang, csrf: &str, user: &Use
     Ok(html)
 }
 
-/// For owners and admins: the account's companies with their integration's chain icon
-/// (green "linked" only when active) and the next step in the page's language.
+/// The account's companies the user may see (every one for owners and admins, those a
+/// member holds some permission on) with their integration's chain icon (green "linked"
+/// only when active) and the next step in the page's language.
 async fn companies_section(state: &AppState, lang: Lang, user: &User) -> Result<String, Problem> {
-    if !user.role.is_admin() {
-        return Ok(String::new());
-    }
-    let companies = state.companies.list(user.account_id).await?;
+    let mut companies = state.companies.list(user.account_id).await?;
+    companies.retain(|c| ponte_linking::access::may_see(user.principal(), c.id));
     if companies.is_empty() {
         return Ok(String::new());
     }
@@ -293,7 +292,7 @@ fn home_body(lang: Lang, csrf: &str, user: &User, account: &Account, identities:
 <dt>{name_l}</dt><dd id="user-name">{name}</dd>
 <dt>Email</dt><dd id="user-email">{email}</dd>
 <dt>{role_l}</dt><dd id="user-role">{role}</dd>
-<dt>{account_l}</dt><dd id="account-name">{account}</dd>
+<dt>{account_l}</dt><dd id="account-name">{account}</dd>{permissions}
 </dl>
 {identities}
 <form method="post" action="/logout">
@@ -310,6 +309,42 @@ fn home_body(lang: Lang, csrf: &str, user: &User, account: &Account, identities:
         role = user.role.as_str(),
         account = escape(&account.name),
         csrf = escape(csrf),
+        permissions = permissions_item(lang, user),
+    )
+}
+
+/// A member's grants, one per line (owners and admins may do everything and have none).
+fn permissions_item(lang: Lang, user: &User) -> String {
+    if user.role.is_admin() {
+        return String::new();
+    }
+    let items: String = user
+        .grants
+        .iter()
+        .map(|g| {
+            let where_ = match &g.companies {
+                ponte_linking::access::Companies::All => lang.pick("tutte le aziende", "every company").to_owned(),
+                ponte_linking::access::Companies::Only(ids) => {
+                    let noun = if ids.len() == 1 {
+                        lang.pick("azienda", "company")
+                    } else {
+                        lang.pick("aziende", "companies")
+                    };
+                    format!("{} {noun}", ids.len())
+                }
+            };
+            let (it, en) = g.permission.describe();
+            format!(
+                r#"<li data-permission="{p}">{what} ({where_})</li>"#,
+                p = g.permission.as_str(),
+                what = escape(lang.pick(it, en)),
+            )
+        })
+        .collect();
+    format!(
+        r#"
+<dt>{label}</dt><dd><ul id="user-permissions">{items}</ul></dd>"#,
+        label = lang.pick("Permessi", "Permissions")
     )
 }
 

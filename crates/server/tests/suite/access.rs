@@ -366,3 +366,25 @@ async fn setup_links(app: &TestApp, to: &str) -> Vec<String> {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn the_signed_in_page_shows_a_member_their_permissions_and_only_the_companies_they_hold() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let a = tenant(&app, &admin, "mario@esempio.it", ["00743110157", "01234560017"]).await;
+    let [bar, pizzeria] = a.companies.clone();
+    add_member(&app, &admin, &a, "anna@esempio.it", json!([{"permission": "invoices:send", "companies": [bar]}])).await;
+    let browser = app.browser();
+    assert_eq!(sign_in(&app, &browser, "anna@esempio.it", PASSWORD).await.status(), 303);
+    let page = browser.get(app.url("/")).header("accept-language", "en").send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!(r#"data-company="{bar}""#)), "{page}");
+    assert!(!page.contains(&format!(r#"data-company="{pizzeria}""#)), "{page}");
+    assert!(
+        page.contains(r#"<li data-permission="invoices:send">Send invoices for the company (1 company)</li>"#),
+        "{page}"
+    );
+    let owner = app.browser();
+    assert_eq!(sign_in(&app, &owner, "mario@esempio.it", PASSWORD).await.status(), 303);
+    let page = owner.get(app.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!(r#"data-company="{pizzeria}""#)) && !page.contains("user-permissions"));
+}
