@@ -10,8 +10,41 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::account::Role;
 use crate::ids::CompanyId;
+
+/// What a user may do in their account: the role is the first half of every access
+/// decision (the grants are the second), so it is defined here, beside [`allows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Created with the account; cannot be removed or demoted.
+    Owner,
+    /// Manages users, links, seats and integrations.
+    Admin,
+    /// An additional user; needs a seat.
+    Member,
+}
+
+impl Role {
+    /// The stored and wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Admin => "admin",
+            Self::Member => "member",
+        }
+    }
+
+    /// Parses the stored and wire spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Owner, Self::Admin, Self::Member].into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Owners and admins manage the account.
+    pub fn is_admin(self) -> bool {
+        matches!(self, Self::Owner | Self::Admin)
+    }
+}
 
 /// One thing a member may be allowed to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

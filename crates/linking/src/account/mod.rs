@@ -16,6 +16,7 @@ pub use store::{AccountStore, LoginCandidate, UserStore, active_user};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub use crate::access::Role;
 use crate::access::{Grant, Principal};
 use crate::email::Email;
 use crate::ids::{AccountId, UserId};
@@ -44,18 +45,6 @@ macro_rules! text_enum {
 }
 
 text_enum!(
-    /// What a user may do in their account.
-    Role {
-        /// Created with the account; cannot be removed or demoted.
-        Owner = "owner",
-        /// Manages users, links, seats and integrations.
-        Admin = "admin",
-        /// An additional user; needs a seat.
-        Member = "member",
-    }
-);
-
-text_enum!(
     /// Whether a user may sign in.
     UserStatus {
         /// May sign in.
@@ -76,13 +65,6 @@ text_enum!(
         Disabled = "disabled",
     }
 );
-
-impl Role {
-    /// Owners and admins manage the account.
-    pub fn is_admin(self) -> bool {
-        matches!(self, Self::Owner | Self::Admin)
-    }
-}
 
 /// A POS customer: the tenant that owns users, companies and seats.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use super::{
     reminder_due, restorable, surplus,
 };
 use crate::account::Lang;
-use crate::account::sql::lock_account;
+use crate::account::sql::{lock_account, seat_usage, seat_usage_in as usage_in};
 use crate::audit::{Actor, AuditEntry, sql::append as audit};
 use crate::ids::{AccountId, SeatGrantId, UserId};
 use crate::{Error, Result};
@@ -66,30 +66,6 @@ async fn grants_in(executor: impl sqlx::Executor<'_, Database = Any>, account: A
     .fetch_all(executor)
     .await?;
     rows.into_iter().map(parse_grant).collect()
-}
-
-/// The account's seats at `now`, read in `tx` (after its lock, for a rule that must hold
-/// at the commit).
-pub async fn usage_in(tx: &mut Transaction<'_, Any>, account: AccountId, now: OffsetDateTime) -> Result<SeatUsage> {
-    usage(&mut **tx, account, now).await
-}
-
-async fn usage(
-    executor: impl sqlx::Executor<'_, Database = Any>,
-    account: AccountId,
-    now: OffsetDateTime,
-) -> Result<SeatUsage> {
-    let (valid, used): (i64, i64) = sqlx::query_as(
-        "SELECT CAST((SELECT COALESCE(SUM(quantity), 0) FROM seat_grants \
-                      WHERE account_id = $1 AND paid_at IS NOT NULL AND valid_until > $2) AS BIGINT), \
-                CAST((SELECT COUNT(*) FROM users \
-                      WHERE account_id = $1 AND role = 'member' AND status = 'active') AS BIGINT)",
-    )
-    .bind(account.to_string())
-    .bind(to_unix(now))
-    .fetch_one(executor)
-    .await?;
-    Ok(SeatUsage { valid: u32::try_from(valid).unwrap_or(u32::MAX), used: u32::try_from(used).unwrap_or(u32::MAX) })
 }
 
 /// Members of `account` in `status` (and, if given, with `reason`), as the seat rules see them.
@@ -159,7 +135,7 @@ impl SeatStore for SqlSeats {
     }
 
     async fn usage(&self, account: AccountId, now: OffsetDateTime) -> Result<SeatUsage> {
-        usage(self.db.pool(), account, now).await
+        seat_usage(self.db.pool(), account, now).await
     }
 
     async fn create(

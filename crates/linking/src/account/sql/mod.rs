@@ -27,7 +27,7 @@ use crate::access::{Companies, Grant, GrantJson};
 use crate::audit::{Actor, AuditEntry, sql::append as audit};
 use crate::email::Email;
 use crate::ids::{AccountId, CompanyId, UserId};
-use crate::seats;
+use crate::seats::{self, SeatUsage};
 use crate::{Error, Result};
 
 /// Locks the account for the rest of `tx`, so the rules checked after it (the owner, the
@@ -105,6 +105,35 @@ async fn check_grant_companies(tx: &mut Transaction<'_, Any>, account: AccountId
     Ok(())
 }
 
+/// The account's seats at `now`, read in `tx` (after its lock, for a rule that must hold
+/// at the commit).
+pub async fn seat_usage_in(
+    tx: &mut Transaction<'_, Any>,
+    account: AccountId,
+    now: OffsetDateTime,
+) -> Result<SeatUsage> {
+    seat_usage(&mut **tx, account, now).await
+}
+
+/// The account's seats at `now`: paid grants still valid, and active members.
+pub async fn seat_usage(
+    executor: impl sqlx::Executor<'_, Database = Any>,
+    account: AccountId,
+    now: OffsetDateTime,
+) -> Result<SeatUsage> {
+    let (valid, used): (i64, i64) = sqlx::query_as(
+        "SELECT CAST((SELECT COALESCE(SUM(quantity), 0) FROM seat_grants \
+                      WHERE account_id = $1 AND paid_at IS NOT NULL AND valid_until > $2) AS BIGINT), \
+                CAST((SELECT COUNT(*) FROM users \
+                      WHERE account_id = $1 AND role = 'member' AND status = 'active') AS BIGINT)",
+    )
+    .bind(account.to_string())
+    .bind(to_unix(now))
+    .fetch_one(executor)
+    .await?;
+    Ok(SeatUsage { valid: u32::try_from(valid).unwrap_or(u32::MAX), used: u32::try_from(used).unwrap_or(u32::MAX) })
+}
+
 /// The seat rule for a user going from `before` to `after`, checked after the account lock.
 async fn check_seat(
     tx: &mut Transaction<'_, Any>,
@@ -114,7 +143,7 @@ async fn check_seat(
     now: OffsetDateTime,
 ) -> Result<()> {
     if seats::needs_seat(before, after) {
-        seats::check_free_seat(seats::sql::usage_in(tx, account, now).await?)?;
+        seats::check_free_seat(seat_usage_in(tx, account, now).await?)?;
     }
     Ok(())
 }
