@@ -6,6 +6,7 @@ pub mod auth;
 pub mod browser;
 pub mod config;
 pub mod connectors;
+pub mod contract;
 pub mod extract;
 pub mod forwarded;
 pub mod html;

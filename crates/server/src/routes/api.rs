@@ -146,12 +146,16 @@ impl From<User> for UserView {
 #[serde(deny_unknown_fields)]
 pub struct NewOwner {
     /// Email (unique across Ponte, case-insensitively).
+    #[schema(schema_with = crate::contract::email)]
     pub email: String,
     /// Display name.
+    #[schema(schema_with = crate::contract::name)]
     pub name: String,
     /// Optional password (10 to 256 characters); without one the owner signs in upstream only.
+    #[schema(schema_with = crate::contract::password_or_null)]
     pub password: Option<String>,
     /// `it` (the default) or `en`: the language of the owner's mail.
+    #[schema(schema_with = crate::contract::language_or_null)]
     pub language: Option<String>,
 }
 
@@ -160,6 +164,7 @@ pub struct NewOwner {
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     /// Display name (usually the business name).
+    #[schema(schema_with = crate::contract::name)]
     pub name: String,
     /// The account's owner.
     pub owner: NewOwner,
@@ -181,38 +186,51 @@ pub struct CreatedAccount {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// Email (unique across Ponte, case-insensitively).
+    #[schema(schema_with = crate::contract::email)]
     pub email: String,
     /// Display name.
+    #[schema(schema_with = crate::contract::name)]
     pub name: String,
     /// `admin` or `member`.
+    #[schema(schema_with = crate::contract::role)]
     pub role: String,
     /// Optional password (10 to 256 characters).
+    #[schema(schema_with = crate::contract::password_or_null)]
     pub password: Option<String>,
     /// Instead of a password: mail the user a single-use link to choose one (7 days).
     pub send_password_link: Option<bool>,
     /// `it` (the default) or `en`: the language of the user's mail.
+    #[schema(schema_with = crate::contract::language_or_null)]
     pub language: Option<String>,
     /// A member's grants; owners and admins may do everything and take none.
-    #[schema(value_type = Option<Vec<GrantView>>)]
+    #[schema(schema_with = crate::contract::grants_or_null)]
     pub permissions: Option<Vec<GrantJson>>,
 }
 
-/// One grant: a permission on every company (`"all"`) or on a list of company ids.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+/// One grant: a permission on every company (`"all"`) or on a list of company ids. Its
+/// schema is [`crate::contract::grant`], which knows the catalogue.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct GrantView {
     /// From the catalogue (`GET /api/v1/permissions`), e.g. `invoices:read`.
     pub permission: String,
     /// `"all"`, or a non-empty list of the account's company ids.
-    #[schema(value_type = Object)]
     pub companies: serde_json::Value,
 }
+
+impl utoipa::PartialSchema for GrantView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        crate::contract::grant()
+    }
+}
+
+impl ToSchema for GrantView {}
 
 /// `PUT /api/v1/accounts/{account}/users/{user}/permissions`: the member's whole grant list.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutPermissions {
     /// Replaces every grant the member had.
-    #[schema(value_type = Vec<GrantView>)]
+    #[schema(schema_with = crate::contract::grants)]
     pub permissions: Vec<GrantJson>,
 }
 
@@ -221,16 +239,22 @@ pub struct PutPermissions {
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     /// New email.
+    #[schema(schema_with = crate::contract::email_or_null)]
     pub email: Option<String>,
     /// New display name.
+    #[schema(schema_with = crate::contract::name_or_null)]
     pub name: Option<String>,
     /// `admin` or `member` (the owner's role is fixed).
+    #[schema(schema_with = crate::contract::role_or_null)]
     pub role: Option<String>,
     /// `active` or `disabled`; disabling ends the user's sessions.
+    #[schema(schema_with = crate::contract::user_status_or_null)]
     pub status: Option<String>,
     /// New password; setting one ends the user's sessions.
+    #[schema(schema_with = crate::contract::password_or_null)]
     pub password: Option<String>,
     /// `it` or `en`: the language of the user's mail.
+    #[schema(schema_with = crate::contract::language_or_null)]
     pub language: Option<String>,
 }
 
@@ -272,6 +296,7 @@ pub struct IdentityPath {
     #[param(value_type = String, format = Uuid)]
     pub user: UserId,
     /// The configured provider id.
+    #[param(max_length = 64)]
     pub provider: String,
 }
 
@@ -363,8 +388,10 @@ pub struct AuditList {
 /// Paging of the audit trail.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// How many entries, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -397,6 +424,7 @@ pub struct SessionPath {
     #[param(value_type = String, format = Uuid)]
     pub user: UserId,
     /// Session id.
+    #[param(max_length = 64)]
     pub session: String,
 }
 
@@ -509,6 +537,7 @@ const PROBLEM: &str = "application/problem+json";
         (status = 403, body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 409, description = "email_taken", body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "unsupported_media_type: the body is not application/json", body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn create_account(
     caller: Caller,
@@ -560,6 +589,7 @@ pub async fn list_users(caller: Caller, path: web::Path<AccountPath>, state: web
         (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 409, body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "unsupported_media_type: the body is not application/json", body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn create_user(
     caller: Caller,
@@ -620,6 +650,7 @@ pub async fn get_user(caller: Caller, path: web::Path<UserPath>, state: web::Dat
         (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 409, body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "unsupported_media_type: the body is not application/json", body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn update_user(
     caller: Caller,
@@ -723,7 +754,11 @@ pub async fn revoke_session(
 /// The account's audit trail, newest first.
 #[utoipa::path(get, path = "/api/v1/accounts/{account}/audit", tag = "audit", params(AccountPath, AuditQuery),
     security(("bearer" = ["ponte.admin"])),
-    responses((status = 200, body = AuditList), (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM)))]
+    responses(
+        (status = 200, body = AuditList),
+        (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 422, description = "validation_failed: limit out of range", body = crate::problem::ProblemBody, content_type = PROBLEM),
+    ))]
 pub async fn list_audit(
     caller: Caller,
     path: web::Path<AccountPath>,
@@ -797,6 +832,7 @@ pub async fn unlink_identity(
         (status = 404, body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 409, description = "not_a_member", body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 422, body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "unsupported_media_type: the body is not application/json", body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn put_permissions(
     caller: Caller,

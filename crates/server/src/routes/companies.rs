@@ -196,6 +196,7 @@ pub async fn list_companies(caller: Caller, path: web::Path<AccountPath>, state:
         (status = 404, body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = "vat_number_taken", body = ProblemBody, content_type = PROBLEM),
         (status = 422, description = "validation_failed: `errors` names each field", body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "unsupported_media_type: the body is not application/json", body = ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn create_company(
     caller: Caller,
@@ -229,6 +230,7 @@ pub async fn get_company(caller: Caller, path: web::Path<CompanyPath>, state: we
         (status = 404, body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = "vat_number_taken", body = ProblemBody, content_type = PROBLEM),
         (status = 422, body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "unsupported_media_type: the body is not application/json", body = ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn update_company(
     caller: Caller,

@@ -185,8 +185,9 @@ impl From<CredentialsStatus> for CredentialsView {
 }
 
 /// `PUT …/credentials`: `{"type": "username_password", "username", "password"}`,
-/// `{"type": "api_key", "api_key"}` or `{"type": "technical_key", "key"}`.
-#[derive(Deserialize, ToSchema)]
+/// `{"type": "api_key", "api_key"}` or `{"type": "technical_key", "key"}`. Its schema is
+/// [`crate::contract::credentials`].
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialsBody {
     /// `username_password`, `api_key` or `technical_key`.
@@ -201,6 +202,14 @@ pub struct CredentialsBody {
     /// For `technical_key`.
     pub key: Option<String>,
 }
+
+impl utoipa::PartialSchema for CredentialsBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        crate::contract::credentials()
+    }
+}
+
+impl ToSchema for CredentialsBody {}
 
 impl std::fmt::Debug for CredentialsBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -306,6 +315,7 @@ pub struct IntegrationPath {
     #[param(value_type = String, format = Uuid)]
     pub company: CompanyId,
     /// `digital_invoice`.
+    #[param(schema_with = crate::contract::integration_kind, required = true)]
     pub kind: String,
 }
 
@@ -319,6 +329,7 @@ pub struct InvitePath {
     #[param(value_type = String, format = Uuid)]
     pub company: CompanyId,
     /// `digital_invoice`.
+    #[param(schema_with = crate::contract::integration_kind, required = true)]
     pub kind: String,
     /// Invite id (UUID).
     #[param(value_type = String, format = Uuid)]
@@ -334,12 +345,13 @@ fn parse_kind(kind: &str) -> Result<IntegrationKind, Problem> {
         .ok_or_else(|| Problem::not_found("integration_kind_unknown", "No such integration kind (digital_invoice)."))
 }
 
-/// An optional JSON body: empty means the defaults.
+/// An optional JSON body: empty, or `null` as the contract allows, means the defaults.
 fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &web::Bytes) -> Result<T, Problem> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body)
+    serde_json::from_slice::<Option<T>>(body)
+        .map(Option::unwrap_or_default)
         .map_err(|e| Problem::bad_request("invalid_json", format!("The body is not valid: {e}")))
 }
 

@@ -51,10 +51,12 @@ impl From<StateParam> for JobState {
 /// Which jobs to list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// Only jobs in this state.
     pub state: Option<StateParam>,
     /// How many, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// Only jobs older than this job id (the previous page's `next_before`).
     #[param(value_type = Option<String>, format = Uuid)]

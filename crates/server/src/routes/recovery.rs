@@ -32,6 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct ForgotBody {
     /// The address of the account whose password was forgotten.
+    #[schema(schema_with = crate::contract::email)]
     pub email: String,
 }
 
@@ -79,6 +80,7 @@ fn token_invalid() -> Problem {
         (status = 400, description = "invalid_json", body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 422, description = "validation_failed: `email` is not an email address", body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 429, description = "rate_limited, with Retry-After", body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "unsupported_media_type: the body is not application/json", body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn forgot(
     req: HttpRequest,
@@ -101,6 +103,7 @@ pub async fn forgot(
         (status = 204, description = "The password is set; the user's sessions and refresh tokens ended"),
         (status = 400, description = "reset_token_invalid (unknown, used, superseded or expired), or invalid_json", body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 422, description = "validation_failed naming `password` (length, common, contains the email)", body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "unsupported_media_type: the body is not application/json", body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn reset(
     req: HttpRequest,

@@ -43,7 +43,7 @@ pub struct CreateSeats {
     #[schema(minimum = 1, maximum = 10000)]
     pub quantity: i64,
     /// The POS order (unique within the account), 1 to 100 characters.
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(schema_with = crate::contract::order_reference)]
     pub order_reference: String,
     /// Whether paying moves the expiry of the account's other active grants to this one's.
     #[serde(default)]
@@ -147,6 +147,7 @@ pub async fn list_seats(caller: Caller, path: web::Path<AccountPath>, state: web
         (status = 404, body = ProblemBody, content_type = PROBLEM),
         (status = 409, description = "order_reference_taken", body = ProblemBody, content_type = PROBLEM),
         (status = 422, body = ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "unsupported_media_type: the body is not application/json", body = ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn create_seats(
     caller: Caller,

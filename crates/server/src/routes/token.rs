@@ -44,6 +44,30 @@ pub struct TokenResponse {
     refresh_token: Option<String>,
 }
 
+/// The token request's form (its schema: [`crate::contract::token_form`]).
+#[derive(Debug)]
+pub struct TokenForm;
+
+impl utoipa::PartialSchema for TokenForm {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        crate::contract::token_form()
+    }
+}
+
+impl ToSchema for TokenForm {}
+
+/// The form of introspection and revocation (its schema: [`crate::contract::token_use_form`]).
+#[derive(Debug)]
+pub struct TokenUseForm;
+
+impl utoipa::PartialSchema for TokenUseForm {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        crate::contract::token_use_form()
+    }
+}
+
+impl ToSchema for TokenUseForm {}
+
 /// An RFC 6749 §5.2 error.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OAuthError {
@@ -184,7 +208,7 @@ fn token_response(tokens: TokenSet) -> HttpResponse {
 /// Issues tokens: `authorization_code` (with PKCE), `refresh_token` (rotating), and
 /// `client_credentials`.
 #[utoipa::path(post, path = "/oauth2/token", tag = "oauth2",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded",
         description = "grant_type=client_credentials|authorization_code|refresh_token and its parameters; \
                        client_id and client_secret in the body or as HTTP Basic (public clients: client_id only)"),
     responses(
@@ -221,8 +245,8 @@ fn no_store_json(body: &impl Serialize) -> HttpResponse {
 /// Token introspection (RFC 7662), for authenticated confidential clients. Inactive or
 /// unknown tokens answer `{"active": false}` and nothing else.
 #[utoipa::path(post, path = "/oauth2/introspect", tag = "oauth2",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…, client authentication"),
-    responses((status = 200, body = Object), (status = 401, body = OAuthError)))]
+    request_body(content = TokenUseForm, content_type = "application/x-www-form-urlencoded", description = "token=…, client authentication"),
+    responses((status = 200, body = Object), (status = 400, body = OAuthError), (status = 401, body = OAuthError)))]
 pub async fn introspect(
     req: HttpRequest,
     body: web::Bytes,
@@ -262,8 +286,12 @@ pub async fn introspect(
 /// Token revocation (RFC 7009): refresh tokens end their family; access tokens go on the
 /// deny-list. Always 200 for an authenticated client, whatever the token.
 #[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth2",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "token=…, client authentication"),
-    responses((status = 200, description = "Revoked, or nothing to revoke"), (status = 401, body = OAuthError)))]
+    request_body(content = TokenUseForm, content_type = "application/x-www-form-urlencoded", description = "token=…, client authentication"),
+    responses(
+        (status = 200, description = "Revoked, or nothing to revoke"),
+        (status = 400, body = OAuthError),
+        (status = 401, body = OAuthError),
+    ))]
 pub async fn revoke(
     req: HttpRequest,
     body: web::Bytes,
@@ -304,8 +332,12 @@ fn bearer_error(status: StatusCode, error: &str, description: &str) -> HttpRespo
 }
 
 /// The user an access token stands for, by the scopes it carries.
-#[utoipa::path(get, path = "/oauth2/userinfo", tag = "oauth2", security(("bearer" = ["openid"])),
-    responses((status = 200, body = UserInfo), (status = 401, description = "invalid_token")))]
+#[utoipa::path(method(get, post), path = "/oauth2/userinfo", tag = "oauth2", security(("bearer" = ["openid"])),
+    responses(
+        (status = 200, body = UserInfo),
+        (status = 401, description = "invalid_request (no Bearer token) or invalid_token", body = OAuthError),
+        (status = 403, description = "insufficient_scope: the token lacks openid", body = OAuthError),
+    ))]
 pub async fn userinfo(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Problem> {
     let token = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     let Some(token) = token else {

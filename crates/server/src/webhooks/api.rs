@@ -76,8 +76,10 @@ pub struct ReceiverList {
 #[serde(deny_unknown_fields)]
 pub struct PutReceiver {
     /// `https://…`, or `http://` to a loopback host; no user or password in it.
+    #[schema(schema_with = crate::contract::receiver_url)]
     pub url: String,
     /// The signing secret, at least 32 characters; never shown again.
+    #[schema(schema_with = crate::contract::receiver_secret)]
     pub secret: String,
 }
 
@@ -85,6 +87,7 @@ pub struct PutReceiver {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ReceiverPath {
     /// Receiver id, `[a-z0-9_-]{1,64}`.
+    #[param(schema_with = crate::contract::receiver_id)]
     pub receiver: String,
 }
 
@@ -128,6 +131,7 @@ pub async fn list_receivers(caller: Caller, state: web::Data<AppState>) -> Resul
         (status = 403, description = "forbidden: only the POS backend's own token", body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 409, description = "receiver_from_config", body = crate::problem::ProblemBody, content_type = PROBLEM),
         (status = 422, description = "validation_failed: id, url or secret", body = crate::problem::ProblemBody, content_type = PROBLEM),
+        (status = 415, description = "unsupported_media_type: the body is not application/json", body = crate::problem::ProblemBody, content_type = PROBLEM),
     ))]
 pub async fn put_receiver(
     caller: Caller,

@@ -100,3 +100,53 @@ async fn an_email_with_invisible_characters_is_refused_with_the_field_named() {
     let users: Value = app.browser().get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     assert_eq!(users["users"].as_array().unwrap().len(), 1, "nothing was stored");
 }
+
+/// Found by the contract fuzz: the contract lets `confirm` and `reactivate` take `null` for
+/// their optional body, and the server answered 400 `invalid_json`. `null` is the defaults,
+/// like no body; the action then answers for the integration's state.
+#[tokio::test]
+async fn a_null_body_on_an_optional_integration_body_means_the_defaults() {
+    let app = TestApp::spawn().await;
+    let token = app.admin_token().await;
+    let account = app.create_account(&token, "null-body@example.com", "correct horse battery").await;
+    let account = account["id"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let company: Value = http
+        .post(app.url(&format!("/api/v1/accounts/{account}/companies")))
+        .bearer_auth(&token)
+        .json(&crate::integrations::company_json("00743110157"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let base = format!(
+        "/api/v1/accounts/{account}/companies/{}/integrations/digital_invoice",
+        company["id"].as_str().unwrap()
+    );
+    for action in ["confirm", "reactivate"] {
+        for body in ["null", " null\n"] {
+            let res = http
+                .post(app.url(&format!("{base}/{action}")))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let problem: Value = res.json().await.unwrap_or_default();
+            assert_ne!(problem["code"], "invalid_json", "{action} with {body:?}: {status} {problem}");
+        }
+    }
+    let res = http
+        .post(app.url(&format!("{base}/confirm")))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("[]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400, "anything else that is not the body's object is still refused");
+}
