@@ -26,6 +26,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/{account}/seats/{grant}/paid").post(pay_seats));
 }
 
+/// A JSON number as a whole number, if it is one (`3` and `3.0` alike).
+fn whole(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= 1e15).map(|f| f as i64))
+}
+
 fn grant_not_found(e: ponte_linking::Error) -> Problem {
     match e {
         ponte_linking::Error::NotFound(_) => {
@@ -39,9 +44,10 @@ fn grant_not_found(e: ponte_linking::Error) -> Problem {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSeats {
-    /// How many members they seat, 1 to 10000.
-    #[schema(minimum = 1, maximum = 10000)]
-    pub quantity: i64,
+    /// How many members they seat, 1 to 10000. A whole number written with a fraction
+    /// (`3.0`) is the same number: JSON Schema counts it as an integer too.
+    #[schema(value_type = i64, minimum = 1, maximum = 10000)]
+    pub quantity: serde_json::Number,
     /// The POS order (unique within the account), 1 to 100 characters.
     #[schema(schema_with = crate::contract::order_reference)]
     pub order_reference: String,
@@ -159,7 +165,8 @@ pub async fn create_seats(
     caller.check(Some(path.account), Need::Manage)?;
     require_account(&state, path.account).await?;
     let body = body.into_inner();
-    let new = NewSeatGrant::parse(body.quantity, &body.order_reference, body.extend_other_grants)?;
+    let quantity = whole(&body.quantity).ok_or_else(|| Problem::validation("quantity", "must be a whole number"))?;
+    let new = NewSeatGrant::parse(quantity, &body.order_reference, body.extend_other_grants)?;
     let now = state.now();
     let grant = state.seats.create(path.account, new, &caller.actor(&req), now).await?;
     Ok(HttpResponse::Created()

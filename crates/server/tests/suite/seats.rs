@@ -269,9 +269,14 @@ async fn seats_over_rest_from_the_cart_to_the_payment_with_both_conflicts() {
     );
     let (status, _) = post(&app, &token, &users, anna(PASSWORD)).await;
     assert_eq!(status, 409, "a pending grant seats nobody");
-    let (status, body) = post(&app, &token, &seats, json!({"quantity": 1, "order_reference": "ORD-77"})).await;
-    assert_eq!((status, body["code"].as_str()), (409, Some("order_reference_taken")));
-    for bad in [json!({"quantity": 0, "order_reference": "X"}), json!({"quantity": 1, "order_reference": ""})] {
+    let (status, body) = post(&app, &token, &seats, json!({"quantity": 1.0, "order_reference": "ORD-77"})).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("order_reference_taken")), "1.0 is a quantity like 1");
+    for bad in [
+        json!({"quantity": 0, "order_reference": "X"}),
+        json!({"quantity": 1, "order_reference": ""}),
+        json!({"quantity": 1.5, "order_reference": "X"}),
+        json!({"quantity": 1e300, "order_reference": "X"}),
+    ] {
         let (status, body) = post(&app, &token, &seats, bad.clone()).await;
         assert_eq!((status, body["code"].as_str()), (422, Some("validation_failed")), "{bad}");
     }
