@@ -96,8 +96,16 @@ pub struct TestRedis {
 }
 
 impl TestRedis {
+    /// On the single Redis of `PONTE_TEST_REDIS_URL`.
     pub fn new() -> Option<Self> {
         let url = backend_env("PONTE_TEST_REDIS_URL")?;
+        Some(Self { url, prefix: unique("ponte-test-") + ":" })
+    }
+
+    /// On the Redis Cluster of `PONTE_TEST_REDIS_CLUSTER_URL` (`redis+cluster://…`, which
+    /// `scripts/redis-cluster` starts and prints).
+    pub fn cluster() -> Option<Self> {
+        let url = backend_env("PONTE_TEST_REDIS_CLUSTER_URL")?;
         Some(Self { url, prefix: unique("ponte-test-") + ":" })
     }
 

@@ -1,9 +1,10 @@
 //! Ponte's integration suite, one binary: storage and session suites on every backend
 //! available, and the HTTP service started in-process on a free port.
 //!
-//! SQLite and the in-process session store always run. PostgreSQL and Redis run when
-//! `PONTE_TEST_DATABASE_URL` / `PONTE_TEST_REDIS_URL` are set (CI sets both; with `CI`
-//! set, their absence is a failure rather than a skip).
+//! SQLite and the in-process session store always run. PostgreSQL, Redis and a Redis
+//! Cluster run when `PONTE_TEST_DATABASE_URL` / `PONTE_TEST_REDIS_URL` /
+//! `PONTE_TEST_REDIS_CLUSTER_URL` are set (CI sets all three; with `CI` set, their absence
+//! is a failure rather than a skip).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,6 +12,7 @@ mod harness;
 
 mod access;
 mod api;
+mod cluster;
 mod credentials;
 mod errors;
 mod federation;

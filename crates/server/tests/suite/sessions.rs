@@ -1,4 +1,5 @@
-//! The session-store suite, on the in-process store and (when configured) Redis.
+//! The session-store suite, on the in-process store and (when configured) Redis, one node
+//! and a Redis Cluster.
 
 use std::sync::Arc;
 
@@ -35,6 +36,9 @@ where
     suite(Arc::new(MemoryStore::new())).await;
     if let Some(redis) = TestRedis::new() {
         suite(Arc::new(redis.store())).await;
+    }
+    if let Some(cluster) = TestRedis::cluster() {
+        suite(Arc::new(cluster.store())).await;
     }
 }
 
