@@ -167,6 +167,12 @@ pub fn session_store(config: &Config) -> Result<Arc<dyn SessionStore>, StartErro
 
 /// Builds the shared state: database (migrated unless disabled), session store, keys.
 pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+    // The hashing pool starts once per process (tests build many apps from one binary).
+    let hashing = config.hashing.pool_size();
+    let running = ponte_identity::password::configure(hashing);
+    if running != hashing {
+        tracing::warn!(?running, ?hashing, "the password hashing pool was already running; its size is unchanged");
+    }
     let db = open_database(&config)?;
     if config.migrate_on_start {
         migrate(&db).await?;
