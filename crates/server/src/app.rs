@@ -304,7 +304,7 @@ impl Application {
                 .wrap(from_fn(extract::limit_request_head))
                 .wrap(ErrorHandlers::new().default_handler(extract::problem_for_bare_errors))
                 .wrap(from_fn(telemetry::observe))
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<telemetry::RequestSpan>::new())
         })
         .listen(listener)?
         // Signals are ours (run_until_stopped): readiness turns 503 before the listener closes.
