@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
@@ -407,36 +407,52 @@ fn oldest(keys: &[StoredKey], status: KeyStatus) -> Result<&StoredKey> {
         .ok_or_else(|| Error::Corrupt(format!("no {} signing key", status.as_str())))
 }
 
-/// The private key inside a PKCS#8 v1 `PrivateKeyInfo`:
-/// `SEQUENCE { INTEGER version, SEQUENCE algorithm, OCTET STRING privateKey }`.
-fn pkcs8_inner(der: &[u8]) -> Result<&[u8]> {
-    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = input.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (first as usize, rest)
-        } else {
-            let n = (first & 0x7f) as usize;
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
+/// The current private key, parsed once when the ring is loaded. jsonwebtoken's
+/// `EncodingKey` keeps the DER bytes and parses the PKCS#8 again for every signature
+/// (about a fifth of a `client_credentials` issuance), so the ring signs with aws-lc-rs
+/// key pairs itself.
+pub(crate) enum SigningKey {
+    /// ES256.
+    Ecdsa(EcdsaKeyPair),
+    /// EdDSA.
+    Ed25519(Ed25519KeyPair),
+    /// RS256.
+    Rsa(aws_lc_rs::rsa::KeyPair),
+}
+
+impl SigningKey {
+    fn parse(alg: SigningAlg, pkcs8: &[u8]) -> Result<Self> {
+        let rejected = |e: aws_lc_rs::error::KeyRejected| Error::Corrupt(format!("signing key: {e}"));
+        Ok(match alg {
+            SigningAlg::ES256 => {
+                Self::Ecdsa(EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8).map_err(rejected)?)
             }
-            (rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), &rest[n..])
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+            SigningAlg::EdDSA => Self::Ed25519(Ed25519KeyPair::from_pkcs8(pkcs8).map_err(rejected)?),
+            SigningAlg::RS256 => Self::Rsa(aws_lc_rs::rsa::KeyPair::from_pkcs8(pkcs8).map_err(rejected)?),
+        })
     }
-    let bad = || Error::Corrupt("malformed PKCS#8 key".into());
-    let (0x30, body, _) = tlv(der).ok_or_else(bad)? else { return Err(bad()) };
-    let (0x02, _, rest) = tlv(body).ok_or_else(bad)? else { return Err(bad()) };
-    let (0x30, _, rest) = tlv(rest).ok_or_else(bad)? else { return Err(bad()) };
-    let (0x04, key, _) = tlv(rest).ok_or_else(bad)? else { return Err(bad()) };
-    Ok(key)
+
+    /// The JWS signature of `message` (ECDSA in the fixed `r ‖ s` form JOSE wants).
+    pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        let failed = |_| Error::Crypto("signing failed".into());
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        match self {
+            Self::Ecdsa(pair) => Ok(pair.sign(&rng, message).map_err(failed)?.as_ref().to_vec()),
+            Self::Ed25519(pair) => Ok(pair.try_sign(message).map_err(failed)?.as_ref().to_vec()),
+            Self::Rsa(pair) => {
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, message, &mut signature).map_err(failed)?;
+                Ok(signature)
+            }
+        }
+    }
 }
 
 /// The keys in use: one to sign with, all published ones to verify with.
 pub struct KeyRing {
     signing_kid: String,
     signing_alg: SigningAlg,
-    signing: EncodingKey,
+    signing: SigningKey,
     activated_at: OffsetDateTime,
     verifying: HashMap<String, (SigningAlg, DecodingKey)>,
     jwks: Vec<PublicJwk>,
@@ -465,12 +481,7 @@ impl KeyRing {
     pub fn from_stored(keys: &[StoredKey], master: &MasterKeys) -> Result<Self> {
         let current = oldest(keys, KeyStatus::Current)?;
         let pkcs8 = master.open(&current.private_sealed, &current.kid)?;
-        let signing = match current.alg {
-            SigningAlg::ES256 => EncodingKey::from_ec_der(&pkcs8),
-            SigningAlg::EdDSA => EncodingKey::from_ed_der(&pkcs8),
-            // jsonwebtoken wants the bare PKCS#1 RSAPrivateKey that PKCS#8 wraps.
-            SigningAlg::RS256 => EncodingKey::from_rsa_der(pkcs8_inner(&pkcs8)?),
-        };
+        let signing = SigningKey::parse(current.alg, &pkcs8)?;
         let mut verifying = HashMap::new();
         for key in keys {
             verifying.insert(key.kid.clone(), (key.alg, key.public.decoding_key()?));
@@ -500,7 +511,7 @@ impl KeyRing {
         self.activated_at
     }
 
-    pub(crate) fn signing_key(&self) -> (&EncodingKey, Algorithm) {
+    pub(crate) fn signing_key(&self) -> (&SigningKey, Algorithm) {
         (&self.signing, self.signing_alg.jose())
     }
 

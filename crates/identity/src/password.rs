@@ -32,9 +32,9 @@ const P_COST: u32 = 1;
 /// Stored hashes with a bigger memory cost than this are refused rather than letting a
 /// worker hold more (256 MiB); ours use 19 MiB.
 const MAX_M_COST_KIB: u32 = 256 * 1024;
-/// Hashes that may wait for a worker, per worker: a burst of this size is absorbed (about
-/// a second of work per worker), anything beyond it is refused as busy.
-const QUEUE_PER_WORKER: usize = 32;
+/// Hashes that may wait for a worker, per worker, unless configured: a burst of this size
+/// is absorbed (about a second of work per worker), anything beyond it is refused as busy.
+pub const QUEUE_PER_WORKER: usize = 32;
 
 /// Checks length rules; returns a message a person can act on.
 pub fn check_policy(password: &str) -> Result<()> {
@@ -101,7 +101,7 @@ pub fn check_policy_for(password: &str, email: &str) -> Result<()> {
 /// Hashes `password` into a PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`) on the
 /// hashing pool; [`Error::Busy`] when its queue is full.
 pub async fn hash(password: String) -> Result<String> {
-    run(move |memory| hash_with(memory, password.as_bytes())).await?
+    pool().run(move |memory| hash_with(memory, password.as_bytes())).await?
 }
 
 /// Verifies `password` against `stored` on the hashing pool. With no stored hash (unknown
@@ -109,16 +109,51 @@ pub async fn hash(password: String) -> Result<String> {
 /// answer is `false`, so response time does not tell whether a user exists. An unreadable
 /// stored hash is `false`; a full queue is [`Error::Busy`].
 pub async fn verify(password: String, stored: Option<String>) -> Result<bool> {
-    run(move |memory| match stored {
-        Some(stored) => verify_with(memory, password.as_bytes(), &stored),
+    pool().run(move |memory| verify_or_dummy(memory, password.as_bytes(), stored.as_deref())).await
+}
+
+fn verify_or_dummy(memory: &mut Memory, password: &[u8], stored: Option<&str>) -> bool {
+    match stored {
+        Some(stored) => verify_with(memory, password, stored),
         None => {
             // Same parameters as a real hash, so the same time; the result is discarded.
-            let _ =
-                compute(memory, &default_params(), Algorithm::Argon2id, Version::V0x13, password.as_bytes(), &[0; 16]);
+            let _ = compute(memory, &default_params(), Algorithm::Argon2id, Version::V0x13, password, &[0; 16]);
             false
         }
-    })
-    .await
+    }
+}
+
+/// How big the hashing pool is: each worker holds one 19 MiB block for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSize {
+    /// Hashing threads; at most this many hashes run at once.
+    pub workers: usize,
+    /// Hashes that may wait for a worker; one more is refused with [`Error::Busy`].
+    pub queue: usize,
+}
+
+impl PoolSize {
+    /// The size for `workers` threads (one per core when `None`) and a queue of `queue`
+    /// (`QUEUE_PER_WORKER` per worker when `None`).
+    pub fn new(workers: Option<usize>, queue: Option<usize>) -> Self {
+        let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from)).max(1);
+        Self { workers, queue: queue.unwrap_or(workers * QUEUE_PER_WORKER) }
+    }
+}
+
+impl Default for PoolSize {
+    fn default() -> Self {
+        Self::new(None, None)
+    }
+}
+
+static POOL: OnceLock<(PoolSize, Pool)> = OnceLock::new();
+
+/// Sizes the process's hashing pool and starts it. The pool starts once: when it already
+/// runs (an earlier call, or a hash before any call) this changes nothing and returns the
+/// size in force, so a caller can tell its wish was not applied.
+pub fn configure(size: PoolSize) -> PoolSize {
+    POOL.get_or_init(|| (size, Pool::start(size.workers, size.queue))).0
 }
 
 /// Memory a worker owns and reuses for every computation.
@@ -169,29 +204,31 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
 }
 
 fn pool() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let workers = std::thread::available_parallelism().map_or(2, usize::from);
-        Pool::start(workers, workers * QUEUE_PER_WORKER)
-    })
+    let (_, pool) = POOL.get_or_init(|| {
+        let size = PoolSize::default();
+        (size, Pool::start(size.workers, size.queue))
+    });
+    pool
 }
 
-/// Runs `f` on a hashing worker and waits for its answer without blocking the runtime.
-async fn run<T: Send + 'static>(f: impl FnOnce(&mut Memory) -> T + Send + 'static) -> Result<T> {
-    let (reply, answer) = oneshot::channel();
-    let job: Job = Box::new(move |memory| {
-        let _ = reply.send(f(memory));
-    });
-    match pool().queue.try_send(job) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            tracing::debug!("password hashing queue full");
-            return Err(Error::Busy);
+impl Pool {
+    /// Runs `f` on a hashing worker and waits for its answer without blocking the runtime.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Memory) -> T + Send + 'static) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |memory| {
+            let _ = reply.send(f(memory));
+        });
+        match self.queue.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::debug!("password hashing queue full");
+                return Err(Error::Busy);
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(Error::Crypto("password hashing pool stopped".into())),
         }
-        Err(TrySendError::Disconnected(_)) => return Err(Error::Crypto("password hashing pool stopped".into())),
+        // No answer: the job panicked (the worker caught it and goes on).
+        answer.await.map_err(|_| Error::Crypto("password hashing failed".into()))
     }
-    // No answer: the job panicked (the worker caught it and goes on).
-    answer.await.map_err(|_| Error::Crypto("password hashing failed".into()))
 }
 
 fn default_params() -> Params {
@@ -329,6 +366,73 @@ mod tests {
         let accepted = (0..5).filter(|_| pool.queue.try_send(Box::new(|_| {})).is_ok()).count();
         assert_eq!(accepted, 2);
         release.send(()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_caller_behind_a_full_queue_is_told_busy_at_once() {
+        let pool: &'static Pool = Box::leak(Box::new(Pool::start(1, 1)));
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let (started, running) = oneshot::channel::<()>();
+        let blocked = pool.run(move |_| {
+            let _ = started.send(());
+            let _ = stuck.recv();
+        });
+        let blocked = tokio::spawn(blocked);
+        running.await.unwrap();
+        // A second caller takes the only place in the queue (its task runs at the yield).
+        let waiting = tokio::spawn(pool.run(|_| true));
+        tokio::task::yield_now().await;
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(5), pool.run(|_| true)).await;
+        assert!(matches!(refused, Ok(Err(Error::Busy))), "{refused:?}");
+        release.send(()).unwrap();
+        blocked.await.unwrap().unwrap();
+        assert!(waiting.await.unwrap().unwrap(), "the queued job still runs once a worker is free");
+    }
+
+    #[tokio::test]
+    async fn many_concurrent_verifies_all_complete_with_the_right_answers() {
+        // Cheap parameters, so the test measures the pool, not argon2.
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(64, 1, 1, None).unwrap());
+        let salt = SaltString::encode_b64(&[3u8; 16]).unwrap();
+        let stored = argon2.hash_password(b"correct horse battery", &salt).unwrap().to_string();
+        let pool: &'static Pool = Box::leak(Box::new(Pool::start(2, 64)));
+        let mut checks = tokio::task::JoinSet::new();
+        for n in 0..64 {
+            let (stored, attempt) = (stored.clone(), if n % 2 == 0 { "correct horse battery" } else { "wrong" });
+            let answer = pool.run(move |memory| verify_or_dummy(memory, attempt.as_bytes(), Some(&stored)));
+            checks.spawn(async move { (n, answer.await) });
+        }
+        let mut done = 0;
+        while let Some(joined) = checks.join_next().await {
+            let (n, answer) = joined.unwrap();
+            assert_eq!(answer.unwrap(), n % 2 == 0, "verify {n}");
+            done += 1;
+        }
+        assert_eq!(done, 64);
+    }
+
+    #[test]
+    fn a_reused_block_gives_the_same_bytes_as_the_argon2_crate() {
+        // One worker's memory, used first for a bigger then for a smaller cost, must not
+        // change any output: each is what argon2's own API computes from scratch.
+        let mut memory = Memory::new();
+        for (m, t) in [(M_COST_KIB, T_COST), (256, 3), (M_COST_KIB, T_COST), (64, 1)] {
+            let params = Params::new(m, t, 1, None).unwrap();
+            let ours = compute(&mut memory, &params, Algorithm::Argon2id, Version::V0x13, b"pw", &[5; 16]).unwrap();
+            let mut theirs = vec![0u8; Params::DEFAULT_OUTPUT_LEN];
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password_into(b"pw", &[5; 16], &mut theirs)
+                .unwrap();
+            assert_eq!(ours, theirs, "m={m} t={t}");
+        }
+    }
+
+    #[test]
+    fn the_pool_size_defaults_to_the_cores_and_a_queue_per_worker() {
+        let size = PoolSize::new(Some(3), None);
+        assert_eq!(size, PoolSize { workers: 3, queue: 3 * QUEUE_PER_WORKER });
+        assert_eq!(PoolSize::new(Some(0), Some(5)), PoolSize { workers: 1, queue: 5 });
+        assert!(PoolSize::default().workers >= 1);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! JWT access tokens (RFC 9068), signed with the key ring.
 
-use jsonwebtoken::{Header, Validation, decode, decode_header, encode};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Header, Validation, decode, decode_header};
 use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
@@ -168,7 +170,14 @@ impl KeyRing {
         let mut header = Header::new(alg);
         header.typ = Some(typ.to_owned());
         header.kid = Some(self.signing_kid().to_owned());
-        encode(&header, claims, key).map_err(|e| Error::Crypto(e.to_string()))
+        let json = |e: serde_json::Error| Error::Crypto(e.to_string());
+        let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(json)?);
+        let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).map_err(json)?);
+        let mut jws = format!("{header}.{claims}");
+        let signature = URL_SAFE_NO_PAD.encode(key.sign(jws.as_bytes())?);
+        jws.push('.');
+        jws.push_str(&signature);
+        Ok(jws)
     }
 
     /// Signs access token claims with the current key.

@@ -167,6 +167,12 @@ pub fn session_store(config: &Config) -> Result<Arc<dyn SessionStore>, StartErro
 
 /// Builds the shared state: database (migrated unless disabled), session store, keys.
 pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+    // The hashing pool starts once per process (tests build many apps from one binary).
+    let hashing = config.hashing.pool_size();
+    let running = ponte_identity::password::configure(hashing);
+    if running != hashing {
+        tracing::warn!(?running, ?hashing, "the password hashing pool was already running; its size is unchanged");
+    }
     let db = open_database(&config)?;
     if config.migrate_on_start {
         migrate(&db).await?;
@@ -298,7 +304,7 @@ impl Application {
                 .wrap(from_fn(extract::limit_request_head))
                 .wrap(ErrorHandlers::new().default_handler(extract::problem_for_bare_errors))
                 .wrap(from_fn(telemetry::observe))
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<telemetry::RequestSpan>::new())
         })
         .listen(listener)?
         // Signals are ours (run_until_stopped): readiness turns 503 before the listener closes.

@@ -103,6 +103,26 @@ pub fn error_page(req: &HttpRequest, status: StatusCode, code: &str, it: &str, e
     page(status, lang, title, &body)
 }
 
+/// What a form page says when the password hashing queue is full ([`is_busy`]).
+pub const BUSY: (&str, &str) = (
+    "Troppe richieste in questo momento: riprova tra qualche secondo.",
+    "Too many sign-ins right now: please try again in a few seconds.",
+);
+
+/// Whether `e` is the hashing pool's "queue full": a form page answers it with
+/// [`busy_status`] and its own form again, not with a JSON problem.
+pub fn is_busy(e: &ponte_linking::Error) -> bool {
+    matches!(e, ponte_linking::Error::Identity(ponte_identity::Error::Busy))
+}
+
+/// Marks a page as the answer to a full hashing queue: 503 with `Retry-After`, as the
+/// REST problem `busy` has.
+pub fn busy_status(mut response: HttpResponse) -> HttpResponse {
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(actix_web::http::header::RETRY_AFTER, crate::problem::BUSY_RETRY_AFTER_SECS.into());
+    response
+}
+
 /// A 303 to `location` that no cache keeps (redirects in sign-in flows carry one-time ids).
 pub fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()
@@ -150,4 +170,22 @@ pub async fn start_session(
     page_headers(&mut response);
     let _ = response.add_cookie(&cookie(state, SESSION, token.expose().to_owned()));
     Ok((response, session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_hashing_queue_is_a_page_with_503_and_retry_after_as_in_rest() {
+        let busy = ponte_linking::Error::Identity(ponte_identity::Error::Busy);
+        assert!(is_busy(&busy));
+        assert!(!is_busy(&ponte_linking::Error::EmailTaken));
+        let response = busy_status(page(StatusCode::OK, Lang::En, "Sign in", "<form></form>"));
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let retry = response.headers().get(actix_web::http::header::RETRY_AFTER).unwrap();
+        assert_eq!(retry.to_str().unwrap(), crate::problem::BUSY_RETRY_AFTER_SECS.to_string());
+        let type_ = response.headers().get(actix_web::http::header::CONTENT_TYPE).unwrap();
+        assert!(type_.to_str().unwrap().starts_with("text/html"), "a page, not problem+json");
+    }
 }

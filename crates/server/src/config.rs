@@ -127,6 +127,8 @@ pub struct Config {
     pub recovery: RecoveryConfig,
     /// Seats of additional users (`[seats]`).
     pub seats: SeatsConfig,
+    /// The password hashing pool (`[hashing]`).
+    pub hashing: HashingConfig,
     /// Webhook receivers of the POS backend by id (`[webhooks.<id>]`), besides those
     /// defined over REST.
     pub webhooks: std::collections::BTreeMap<String, WebhookConfig>,
@@ -177,6 +179,25 @@ impl Default for RecoveryConfig {
     fn default() -> Self {
         let limits = ponte_linking::recovery::Limits::default();
         Self { max_per_email: limits.per_email.max, max_per_ip: limits.per_ip.max }
+    }
+}
+
+/// The password hashing pool (`[hashing]`): argon2id runs on these threads only, each
+/// holding one 19 MiB block for good, so memory stays bounded whatever arrives.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HashingConfig {
+    /// Hashing threads; empty means one per core.
+    pub workers: Option<usize>,
+    /// Hashes that may wait for a thread; one more is answered 503 `busy`. Empty means
+    /// 32 per thread.
+    pub queue: Option<usize>,
+}
+
+impl HashingConfig {
+    /// The pool size these settings ask for.
+    pub fn pool_size(&self) -> ponte_identity::password::PoolSize {
+        ponte_identity::password::PoolSize::new(self.workers, self.queue)
     }
 }
 
@@ -383,6 +404,7 @@ impl Default for Config {
             invites: InvitesConfig::default(),
             recovery: RecoveryConfig::default(),
             seats: SeatsConfig::default(),
+            hashing: HashingConfig::default(),
             webhooks: Default::default(),
             platform: PlatformConfig::default(),
         }

@@ -6,6 +6,9 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// Seconds a caller refused as `busy` (the password hashing queue is full) should wait.
+pub const BUSY_RETRY_AFTER_SECS: u32 = 1;
+
 /// A field-level complaint inside a problem.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FieldError {
@@ -165,9 +168,8 @@ impl From<ponte_identity::Error> for Problem {
                 tracing::warn!(error = %cause, "session store unavailable");
                 Self::unavailable("session_store_unavailable", "The session store is not reachable; try again shortly.")
             }
-            E::Busy => {
-                Self::unavailable("busy", "The server has too much work queued; try again in a moment.").retry_after(1)
-            }
+            E::Busy => Self::unavailable("busy", "The server has too much work queued; try again in a moment.")
+                .retry_after(BUSY_RETRY_AFTER_SECS),
             E::UnstorableText(cause) => {
                 tracing::info!(error = %cause, "refused a value the database cannot store");
                 Self::bad_request("invalid_characters", "A value holds a character that is not allowed (such as NUL).")

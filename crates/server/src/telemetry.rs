@@ -9,7 +9,8 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_actix_web::RequestId;
+use tracing::Span;
+use tracing_actix_web::{RequestId, RootSpanBuilder};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat};
@@ -44,6 +45,29 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// The span every request runs in: its id, method and route pattern, so each log line of
+/// the request names them. tracing-actix-web's default span has seventeen fields (the
+/// connection info parsed from headers, user agent, target, OpenTelemetry names formatted
+/// per request), all formatted by the log layer whether or not anything inside logs: about
+/// 2.3 µs of a 35 µs token issuance. Status and latency per route are in the metrics.
+#[derive(Debug)]
+pub struct RequestSpan;
+
+impl RootSpanBuilder for RequestSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let id = request.extensions().get::<RequestId>().copied();
+        let route = request.match_pattern();
+        tracing::info_span!(
+            "request",
+            request_id = id.map(tracing::field::display),
+            method = request.method().as_str(),
+            route = route.as_deref().unwrap_or("unmatched"),
+        )
+    }
+
+    fn on_request_end<B: MessageBody>(_span: Span, _outcome: &Result<ServiceResponse<B>, Error>) {}
 }
 
 /// Counts requests and times them by route pattern (never by raw path, which would let

@@ -19,7 +19,10 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::adapters::{OutboxLinkCode, StoreUsers};
-use crate::browser::{cookie, csrf_failed_page, csrf_ok, current_session, see_other, start_session};
+use crate::browser::{
+    BUSY, busy_status, cookie, csrf_failed_page, csrf_ok, current_session, error_page, is_busy, see_other,
+    start_session,
+};
 use crate::extract::client_ip;
 use crate::problem::Problem;
 use crate::state::AppState;
@@ -222,7 +225,15 @@ pub async fn confirm(
     let mail = OutboxLinkCode { outbox: state.outbox.clone(), providers: state.providers.clone() };
     let users = StoreUsers::of(&state);
     let outcome = linking::confirm(stores(&state, &users), &mail, &form.id, action, browser, state.now());
-    match outcome.await? {
+    let outcome = match outcome.await {
+        Ok(outcome) => outcome,
+        // The password proof could not be checked now: say so, with Retry-After.
+        Err(e) if is_busy(&e) => {
+            return Ok(busy_status(error_page(&req, actix_web::http::StatusCode::OK, "busy", BUSY.0, BUSY.1)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match outcome {
         ConfirmOutcome::Linked { return_to } | ConfirmOutcome::Cancelled { return_to } => Ok(see_other(&return_to)),
         ConfirmOutcome::SignIn { user, identity, return_to } => {
             sign_in(&req, &state, &user, &identity, &return_to).await

@@ -12,7 +12,8 @@ use ponte_linking::login::{PasswordAttempt, PasswordLogin, password_login, signe
 use serde::Deserialize;
 
 use crate::browser::{
-    CSRF, SESSION, cookie, csrf_ok, csrf_token, end_session, page, removal, session_token, start_session,
+    BUSY, CSRF, SESSION, busy_status, cookie, csrf_ok, csrf_token, end_session, is_busy, page, removal, session_token,
+    start_session,
 };
 use crate::extract::client_ip;
 use crate::html::{Lang, escape};
@@ -240,16 +241,22 @@ pub async fn login(
     let (status, (it, en)) = if csrf_ok(&req, &state, form.csrf_token.as_deref()) {
         let ip = client_ip(&req);
         let attempt = PasswordAttempt { email: &form.email, password: &form.password, ip: ip.as_deref() };
-        match password_login(state.sessions.store().as_ref(), state.users.as_ref(), attempt, state.now()).await? {
-            PasswordLogin::SignedIn(user) => {
+        match password_login(state.sessions.store().as_ref(), state.users.as_ref(), attempt, state.now()).await {
+            Ok(PasswordLogin::SignedIn(user)) => {
                 let next = after_sign_in(authz.filter(|a| is_pending_id(a)));
                 return Ok(start_session(&req, &state, &user, vec!["pwd".into()], &next).await?.0);
             }
-            PasswordLogin::Limited => (StatusCode::TOO_MANY_REQUESTS, TOO_MANY_ATTEMPTS),
-            PasswordLogin::Refused => {
+            Ok(PasswordLogin::Limited) => (StatusCode::TOO_MANY_REQUESTS, TOO_MANY_ATTEMPTS),
+            Ok(PasswordLogin::Refused) => {
                 metrics::counter!("login_failures_total").increment(1);
                 (StatusCode::UNAUTHORIZED, WRONG_CREDENTIALS)
             }
+            Err(e) if is_busy(&e) => {
+                let message = Lang::from_request(&req).pick(BUSY.0, BUSY.1);
+                let form = login_response(&req, &state, authz, StatusCode::OK, &form.email, Some(message));
+                return Ok(busy_status(form));
+            }
+            Err(e) => return Err(e.into()),
         }
     } else {
         (StatusCode::FORBIDDEN, FORM_EXPIRED)

@@ -11,7 +11,7 @@ use ponte_linking::recovery::{Forgot, ForgotRequest, Reset};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::browser::{CSRF, cookie, csrf_ok, csrf_token, page};
+use crate::browser::{BUSY, CSRF, busy_status, cookie, csrf_ok, csrf_token, is_busy, page};
 use crate::extract::client_ip;
 use crate::html::{Lang, escape};
 use crate::problem::Problem;
@@ -357,6 +357,10 @@ pub async fn reset_form(
         // The policy's message names the rule; it is English, like every API message.
         Err(ponte_linking::Error::Invalid { message, .. }) => {
             Ok(reset_response(&req, &state, StatusCode::UNPROCESSABLE_ENTITY, &form.token, Some(&message)))
+        }
+        Err(e) if is_busy(&e) => {
+            let message = lang.pick(BUSY.0, BUSY.1);
+            Ok(busy_status(reset_response(&req, &state, StatusCode::OK, &form.token, Some(message))))
         }
         Err(other) => Err(other.into()),
     }
