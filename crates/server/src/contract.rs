@@ -184,6 +184,161 @@ pub fn credentials() -> RefOr<Schema> {
     }))
 }
 
+/// What `str::trim` takes off, as the body of a character class: Unicode `White_Space`,
+/// control characters included (`ponte_linking::company` trims before it checks).
+const TRIM: &str = r"\t\n\u000b\u000c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+
+/// A code point inside a character class: `\uXXXX`, or `\x{…}` beyond the BMP.
+fn class_char(c: u32) -> String {
+    if c <= 0xFFFF { format!("\\u{c:04x}") } else { format!("\\x{{{c:x}}}") }
+}
+
+/// What `ponte_identity::text::invisible` refuses, as the body of a character class.
+fn invisible_class() -> String {
+    ponte_identity::text::INVISIBLE
+        .iter()
+        .map(
+            |&(low, high)| {
+                if low == high { class_char(low) } else { format!("{}-{}", class_char(low), class_char(high)) }
+            },
+        )
+        .collect()
+}
+
+/// The pattern of `company::fields::text`: trimmed, then 1 to `max` characters, none of
+/// them control or invisible; `or_blank` also allows a blank string (an optional part).
+fn company_text(max: usize, or_blank: bool) -> String {
+    let bad = format!("{CONTROL}{}", invisible_class());
+    let inner = max.saturating_sub(2);
+    let text = format!("[^{bad}{TRIM}](?:[^{bad}]{{0,{inner}}}[^{bad}{TRIM}])?");
+    let text = if or_blank { format!("(?:{text})?") } else { text };
+    format!("^[{TRIM}]*{text}[{TRIM}]*$")
+}
+
+/// `^` blank or one of `alternatives`, around optional trimmed space `$`.
+fn trimmed(alternatives: &str, or_blank: bool) -> String {
+    let q = if or_blank { "?" } else { "" };
+    format!("^[{TRIM}]*(?:{alternatives}){q}[{TRIM}]*$")
+}
+
+/// Seven letters or digits (`SdiCode::parse`), less the one code `code` made of `c` alone
+/// (upper or lower case): `0000000` or `XXXXXXX`.
+fn sdi_code_except(c: char) -> String {
+    let same = if c.is_ascii_digit() {
+        c.to_string()
+    } else {
+        format!("{}{}", c.to_ascii_uppercase(), c.to_ascii_lowercase())
+    };
+    let other: String = ('0'..='9').chain('A'..='Z').chain('a'..='z').filter(|x| !same.contains(*x)).collect();
+    (0..7).map(|k| format!("[{same}]{{{k}}}[{other}][A-Za-z0-9]{{{}}}", 6 - k)).collect::<Vec<_>>().join("|")
+}
+
+/// A two-letter country code other than Italy (`company::fields::country`).
+const FOREIGN_COUNTRY: &str = "[A-HJ-Za-hj-z][A-Za-z]|[Ii][A-SU-Za-su-z]";
+
+/// The email pattern of [`email`], without its anchors.
+fn email_body() -> String {
+    let email = serde_json::to_value(email()).unwrap_or_default();
+    let pattern = email["pattern"].as_str().unwrap_or_default();
+    pattern.trim_start_matches('^').trim_end_matches('$').to_owned()
+}
+
+/// The address of a new company (`company::fields::Address::parse`): in Italy (the
+/// country absent, blank or `IT`) a 5-digit CAP and a 2-letter province; elsewhere a
+/// postal code of up to 16 characters and an optional province.
+fn new_company_address() -> Value {
+    let street = json!({"type": "string", "pattern": company_text(200, false), "description": "Street and number."});
+    let city = json!({"type": "string", "pattern": company_text(200, false), "description": "Town or city."});
+    let italy = json!({
+        "title": "Italian address",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["street", "city", "postal_code", "province"],
+        "properties": {
+            "street": street,
+            "city": city,
+            "postal_code": {"type": "string", "pattern": trimmed("[0-9]{5}", false), "description": "CAP: five digits."},
+            "province": {"type": "string", "pattern": trimmed("[A-Za-z]{2}", false), "description": "The province's sigla, such as MI."},
+            "country": {"type": ["string", "null"], "pattern": trimmed("[Ii][Tt]", true), "description": "`IT`, or absent."},
+        },
+    });
+    let abroad = json!({
+        "title": "Address outside Italy",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["street", "city", "postal_code", "country"],
+        "properties": {
+            "street": street,
+            "city": city,
+            "postal_code": {"type": "string", "pattern": company_text(16, false), "description": "Up to 16 characters."},
+            "province": {"type": ["string", "null"], "pattern": company_text(200, true), "description": "Optional."},
+            "country": {"type": "string", "pattern": trimmed(FOREIGN_COUNTRY, false), "description": "ISO 3166-1 alpha-2, not IT."},
+        },
+    });
+    json!({"anyOf": [italy, abroad]})
+}
+
+/// `POST …/companies` (`ponte_linking::company::CompanyData::parse`): every rule the
+/// parser checks, the ones no pattern can say as named formats (`partita-iva`:
+/// the check digit and the office code; `codice-fiscale`: the check digit or character
+/// and the day of birth), and the delivery rules as `allOf`: an SDI code other than
+/// `0000000` or a PEC address; `XXXXXXX` only with an address outside Italy.
+pub fn new_company() -> RefOr<Schema> {
+    let omocodia = "[0-9LMNPQRSTUVlmnpqrstuv]";
+    let personal =
+        format!("[A-Za-z]{{6}}{omocodia}{{2}}[ABCDEHLMPRSTabcdehlmprst]{omocodia}{{2}}[A-Za-z]{omocodia}{{3}}[A-Za-z]");
+    let email = email_body();
+    // The delivery rules: an SDI code other than `0000000` or a PEC; `XXXXXXX` only abroad.
+    let delivery = json!([
+        {"anyOf": [
+            {"required": ["pec"], "properties": {"pec": {"type": "string", "pattern": format!("^{email}$")}}},
+            {"required": ["sdi_code"], "properties": {"sdi_code": {"type": "string", "pattern": trimmed(&sdi_code_except('0'), false)}}},
+        ]},
+        {"anyOf": [
+            {"properties": {"sdi_code": {"type": ["string", "null"], "pattern": trimmed(&sdi_code_except('x'), true)}}},
+            {"properties": {"address": {"required": ["country"], "properties": {"country": {"type": "string", "pattern": trimmed(FOREIGN_COUNTRY, false)}}}}},
+        ]},
+    ]);
+    let mut company = schema(json!({
+        "type": "object",
+        "description": "A new company: its name, Partita IVA and address, and where its invoices arrive (an SDI code, a PEC address, or both).",
+        "additionalProperties": false,
+        "required": ["legal_name", "vat_number", "address"],
+        "properties": {
+            "legal_name": {"type": "string", "pattern": company_text(200, false), "description": "Ragione sociale: 1 to 200 characters once trimmed, no control or invisible characters."},
+            "vat_number": {
+                "type": "string",
+                "format": "partita-iva",
+                "pattern": format!("^[{TRIM}]*(?:[Ii][Tt][{TRIM}]*)?[0-9]{{11}}[{TRIM}]*$"),
+                "description": "Partita IVA: 11 digits, an `IT` prefix allowed; the last is the check digit, digits 8 to 10 an existing office code (001–100, 120, 121, 888, 999).",
+            },
+            "tax_code": {
+                "type": ["string", "null"],
+                "format": "codice-fiscale",
+                "pattern": trimmed(&format!("[0-9]{{11}}|{personal}"), true),
+                "description": "Codice fiscale: 11 digits checked like a Partita IVA, or the 16 characters of a person (omocodia letters allowed) with a valid month, day and check character; absent or blank, the Partita IVA.",
+            },
+            "address": new_company_address(),
+            "sdi_code": {
+                "type": ["string", "null"],
+                "pattern": trimmed("[A-Za-z0-9]{7}", true),
+                "description": "SDI recipient code: 7 letters or digits; `0000000` needs a PEC, `XXXXXXX` is for an address outside Italy.",
+            },
+            "pec": {
+                "type": ["string", "null"],
+                "maxLength": 254,
+                "pattern": format!("^(?:[{TRIM}]*|{email})$"),
+                "description": "PEC address where invoices arrive.",
+            },
+        },
+    }));
+    // utoipa's object schema has no `allOf` of its own: it goes in as an extension.
+    if let RefOr::T(Schema::Object(object)) = &mut company {
+        object.extensions.get_or_insert_with(Default::default).insert("allOf".into(), delivery);
+    }
+    company
+}
+
 /// The rules between fields that a plain object schema cannot say, added to the
 /// document's component schemas as JSON Schema `not` clauses.
 pub fn refine(openapi: &mut utoipa::openapi::OpenApi) {

@@ -58,6 +58,21 @@ pub struct CompanyFields {
     pub pec: Option<String>,
 }
 
+/// The schema of `POST …/companies`, whose body the handler reads as [`CompanyFields`]:
+/// on create every rule of `CompanyData::parse` applies (required fields, check digits,
+/// the Italian address, the delivery rules), so the contract states them
+/// ([`crate::contract::new_company`]); a PATCH keeps the permissive [`CompanyFields`].
+#[derive(Debug)]
+pub struct NewCompany;
+
+impl utoipa::PartialSchema for NewCompany {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        crate::contract::new_company()
+    }
+}
+
+impl ToSchema for NewCompany {}
+
 impl From<CompanyFields> for CompanyDraft {
     fn from(f: CompanyFields) -> Self {
         Self {
@@ -190,7 +205,7 @@ pub async fn list_companies(caller: Caller, path: web::Path<AccountPath>, state:
 
 /// Adds a company; its integrations start `disabled`.
 #[utoipa::path(post, path = "/api/v1/accounts/{account}/companies", tag = "companies", params(AccountPath),
-    request_body = CompanyFields, security(("bearer" = ["ponte.admin"])),
+    request_body = NewCompany, security(("bearer" = ["ponte.admin"])),
     responses(
         (status = 201, body = CompanyView, headers(("Location" = String, description = "The new company"))),
         (status = 404, body = ProblemBody, content_type = PROBLEM),
