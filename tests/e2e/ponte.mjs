@@ -96,6 +96,8 @@ export async function startPonte(extraEnv = {}, options = {}) {
     base,
     dataDir,
     env,
+    /** The process id (e.g. to read its resident size from /proc). */
+    pid: child.pid,
     /** Runs `ponte <args>` against the same configuration and returns stdout. */
     async cli(...args) {
       try {
