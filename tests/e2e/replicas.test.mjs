@@ -327,6 +327,10 @@ describe('two replicas behind nginx', { skip }, () => {
     const { signal } = await replicas[victim].kill('SIGKILL');
     assert.equal(signal, 'SIGKILL');
     const killedAt = Date.now();
+    // A person takes a moment to type; meanwhile nginx sees its kept-alive connections to
+    // the dead replica close. (A POST nginx had already sent on one is not retried: it is
+    // not idempotent. See the README, "Replicas".)
+    await new Promise((ok) => { setTimeout(ok, 250); });
 
     await signIn(page, user);
     const callback = await backAtRp(page, rp, flow.state);
