@@ -524,6 +524,10 @@ async function main() {
     }
     const routed = tally((await proxy.log()).map((e) => replicas.findIndex((r) => new URL(r.base).host === e.replica) + 1));
     say(`requests per replica (nginx's log; 0: none answered): ${routed}`);
+    // What nginx says went wrong with the replicas (connect() refused, a connection reset…).
+    const proxyErrors = (await proxy.stderr()).split('\n').filter((l) => /\[(error|crit|alert|emerg)\]/.test(l));
+    say(`nginx error log: ${proxyErrors.length} lines at [error] or worse`);
+    for (const line of proxyErrors.slice(0, 10)) say(`  ${line.replace(/^\S+ \S+ /, '').replace(/, client: .*?(, request:)/, '$1')}`);
     say(`SSO sessions signed in again: ${counters.ssoRelogins}; introspection saying inactive for a fresh token: ${counters.inactive}; `
       + `flows skipped (64 in flight): ${counters.backlog}`);
 

@@ -15,13 +15,15 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 import { startPonte, freePort, csrfFrom } from './ponte.mjs';
 import { launchBrowser, needsBrowser, signIn } from './browser.mjs';
 import { startUpstream } from './upstream.mjs';
 import { freshDatabase, dropRedisPrefix } from './pos.mjs';
-import { startProxy, needsNginx } from './proxy.mjs';
+import { startProxy, needsNginx, deployConfig } from './proxy.mjs';
 import {
   client, startRp, registerClient, discover, authorizationRequest, backAtRp, remoteJwks,
   verifyIdToken, verifyAccessToken,
@@ -306,6 +308,25 @@ describe('two replicas behind nginx', { skip }, () => {
     assert.deepEqual([...new Set(audit.body.entries.map((e) => e.ip))], [CLIENT], JSON.stringify(audit.body.entries));
     const sessions = await replicas[0].api('GET', `/api/v1/accounts/${account.id}/users/${account.owner.id}/sessions`);
     assert.deepEqual(sessions.body.sessions.map((s) => s.ip), [CLIENT]);
+  });
+
+  test('nginx drops an idle connection to a replica before the replica does', { timeout: 30_000 }, async () => {
+    // Otherwise a request nginx sends on a connection just as the replica closes it gets no
+    // answer, and a POST (not retried) comes back 502: what the soak once saw.
+    const upstreamBlock = (await readFile(deployConfig, 'utf8')).match(/^\s*upstream ponte \{[^}]*\}/m)?.[0] ?? '';
+    const nginxIdle = Number(upstreamBlock.match(/^\s*keepalive_timeout\s+(\d+)s;/m)?.[1]);
+    assert.ok(nginxIdle > 0, `deploy/nginx.conf sets keepalive_timeout (in seconds) for its upstream:\n${upstreamBlock}`);
+    // How long a replica keeps an idle keep-alive connection: one request, then wait for the close.
+    const idle = await new Promise((ok, fail) => {
+      const socket = connect(Number(new URL(replicas[0].base).port), '127.0.0.1');
+      let answered = null;
+      socket.setTimeout(20_000, () => fail(new Error('the replica kept an idle connection for 20 s')));
+      socket.on('data', (chunk) => { if (!answered && chunk.includes('\r\n\r\n')) answered = Date.now(); });
+      socket.on('end', () => { socket.destroy(); ok(Date.now() - answered); });
+      socket.on('error', fail);
+      socket.write(`GET /healthz HTTP/1.1\r\nHost: ${new URL(replicas[0].base).host}\r\n\r\n`);
+    });
+    assert.ok(nginxIdle * 1000 <= idle - 500, `nginx keeps idle upstream connections ${nginxIdle} s, the replica closes them after ${idle} ms`);
   });
 
   test('a replica killed with SIGKILL between the login page and the form post: the flow completes through the other', { timeout: 60_000 }, async (t) => {
