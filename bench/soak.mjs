@@ -38,6 +38,8 @@ const REDIS_AT = num('SOAK_REDIS_RESTART_AT', Math.round(SECS * 0.4));
 const POSTGRES_AT = num('SOAK_POSTGRES_RESTART_AT', Math.round(SECS * 0.6));
 const WARMUP = num('SOAK_WARMUP_SECS', Math.min(60, Math.round(SECS / 5)));
 const GRACE = num('SOAK_OUTAGE_GRACE_SECS', 5);
+/** How long each server stays stopped in its restart (0: a plain restart). */
+const DOWN = num('SOAK_DOWN_SECS', 0);
 const SAMPLE = num('SOAK_RSS_EVERY_SECS', 5);
 const SCALE = num('SOAK_SCALE', 1);
 const POSTGRES = process.env.SOAK_POSTGRES ?? 'own';
@@ -135,10 +137,11 @@ async function startRedis() {
   await up();
   return {
     url: `redis://127.0.0.1:${port}/`,
-    /** SHUTDOWN (the AOF is flushed), then the same server again; returns when it answers. */
+    /** SHUTDOWN (the AOF is flushed), SOAK_DOWN_SECS, the same server again; returns when it answers. */
     async restart() {
       await run('redis-cli', ['-p', String(port), 'shutdown'], { timeout: 10_000 }).catch(() => {});
       await proc.exited;
+      await sleep(DOWN * 1000);
       await up();
     },
     async stop() {
@@ -172,7 +175,13 @@ async function startPostgres() {
     const version = readdirSync('/etc/postgresql')[0];
     return {
       url: url.href,
-      restart: () => run('pg_ctlcluster', ['--skip-systemctl-redirect', version, 'main', 'restart'], { timeout: 60_000 }),
+      async restart() {
+        const ctl = (action) => run('pg_ctlcluster', ['--skip-systemctl-redirect', version, 'main', action], { timeout: 60_000 });
+        if (!DOWN) return ctl('restart');
+        await ctl('stop');
+        await sleep(DOWN * 1000);
+        return ctl('start');
+      },
       stop: () => run('psql', [SHARED_DATABASE, '-qc', `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`]).catch(() => {}),
     };
   }
@@ -199,8 +208,13 @@ async function startPostgres() {
   return {
     url,
     log: () => { try { return readFileSync(join(dir, 'log'), 'utf8'); } catch { return ''; } },
-    /** A fast restart (active connections are ended), as `pg_ctlcluster … restart` does. */
-    restart: () => pg('pg_ctl', ['-D', data, '-o', options, '-l', join(dir, 'log'), '-m', 'fast', '-w', 'restart']),
+    /** A fast restart (active connections are ended), as `pg_ctlcluster … restart` does; stopped SOAK_DOWN_SECS between. */
+    async restart() {
+      if (!DOWN) return pg('pg_ctl', ['-D', data, '-o', options, '-l', join(dir, 'log'), '-m', 'fast', '-w', 'restart']);
+      await pg('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']);
+      await sleep(DOWN * 1000);
+      return pg('pg_ctl', ['-D', data, '-o', options, '-l', join(dir, 'log'), '-w', 'start']);
+    },
     async stop() {
       await pg('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']).catch(() => {});
       await rm(dir, { recursive: true, force: true });
@@ -230,7 +244,8 @@ async function main() {
   };
   process.once('SIGINT', () => { cleanup().finally(() => process.exit(130)); });
   try {
-    say(`${SECS} s of load, Redis restart at ${REDIS_AT} s, PostgreSQL (${POSTGRES}) restart at ${POSTGRES_AT} s, `
+    say(`${SECS} s of load, Redis restart at ${REDIS_AT} s, PostgreSQL (${POSTGRES}) restart at ${POSTGRES_AT} s`
+      + `${DOWN ? ` (each down ${DOWN} s)` : ''}, `
       + `warm-up ${WARMUP} s, binary ${process.env.PONTE_BIN}`);
     say(`rates per second: ${Object.entries(RATES).map(([k, v]) => `${k} ${v}`).join(', ')}`);
     const redis = await startRedis();
