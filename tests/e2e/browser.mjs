@@ -2,11 +2,11 @@
 // Each launch gets a fresh profile folder; every request that does not go to loopback is
 // refused, so a page that names a web font or a remote script stays deterministic and
 // nothing leaves the machine.
-import { accessSync, constants } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { executable } from './ponte.mjs';
 
 const ARGS = [
   '--no-sandbox',
@@ -17,15 +17,6 @@ const ARGS = [
   '--disable-component-update',
   '--disable-sync',
 ];
-
-function executable(path) {
-  try {
-    accessSync(path, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The Chromium to drive: PONTE_TEST_CHROMIUM, else Debian's /usr/bin/chromium, else PATH. */
 function findChromium() {

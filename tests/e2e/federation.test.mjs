@@ -19,6 +19,7 @@ import { promisify } from 'node:util';
 import { startPonte, freePort, csrfFrom, cookiesFrom } from './ponte.mjs';
 import { launchBrowser, needsBrowser, signIn } from './browser.mjs';
 import { startUpstream } from './upstream.mjs';
+import { dropRedisPrefix } from './pos.mjs';
 
 const run = promisify(execFile);
 const browserTest = { skip: needsBrowser, timeout: 45_000 };
@@ -894,12 +895,3 @@ test('a flow started on replica 1 finishes on replica 2 (shared PostgreSQL and R
     assert.doesNotMatch(replica.stderr(), /panicked/);
   }
 });
-
-/** Deletes every Redis key under `prefix` (redis-cli, no client library needed). */
-async function dropRedisPrefix(url, prefix) {
-  const { stdout } = await run('redis-cli', ['-u', url, '--scan', '--pattern', `${prefix}*`], { timeout: 10_000 });
-  const keys = stdout.split('\n').filter(Boolean);
-  for (let i = 0; i < keys.length; i += 100) {
-    await run('redis-cli', ['-u', url, 'DEL', ...keys.slice(i, i + 100)], { timeout: 10_000 });
-  }
-}

@@ -1,6 +1,7 @@
 // Starts the real `ponte` binary on a free loopback port with a data folder of its own,
 // and stops it afterwards. Shared by every end-to-end test.
 import { spawn, execFile } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -11,6 +12,16 @@ const run = promisify(execFile);
 
 export const ponteBin = process.env.PONTE_BIN
   ?? resolve(process.env.CARGO_TARGET_DIR ?? resolve(import.meta.dirname, '../../target'), 'debug/ponte');
+
+/** Whether `path` is a file this process may run. */
+export function executable(path) {
+  try {
+    accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 export async function freePort() {
   return new Promise((ok, fail) => {
@@ -85,6 +96,8 @@ export async function startPonte(extraEnv = {}, options = {}) {
     base,
     dataDir,
     env,
+    /** The process id (e.g. to read its resident size from /proc). */
+    pid: child.pid,
     /** Runs `ponte <args>` against the same configuration and returns stdout. */
     async cli(...args) {
       try {

@@ -192,3 +192,12 @@ export async function freshDatabase(serverUrl, label) {
     drop: () => run('psql', [serverUrl, '-qc', `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`], { timeout: 20_000 }),
   };
 }
+
+/** Deletes every Redis key under `prefix` on the server at `url` (redis-cli, no client library needed). */
+export async function dropRedisPrefix(url, prefix) {
+  const { stdout } = await run('redis-cli', ['-u', url, '--scan', '--pattern', `${prefix}*`], { timeout: 10_000 });
+  const keys = stdout.split('\n').filter(Boolean);
+  for (let i = 0; i < keys.length; i += 100) {
+    await run('redis-cli', ['-u', url, 'DEL', ...keys.slice(i, i + 100)], { timeout: 10_000 });
+  }
+}
