@@ -309,7 +309,8 @@ impl Application {
         .listen(listener)?
         // Signals are ours (run_until_stopped): readiness turns 503 before the listener closes.
         .disable_signals()
-        .shutdown_timeout(state.config.shutdown_grace_secs);
+        .shutdown_timeout(state.config.shutdown_grace_secs)
+        .keep_alive(std::time::Duration::from_secs(state.config.keep_alive_secs.max(1)));
         if let Some(n) = workers {
             server = server.workers(n.max(1));
         }

@@ -87,6 +87,10 @@ pub struct Config {
     pub shutdown_delay_secs: u64,
     /// Seconds in-flight requests get to finish once the listener has closed.
     pub shutdown_grace_secs: u64,
+    /// Seconds an idle keep-alive connection stays open. Behind a proxy or load balancer
+    /// that reuses connections, keep it above that proxy's idle timeout toward Ponte, so
+    /// the proxy always closes first (a request sent as Ponte closes gets no answer).
+    pub keep_alive_secs: u64,
     /// Seconds a browser session may sit unused.
     pub session_idle_secs: u64,
     /// Seconds a browser session lasts at most.
@@ -386,6 +390,7 @@ impl Default for Config {
             workers: None,
             shutdown_delay_secs: 0,
             shutdown_grace_secs: 30,
+            keep_alive_secs: 5,
             session_idle_secs: 30 * 60,
             session_absolute_secs: 12 * 60 * 60,
             access_token_ttl_secs: 600,

@@ -83,3 +83,33 @@ async fn the_healthcheck_command_passes_while_ponte_answers_and_fails_when_nothi
     assert!(healthcheck(format!("0.0.0.0:{port}")).await, "an unspecified bind is reached on loopback");
     assert!(!healthcheck(format!("127.0.0.1:{}", crate::process::free_port())).await);
 }
+
+/// Reads from `stream` until the server closes it; `None` if it is still open at `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: std::time::Duration) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(start.elapsed()), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_lasts_keep_alive_secs() {
+    use tokio::io::AsyncWriteExt;
+    for (secs, open_at_least) in [(1u64, false), (5, true)] {
+        let app = TestApp::spawn_with(TestDb::sqlite(), None, |c| c.keep_alive_secs = secs).await;
+        let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: ponte\r\n\r\n").await.unwrap();
+        let closed = closed_within(&mut stream, std::time::Duration::from_secs(3)).await;
+        if open_at_least {
+            assert_eq!(closed, None, "with keep_alive_secs = {secs}, still open after 3 s");
+        } else {
+            assert!(closed.is_some(), "with keep_alive_secs = {secs}, closed within 3 s");
+        }
+    }
+}
