@@ -194,6 +194,21 @@ pub fn may_see(who: Principal<'_>, company: CompanyId) -> bool {
     Permission::ALL.into_iter().any(|p| allows(who, p, Target::Company(company)))
 }
 
+/// `grants` once `company` is gone: it leaves every list, and a grant whose list empties
+/// goes too (it granted nothing else). Grants on `"all"` stay.
+pub fn without_company(grants: &[Grant], company: CompanyId) -> Vec<Grant> {
+    grants
+        .iter()
+        .filter_map(|g| match &g.companies {
+            Companies::All => Some(g.clone()),
+            Companies::Only(ids) => {
+                let rest: BTreeSet<CompanyId> = ids.iter().copied().filter(|c| *c != company).collect();
+                (!rest.is_empty()).then_some(Grant { permission: g.permission, companies: Companies::Only(rest) })
+            }
+        })
+        .collect()
+}
+
 /// Whether `giver` may hand out `grants`: owners and admins anything; a member (with
 /// `users:manage`) only what they hold themselves, on the same companies, so a grant can
 /// never raise anyone above the one who gave it.
@@ -385,6 +400,24 @@ mod tests {
         assert!(may_manage(admin, Role::Admin));
         let reader = Principal { role: Role::Member, grants: &grants[1..] };
         assert!(!may_manage(reader, Role::Member), "users:manage is needed");
+    }
+
+    #[test]
+    fn a_removed_company_leaves_every_grant_and_a_grant_on_it_alone_goes() {
+        let (bar, pizzeria) = (CompanyId::new(), CompanyId::new());
+        let grants = [
+            Grant { permission: Permission::InvoicesRead, companies: Companies::All },
+            Grant { permission: Permission::InvoicesSend, companies: only(&[bar, pizzeria]) },
+            Grant { permission: Permission::SettingsManage, companies: only(&[bar]) },
+        ];
+        assert_eq!(
+            without_company(&grants, bar),
+            vec![
+                Grant { permission: Permission::InvoicesRead, companies: Companies::All },
+                Grant { permission: Permission::InvoicesSend, companies: only(&[pizzeria]) },
+            ]
+        );
+        assert_eq!(without_company(&grants, CompanyId::new()), grants.to_vec());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use sqlx::Any;
 use time::OffsetDateTime;
 
 use super::{Company, CompanyData, CompanyDraft, CompanyStore};
-use crate::account::sql::lock_account;
+use crate::account::sql::{forget_company, lock_account};
 use crate::audit::{Actor, AuditEntry, sql::append as audit};
 use crate::ids::{AccountId, CompanyId};
 use crate::integration::sql::create_for_company;
@@ -156,6 +156,8 @@ impl CompanyStore for SqlCompanies {
 
     async fn delete(&self, account: AccountId, company: CompanyId, actor: &Actor, now: OffsetDateTime) -> Result<()> {
         let mut tx = self.db.begin().await?;
+        // Under the account's lock, so a grant naming this company cannot be written meanwhile.
+        lock_account(self.db.backend(), &mut tx, account).await?;
         let Some(current) = select(&mut *tx, account, company).await? else { return Err(Error::NotFound("company")) };
         let busy: Option<(String,)> =
             sqlx::query_as("SELECT state FROM integrations WHERE company_id = $1 AND state <> 'disabled' LIMIT 1")
@@ -173,6 +175,7 @@ impl CompanyStore for SqlCompanies {
             .bind(company.to_string())
             .execute(&mut *tx)
             .await?;
+        forget_company(&mut tx, account, company).await?;
         audit(&mut *tx, &entry(&current, actor, "company.deleted", now)).await?;
         tx.commit().await?;
         Ok(())

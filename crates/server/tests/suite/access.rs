@@ -388,3 +388,22 @@ async fn the_signed_in_page_shows_a_member_their_permissions_and_only_the_compan
     let page = owner.get(app.url("/")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(&format!(r#"data-company="{pizzeria}""#)) && !page.contains("user-permissions"));
 }
+
+#[tokio::test]
+async fn a_removed_company_leaves_the_members_grants_so_they_can_be_written_back() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token().await;
+    let a = tenant(&app, &admin, "mario@esempio.it", ["00743110157", "01234560017"]).await;
+    let [bar, pizzeria] = a.companies.clone();
+    let grants = json!([
+        {"permission": "invoices:read", "companies": [bar, pizzeria]},
+        {"permission": "settings:manage", "companies": [pizzeria]},
+    ]);
+    let member = add_member(&app, &admin, &a, "anna@esempio.it", grants).await;
+    let base = format!("/api/v1/accounts/{}", a.account);
+    assert_eq!(call(&app, &admin, "DELETE", &format!("{base}/companies/{pizzeria}"), None).await.0, 204);
+    let (_, user) = call(&app, &admin, "GET", &format!("{base}/users/{member}"), None).await;
+    assert_eq!(user["permissions"], json!([{"permission": "invoices:read", "companies": [bar]}]));
+    let back = json!({"permissions": user["permissions"]});
+    assert_eq!(call(&app, &admin, "PUT", &format!("{base}/users/{member}/permissions"), Some(back)).await.0, 200);
+}

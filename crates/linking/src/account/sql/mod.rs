@@ -134,6 +134,27 @@ pub async fn seat_usage(
     Ok(SeatUsage { valid: u32::try_from(valid).unwrap_or(u32::MAX), used: u32::try_from(used).unwrap_or(u32::MAX) })
 }
 
+/// Takes `company` out of the grants of `account`'s members, in `tx` (the company's
+/// removal): a grant list read back and written again must not name a company that is gone.
+pub async fn forget_company(tx: &mut Transaction<'_, Any>, account: AccountId, company: CompanyId) -> Result<()> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, permissions FROM users WHERE account_id = $1 AND permissions LIKE $2")
+            .bind(account.to_string())
+            .bind(format!("%{company}%"))
+            .fetch_all(&mut **tx)
+            .await?;
+    for (user, stored) in rows {
+        let grants = parse_grants(&stored)
+            .ok_or_else(|| Error::Identity(ponte_identity::Error::Corrupt(format!("user {user}: permissions"))))?;
+        sqlx::query("UPDATE users SET permissions = $1 WHERE id = $2")
+            .bind(grants_json(&crate::access::without_company(&grants, company)))
+            .bind(&user)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// The seat rule for a user going from `before` to `after`, checked after the account lock.
 async fn check_seat(
     tx: &mut Transaction<'_, Any>,
