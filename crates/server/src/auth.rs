@@ -74,14 +74,14 @@ impl Caller {
             || Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail("Your role does not allow this.");
         match self {
             Caller::Backend { .. } => Ok(()),
-            Caller::User { account: own, user, .. } => {
+            Caller::User { account: own, user, role, grants, .. } => {
                 if need == Need::Backend {
                     return Err(forbidden());
                 }
                 if account.is_some_and(|a| a != *own) {
                     return Err(Problem::not_found("account_not_found", "No such account."));
                 }
-                let who = self.principal().unwrap_or(Principal { role: Role::Member, grants: &[] });
+                let who = Principal { role: *role, grants };
                 let allowed = match need {
                     Need::Backend => false,
                     Need::Member => true,
@@ -103,6 +103,14 @@ impl Caller {
         match self {
             Caller::Backend { .. } => None,
             Caller::User { role, grants, .. } => Some(Principal { role: *role, grants }),
+        }
+    }
+
+    /// The user behind a user's token; `None` for the POS backend.
+    pub fn user_id(&self) -> Option<UserId> {
+        match self {
+            Caller::Backend { .. } => None,
+            Caller::User { user, .. } => Some(*user),
         }
     }
 

@@ -290,6 +290,8 @@ pub struct PaidGrant {
     pub grant: SeatGrant,
     /// Members suspended for lapse that the new seats restored.
     pub restored: Vec<UserId>,
+    /// The account's seats once the payment and the restorations are written.
+    pub seats: SeatUsage,
 }
 
 /// Members the sweep suspended in one account.

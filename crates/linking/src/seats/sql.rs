@@ -203,8 +203,9 @@ impl SeatStore for SqlSeats {
         let grants = grants_in(&mut *tx, account).await?;
         let current = grants.iter().find(|g| g.id == grant).cloned().ok_or(Error::NotFound("seat grant"))?;
         let Payment::Paid { paid_at, valid_until, extended } = pay(&current, &grants, now) else {
+            let seats = usage_in(&mut tx, account, now).await?;
             tx.rollback().await?;
-            return Ok(PaidGrant { grant: current, restored: Vec::new() });
+            return Ok(PaidGrant { grant: current, restored: Vec::new(), seats });
         };
         sqlx::query(
             "UPDATE seat_grants SET paid_at = $1, valid_until = $2, reminded_days = NULL, updated_at = $1 \
@@ -228,11 +229,11 @@ impl SeatStore for SqlSeats {
         });
         audit(&mut *tx, &AuditEntry::for_account(account, actor, "seats.paid", now).with_detail(detail.to_string()))
             .await?;
-        let free = usage_in(&mut tx, account, now).await?.free();
+        let before = usage_in(&mut tx, account, now).await?;
         let suspended: Vec<Seated> =
             members(&mut tx, account, "suspended", Some(SEATS_LAPSED)).await?.into_iter().map(|(s, _)| s).collect();
         let mut restored = Vec::new();
-        for user in restorable(&suspended, free) {
+        for user in restorable(&suspended, before.free()) {
             if set_status(&mut tx, user, "suspended", "active", None, now).await? {
                 let entry = AuditEntry::for_user(account, user, &system(), "user.restored", now)
                     .with_detail(format!(r#"{{"reason":"{SEATS_LAPSED}"}}"#));
@@ -243,7 +244,9 @@ impl SeatStore for SqlSeats {
         tx.commit().await?;
         let grant =
             SeatGrant { paid_at: Some(paid_at), valid_until: Some(valid_until), reminded_days: None, ..current };
-        Ok(PaidGrant { grant, restored })
+        // Each restored member takes one of the free seats counted above.
+        let seats = SeatUsage { used: before.used + restored.len() as u32, ..before };
+        Ok(PaidGrant { grant, restored, seats })
     }
 
     async fn remove(&self, account: AccountId, grant: SeatGrantId, actor: &Actor, now: OffsetDateTime) -> Result<()> {

@@ -739,7 +739,7 @@ pub async fn revoke_session(
 ) -> ApiResult {
     caller.check(Some(path.account), Need::ManageOrSelf(path.user))?;
     let user = require_user(&state, path.account, path.user).await?;
-    if caller_user(&caller) != Some(user.id) {
+    if caller.user_id() != Some(user.id) {
         guard_owner(&caller, &user)?;
         check_delegation(&caller, user.role, &[])?;
     }
@@ -845,18 +845,11 @@ pub async fn put_permissions(
     let grants = parse_grants(&body.permissions)?;
     let target = require_user(&state, path.account, path.user).await?;
     check_delegation(&caller, target.role, &grants)?;
-    if caller.principal().is_some() && Some(path.user) == caller_user(&caller) {
+    if caller.user_id() == Some(path.user) {
         return Err(forbidden("Nobody changes their own permissions."));
     }
     let user = state.users.set_grants(path.account, path.user, grants, &caller.actor(&req), state.now()).await?;
     Ok(HttpResponse::Ok().json(UserView::from(user)))
-}
-
-fn caller_user(caller: &Caller) -> Option<UserId> {
-    match caller {
-        Caller::User { user, .. } => Some(*user),
-        Caller::Backend { .. } => None,
-    }
 }
 
 /// Mails the user a new single-use link to choose a password (7 days); the link sent

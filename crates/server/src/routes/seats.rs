@@ -195,7 +195,7 @@ pub async fn pay_seats(
     require_account(&state, path.account).await?;
     let now = state.now();
     let paid = state.seats.pay(path.account, path.grant, &caller.actor(&req), now).await.map_err(grant_not_found)?;
-    let seats = state.seats.usage(path.account, now).await?.into();
+    let seats = paid.seats.into();
     Ok(HttpResponse::Ok().json(PaidSeats {
         grant: SeatGrantView::of(paid.grant, now),
         restored: paid.restored.iter().map(ToString::to_string).collect(),
