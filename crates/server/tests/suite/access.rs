@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ponte_identity::jobs::JobStore;
-use ponte_identity::outbox::{MAIL_SEND, Message, OutgoingMail};
+use ponte_identity::outbox::Message;
 use ponte_identity::token::AccessTokenClaims;
 use ponte_linking::ids::{AccountId, UserId};
 use serde_json::{Value, json};
@@ -48,7 +47,7 @@ async fn tenant(app: &TestApp, admin: &str, owner_email: &str, vats: [&str; 2]) 
     let mut companies = Vec::new();
     for vat in vats {
         let (status, company) =
-            call(app, admin, "POST", &format!("/api/v1/accounts/{account}/companies"), Some(company_json(vat))).await;
+            app.call(admin, "POST", &format!("/api/v1/accounts/{account}/companies"), Some(company_json(vat))).await;
         assert_eq!(status, 201, "{company}");
         companies.push(company["id"].as_str().unwrap().to_owned());
     }
@@ -60,26 +59,10 @@ async fn tenant(app: &TestApp, admin: &str, owner_email: &str, vats: [&str; 2]) 
     }
 }
 
-async fn call(app: &TestApp, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = app.browser().request(method, app.url(path)).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    if status >= 400 {
-        assert_eq!(content_type.as_deref(), Some("application/problem+json"), "{path}: {body}");
-    }
-    (status, body)
-}
-
 async fn add_member(app: &TestApp, admin: &str, t: &Tenant, email: &str, permissions: Value) -> String {
     let body =
         json!({"email": email, "name": "Membro", "role": "member", "password": PASSWORD, "permissions": permissions});
-    let (status, user) = call(app, admin, "POST", &format!("/api/v1/accounts/{}/users", t.account), Some(body)).await;
+    let (status, user) = app.call(admin, "POST", &format!("/api/v1/accounts/{}/users", t.account), Some(body)).await;
     assert_eq!(status, 201, "{user}");
     user["id"].as_str().unwrap().to_owned()
 }
@@ -138,7 +121,7 @@ async fn a_token_of_one_account_is_refused_on_every_route_for_another_account_s_
     let b = tenant(&app, &admin, "luigi@altro.it", ["00743110157", "01234560017"]).await;
     let b_member = add_member(&app, &admin, &b, "anna@altro.it", json!([])).await;
     let owner_a = user_token(&app, &a.account, &a.owner);
-    let before = call(&app, &admin, "GET", &format!("/api/v1/accounts/{}/audit?limit=500", b.account), None).await.1;
+    let before = app.call(&admin, "GET", &format!("/api/v1/accounts/{}/audit?limit=500", b.account), None).await.1;
 
     let b_ids = [
         ("account", b.account.as_str()),
@@ -162,7 +145,7 @@ async fn a_token_of_one_account_is_refused_on_every_route_for_another_account_s_
             "add a valid body for {method} {template} to body_for"
         );
         let path = fill(template, &b_ids);
-        let (status, answer) = call(&app, &owner_a, &method.to_uppercase(), &path, body).await;
+        let (status, answer) = app.call(&owner_a, &method.to_uppercase(), &path, body).await;
         if template == "/api/v1/permissions" {
             assert_eq!(status, 200, "the catalogue is the same for everyone");
             continue;
@@ -180,7 +163,7 @@ async fn a_token_of_one_account_is_refused_on_every_route_for_another_account_s_
         checked += 1;
     }
     assert!(checked >= 35, "{checked}");
-    let after = call(&app, &admin, "GET", &format!("/api/v1/accounts/{}/audit?limit=500", b.account), None).await.1;
+    let after = app.call(&admin, "GET", &format!("/api/v1/accounts/{}/audit?limit=500", b.account), None).await.1;
     assert_eq!(before, after, "nothing happened to the other account");
 }
 
@@ -210,7 +193,7 @@ async fn a_member_without_the_permission_is_refused_on_every_route_of_their_own_
     ];
     for (method, template, _) in rest_operations().iter().filter(|(_, p, _)| p.contains("{account}")) {
         let path = fill(template, &ids);
-        let (status, answer) = call(&app, &token, &method.to_uppercase(), &path, body_for(method, template)).await;
+        let (status, answer) = app.call(&token, &method.to_uppercase(), &path, body_for(method, template)).await;
         if open.contains(&format!("{method} {template}").as_str()) {
             assert_eq!(status, 200, "{method} {path}: {answer}");
             for list in ["companies"] {
@@ -239,34 +222,30 @@ async fn a_member_acts_only_where_granted_and_a_change_applies_to_the_same_token
     let base = format!("/api/v1/accounts/{}", a.account);
     let integration = |c: &str| format!("{base}/companies/{c}/integrations/digital_invoice");
 
-    let (status, list) = call(&app, &token, "GET", &format!("{base}/companies"), None).await;
+    let (status, list) = app.call(&token, "GET", &format!("{base}/companies"), None).await;
     assert_eq!(status, 200);
     let seen: Vec<&str> = list["companies"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(seen, vec![bar.as_str()], "only the granted company");
-    let (_, all) = call(&app, &token, "GET", &format!("{base}/integrations"), None).await;
+    let (_, all) = app.call(&token, "GET", &format!("{base}/integrations"), None).await;
     assert_eq!(all["companies"].as_array().unwrap().len(), 1);
-    assert_eq!(call(&app, &token, "GET", &integration(&bar), None).await.0, 200);
-    assert_eq!(call(&app, &token, "GET", &integration(&pizzeria), None).await.0, 403);
-    assert_eq!(call(&app, &token, "POST", &format!("{}/disable", integration(&bar)), None).await.0, 200);
-    assert_eq!(call(&app, &token, "POST", &format!("{}/disable", integration(&pizzeria)), None).await.0, 403);
+    assert_eq!(app.call(&token, "GET", &integration(&bar), None).await.0, 200);
+    assert_eq!(app.call(&token, "GET", &integration(&pizzeria), None).await.0, 403);
+    assert_eq!(app.call(&token, "POST", &format!("{}/disable", integration(&bar)), None).await.0, 200);
+    assert_eq!(app.call(&token, "POST", &format!("{}/disable", integration(&pizzeria)), None).await.0, 403);
     let patch = Some(json!({"pec": "fatture@pec.barsport.it"}));
-    assert_eq!(
-        call(&app, &token, "PATCH", &format!("{base}/companies/{bar}"), patch).await.0,
-        403,
-        "no settings:manage"
-    );
+    assert_eq!(app.call(&token, "PATCH", &format!("{base}/companies/{bar}"), patch).await.0, 403, "no settings:manage");
 
-    let (status, user) = call(&app, &admin, "GET", &format!("{base}/users/{member}"), None).await;
+    let (status, user) = app.call(&admin, "GET", &format!("{base}/users/{member}"), None).await;
     assert_eq!((status, &user["permissions"]), (200, &grants));
     let narrowed = json!({"permissions": [{"permission": "invoices:read", "companies": "all"}]});
-    let (status, user) = call(&app, &admin, "PUT", &format!("{base}/users/{member}/permissions"), Some(narrowed)).await;
+    let (status, user) = app.call(&admin, "PUT", &format!("{base}/users/{member}/permissions"), Some(narrowed)).await;
     assert_eq!(status, 200, "{user}");
     assert_eq!(
-        call(&app, &token, "POST", &format!("{}/disable", integration(&bar)), None).await.0,
+        app.call(&token, "POST", &format!("{}/disable", integration(&bar)), None).await.0,
         403,
         "at once, same token"
     );
-    assert_eq!(call(&app, &token, "GET", &integration(&pizzeria), None).await.0, 200, "read on all now");
+    assert_eq!(app.call(&token, "GET", &integration(&pizzeria), None).await.0, 200, "read on all now");
 
     // Grants name the account's own companies, known permissions, and only members.
     let other = tenant(&app, &admin, "luigi@altro.it", ["00743110157", "01234560017"]).await;
@@ -275,16 +254,15 @@ async fn a_member_acts_only_where_granted_and_a_change_applies_to_the_same_token
         (json!({"permissions": [{"permission": "invoices:print", "companies": "all"}]}), "permissions[0]"),
         (json!({"permissions": [{"permission": "users:manage", "companies": [bar]}]}), "permissions[0]"),
     ] {
-        let (status, answer) =
-            call(&app, &admin, "PUT", &format!("{base}/users/{member}/permissions"), Some(body)).await;
+        let (status, answer) = app.call(&admin, "PUT", &format!("{base}/users/{member}/permissions"), Some(body)).await;
         assert_eq!((status, answer["errors"][0]["field"].as_str()), (422, Some(field)), "{answer}");
     }
-    let (status, answer) =
-        call(&app, &admin, "PUT", &format!("{base}/users/{}/permissions", a.owner), Some(json!({"permissions": []})))
-            .await;
+    let (status, answer) = app
+        .call(&admin, "PUT", &format!("{base}/users/{}/permissions", a.owner), Some(json!({"permissions": []})))
+        .await;
     assert_eq!((status, answer["code"].as_str()), (409, Some("not_a_member")));
     let admin_with_grants = json!({"email": "ada@esempio.it", "name": "Ada", "role": "admin", "permissions": [{"permission": "invoices:read", "companies": "all"}]});
-    assert_eq!(call(&app, &admin, "POST", &format!("{base}/users"), Some(admin_with_grants)).await.0, 422);
+    assert_eq!(app.call(&admin, "POST", &format!("{base}/users"), Some(admin_with_grants)).await.0, 422);
 }
 
 #[tokio::test]
@@ -303,20 +281,20 @@ async fn a_member_who_manages_users_manages_members_only_and_grants_only_what_th
     let new = |email: &str, role: &str, grants: Value| json!({"email": email, "name": "N", "role": role, "permissions": grants});
 
     let ok = new("bea@esempio.it", "member", json!([{"permission": "invoices:read", "companies": [bar]}]));
-    let (status, bea) = call(&app, &token, "POST", &users, Some(ok)).await;
+    let (status, bea) = app.call(&token, "POST", &users, Some(ok)).await;
     assert_eq!(status, 201, "{bea}");
     let more = new("ciro@esempio.it", "member", json!([{"permission": "invoices:send", "companies": [bar]}]));
-    assert_eq!(call(&app, &token, "POST", &users, Some(more)).await.0, 403, "not theirs to give");
+    assert_eq!(app.call(&token, "POST", &users, Some(more)).await.0, 403, "not theirs to give");
     let wider = new("ciro@esempio.it", "member", json!([{"permission": "invoices:read", "companies": "all"}]));
-    assert_eq!(call(&app, &token, "POST", &users, Some(wider)).await.0, 403);
-    assert_eq!(call(&app, &token, "POST", &users, Some(new("ciro@esempio.it", "admin", json!([])))).await.0, 403);
+    assert_eq!(app.call(&token, "POST", &users, Some(wider)).await.0, 403);
+    assert_eq!(app.call(&token, "POST", &users, Some(new("ciro@esempio.it", "admin", json!([])))).await.0, 403);
     let owner_url = format!("{users}/{}", a.owner);
-    assert_eq!(call(&app, &token, "PATCH", &owner_url, Some(json!({"name": "X"}))).await.0, 403);
+    assert_eq!(app.call(&token, "PATCH", &owner_url, Some(json!({"name": "X"}))).await.0, 403);
     let own = json!({"permissions": [{"permission": "invoices:send", "companies": "all"}]});
-    assert_eq!(call(&app, &token, "PUT", &format!("{users}/{manager}/permissions"), Some(own)).await.0, 403);
+    assert_eq!(app.call(&token, "PUT", &format!("{users}/{manager}/permissions"), Some(own)).await.0, 403);
     let bea_url = format!("{users}/{}", bea["id"].as_str().unwrap());
-    assert_eq!(call(&app, &token, "PATCH", &bea_url, Some(json!({"role": "admin"}))).await.0, 403, "no promotions");
-    assert_eq!(call(&app, &token, "DELETE", &bea_url, None).await.0, 204);
+    assert_eq!(app.call(&token, "PATCH", &bea_url, Some(json!({"role": "admin"}))).await.0, 403, "no promotions");
+    assert_eq!(app.call(&token, "DELETE", &bea_url, None).await.0, 204);
 }
 
 #[tokio::test]
@@ -326,14 +304,14 @@ async fn a_new_member_sets_a_password_with_the_mailed_link_and_a_resend_replaces
     let a = tenant(&app, &admin, "mario@esempio.it", ["00743110157", "01234560017"]).await;
     let users = format!("/api/v1/accounts/{}/users", a.account);
     let both = json!({"email": "dora@esempio.it", "name": "Dora", "role": "member", "password": PASSWORD, "send_password_link": true});
-    assert_eq!(call(&app, &admin, "POST", &users, Some(both)).await.0, 422, "a password or a link, not both");
+    assert_eq!(app.call(&admin, "POST", &users, Some(both)).await.0, 422, "a password or a link, not both");
     let body = json!({"email": "dora@esempio.it", "name": "Dora", "role": "member", "send_password_link": true});
-    let (status, dora) = call(&app, &admin, "POST", &users, Some(body)).await;
+    let (status, dora) = app.call(&admin, "POST", &users, Some(body)).await;
     assert_eq!((status, dora["has_password"].as_bool()), (201, Some(false)));
     let first = setup_links(&app, "dora@esempio.it").await;
     assert_eq!(first.len(), 1);
     let (status, _) =
-        call(&app, &admin, "POST", &format!("{users}/{}/password-link", dora["id"].as_str().unwrap()), None).await;
+        app.call(&admin, "POST", &format!("{users}/{}/password-link", dora["id"].as_str().unwrap()), None).await;
     assert_eq!(status, 202);
     let links = setup_links(&app, "dora@esempio.it").await;
     assert_eq!(links.len(), 2);
@@ -354,11 +332,9 @@ async fn a_new_member_sets_a_password_with_the_mailed_link_and_a_resend_replaces
 
 /// The tokens of the set-password links mailed to `to`, oldest first.
 async fn setup_links(app: &TestApp, to: &str) -> Vec<String> {
-    let mut jobs = app.state.jobs.list(None, None, 1000).await.unwrap();
-    jobs.reverse();
-    jobs.iter()
-        .filter(|j| j.kind == MAIL_SEND)
-        .map(|j| OutgoingMail::from_payload(&j.payload, &app.state.master).unwrap())
+    app.queued_mails()
+        .await
+        .into_iter()
         .filter(|m| m.to == to)
         .filter_map(|m| match m.message {
             Message::PasswordSetup { link, .. } => Some(link.split("token=").nth(1).unwrap().to_owned()),
@@ -401,9 +377,9 @@ async fn a_removed_company_leaves_the_members_grants_so_they_can_be_written_back
     ]);
     let member = add_member(&app, &admin, &a, "anna@esempio.it", grants).await;
     let base = format!("/api/v1/accounts/{}", a.account);
-    assert_eq!(call(&app, &admin, "DELETE", &format!("{base}/companies/{pizzeria}"), None).await.0, 204);
-    let (_, user) = call(&app, &admin, "GET", &format!("{base}/users/{member}"), None).await;
+    assert_eq!(app.call(&admin, "DELETE", &format!("{base}/companies/{pizzeria}"), None).await.0, 204);
+    let (_, user) = app.call(&admin, "GET", &format!("{base}/users/{member}"), None).await;
     assert_eq!(user["permissions"], json!([{"permission": "invoices:read", "companies": [bar]}]));
     let back = json!({"permissions": user["permissions"]});
-    assert_eq!(call(&app, &admin, "PUT", &format!("{base}/users/{member}/permissions"), Some(back)).await.0, 200);
+    assert_eq!(app.call(&admin, "PUT", &format!("{base}/users/{member}/permissions"), Some(back)).await.0, 200);
 }

@@ -294,6 +294,35 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// Every mail queued so far, oldest first, opened with the app's master key.
+    pub async fn queued_mails(&self) -> Vec<ponte_identity::outbox::OutgoingMail> {
+        use ponte_identity::jobs::JobStore;
+        let mut jobs = self.state.jobs.list(None, None, 1000).await.expect("jobs");
+        jobs.reverse();
+        jobs.iter()
+            .filter(|j| j.kind == ponte_identity::outbox::MAIL_SEND)
+            .map(|j| ponte_identity::outbox::OutgoingMail::from_payload(&j.payload, &self.state.master).expect("mail"))
+            .collect()
+    }
+
+    /// A REST call with `token`: the status and the JSON body (`null` when there is none).
+    /// Every error answer must be a problem document.
+    pub async fn call(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = self.browser().request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap_or_default().to_owned());
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status >= 400 {
+            assert_eq!(content_type.as_deref(), Some("application/problem+json"), "{path}: {body}");
+        }
+        (status, body)
+    }
+
     /// Buys `n` seats for `account` and registers their payment, as the POS backend does;
     /// returns the grant id.
     pub async fn paid_seats(&self, token: &str, account: &str, n: u32) -> String {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ponte_identity::jobs::{JobState, JobStore};
-use ponte_identity::outbox::{MAIL_SEND, Message, OutgoingMail, message_id};
+use ponte_identity::outbox::{Message, message_id};
 use ponte_identity::refresh::NewFamily;
 use ponte_server::config::Secret;
 use serde_json::{Value, json};
@@ -41,19 +41,9 @@ async fn reset(app: &TestApp, token: &str, password: &str) -> reqwest::Response 
         .unwrap()
 }
 
-/// Every mail queued so far, oldest first, opened with the app's master key.
-async fn mails(app: &TestApp) -> Vec<OutgoingMail> {
-    let mut jobs = app.state.jobs.list(None, None, 1000).await.unwrap();
-    jobs.reverse();
-    jobs.iter()
-        .filter(|j| j.kind == MAIL_SEND)
-        .map(|j| OutgoingMail::from_payload(&j.payload, &app.state.master).unwrap())
-        .collect()
-}
-
 /// The tokens of the reset links mailed to `to`, oldest first.
 async fn reset_tokens(app: &TestApp, to: &str) -> Vec<String> {
-    mails(app)
+    app.queued_mails()
         .await
         .into_iter()
         .filter(|m| m.to.eq_ignore_ascii_case(to))
@@ -133,7 +123,7 @@ async fn a_mailed_link_sets_the_password_and_ends_every_session_and_refresh_toke
         assert_eq!(sign_in(&app, &app.browser(), "mario@esempio.it", NEW).await.status(), 303);
 
         // Told by mail, and audited.
-        let last = mails(&app).await.pop().unwrap();
+        let last = app.queued_mails().await.pop().unwrap();
         assert_eq!((last.to.as_str(), last.message), ("Mario@esempio.it", Message::PasswordChanged {}));
         let audited: Vec<(String,)> =
             sqlx::query_as("SELECT action FROM audit_entries WHERE action LIKE 'password.%' ORDER BY at, id")
@@ -183,7 +173,8 @@ async fn an_unknown_or_disabled_address_gets_byte_for_byte_the_same_answer_and_n
     assert_eq!(answers[0], answers[1], "unknown address");
     assert_eq!(answers[0], answers[2], "disabled user");
     assert_eq!(answers[0].0, 202);
-    let resets: Vec<String> = mails(&app)
+    let resets: Vec<String> = app
+        .queued_mails()
         .await
         .into_iter()
         .filter(|m| matches!(m.message, Message::PasswordReset { .. }))

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use ponte_identity::clock::SystemClock;
 use ponte_identity::db::Database;
-use ponte_identity::jobs::{JobStore, SqlJobs};
-use ponte_identity::outbox::{JobOutbox, MAIL_SEND, Message, OutgoingMail};
+use ponte_identity::jobs::SqlJobs;
+use ponte_identity::outbox::{JobOutbox, MAIL_SEND, Message};
 use ponte_identity::seal::MasterKeys;
 use ponte_linking::Error;
 use ponte_linking::account::sql::{SqlAccounts, SqlUsers};
@@ -168,6 +168,7 @@ async fn lapse_suspends_the_newest_members_renewal_restores_the_oldest_and_nobod
         );
         let paid = w.seats.pay(w.account, renewal.id, &Actor::system(), lapse_day).await.unwrap();
         assert_eq!(paid.restored.len(), 1);
+        assert_eq!(paid.seats, SeatUsage { valid: 2, used: 2 }, "the restored member holds the new seat");
         assert_eq!(w.statuses().await[1], ("bruno@esempio.it".into(), UserStatus::Active, None));
         let again = w.seats.pay(w.account, renewal.id, &Actor::system(), lapse_day + Duration::days(1)).await.unwrap();
         assert_eq!(
@@ -226,15 +227,13 @@ async fn extending_moves_the_other_active_grants_and_reminders_go_once_at_30_and
 // ---- REST ----
 
 async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = app.browser().post(app.url(path)).bearer_auth(token).json(&body).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    app.call(token, "POST", path, Some(body)).await
 }
 
 async fn get(app: &TestApp, token: &str, path: &str) -> Value {
-    let r = app.browser().get(app.url(path)).bearer_auth(token).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{path}");
-    r.json().await.unwrap()
+    let (status, body) = app.call(token, "GET", path, None).await;
+    assert_eq!(status, 200, "{path}");
+    body
 }
 
 fn anna(password: &str) -> Value {
@@ -399,11 +398,10 @@ async fn after_lapse_a_member_cannot_sign_in_anywhere_and_after_renewal_they_can
     assert_ne!(home.status(), 200, "the session ended with the suspension");
     let refused = sign_in(&app, &app.browser(), "anna@esempio.it", PASSWORD).await;
     assert_eq!(refused.status(), 401, "the form comes back: no session for a suspended member");
-    let mails = app.state.jobs.list(None, None, 100).await.unwrap();
-    let lapsed = mails
-        .iter()
-        .filter(|j| j.kind == MAIL_SEND)
-        .map(|j| OutgoingMail::from_payload(&j.payload, &app.state.master).unwrap())
+    let lapsed = app
+        .queued_mails()
+        .await
+        .into_iter()
         .find(|m| matches!(m.message, Message::SeatsLapsed { .. }))
         .expect("the owner is told");
     assert_eq!(lapsed.to, "mario@esempio.it");
