@@ -136,22 +136,30 @@ RP="$(ponte client create --name bench-app --grant authorization_code --scope op
 RP_ID="$(printf '%s' "$RP" | json_field client_id)"
 [ -n "$RP_ID" ] || die "could not register the first-party application: $RP"
 PASSWORD="bench password $RANDOM$RANDOM"
-curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+ACCOUNT="$(curl -fsS -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
   -d "{\"name\":\"Bench\",\"owner\":{\"email\":\"owner@esempio.it\",\"name\":\"Bench Owner\",\"password\":\"$PASSWORD\"}}" \
-  "$PONTE_URL/api/v1/accounts" || die "could not create the account"
+  "$PONTE_URL/api/v1/accounts" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')" || die "could not create the account"
+# One company, so the signed-in page shows a company and its integration as a customer's does.
+curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"legal_name": "Bar Sport S.r.l.", "vat_number": "00743110157", "sdi_code": "M5UXCR1",
+       "address": {"street": "Via Roma 1", "city": "Milano", "postal_code": "20121", "province": "MI"}}' \
+  "$PONTE_URL/api/v1/accounts/$ACCOUNT/companies" || die "could not create the company"
 JAR="$WORK/jar"
 CSRF="$(curl -fsS -c "$JAR" "$PONTE_URL/login" | sed -n 's/.*name="csrf_token" value="\([^"]*\)".*/\1/p' | head -1)"
 curl -sS -o /dev/null -b "$JAR" -c "$JAR" --data-urlencode email=owner@esempio.it --data-urlencode "password=$PASSWORD" \
   --data-urlencode "csrf_token=$CSRF" "$PONTE_URL/login"
 SESSION_COOKIE="$(awk '$6 ~ /ponte_session$/ { print $6 "=" $7 }' "$JAR")"
 [ -n "$SESSION_COOKIE" ] || die "signing in gave no session cookie"
+# What a browser that has seen one of Ponte's pages sends: the session and the CSRF cookie.
+BROWSER_COOKIES="$SESSION_COOKIE; $(awk '$6 ~ /ponte_csrf$/ { print $6 "=" $7 }' "$JAR")"
 AUTHORIZE="/oauth2/authorize?response_type=code&client_id=$RP_ID&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback&scope=openid&state=bench-state-0123&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
 HOP="$(curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' -H "Cookie: $SESSION_COOKIE" "$PONTE_URL$AUTHORIZE")"
 case "$HOP" in 30[23]*code=*) ;; *) die "the SSO hop did not redirect with a code: $HOP" ;; esac
 for path in / /oauth2/logout; do
-  code="$(curl -sS -o /dev/null -w '%{http_code}' -H "Cookie: $SESSION_COOKIE" "$PONTE_URL$path")"
+  code="$(curl -sS -o /dev/null -w '%{http_code}' -H "Cookie: $BROWSER_COOKIES" "$PONTE_URL$path")"
   [ "$code" = 200 ] || die "GET $path with the session answered $code"
 done
+curl -fsS -H "Cookie: $BROWSER_COOKIES" "$PONTE_URL/" | grep -q 'data-company=' || die "the signed-in page shows no company"
 
 # --- measuring ---------------------------------------------------------------------------
 HZ="$(getconf CLK_TCK)"
@@ -211,9 +219,9 @@ BARE_TOKEN="$(curl -fsS -X POST "$BARE_URL/sign" | json_field access_token)"
 run bare-verify "$BARE_PID" "$BARE_URL/verify" "$LUA" BENCH_BODY="token=$BARE_TOKEN" BENCH_BASIC=
 run ponte-introspect "$PONTE_PID" "$PONTE_URL/oauth2/introspect" "$LUA" BENCH_BODY="token=$TOKEN" BENCH_BASIC="$BASIC"
 run bare-session "$BARE_PID" "$BARE_URL/session" "$LUA" BENCH_METHOD=GET BENCH_COOKIE=
-run ponte-logout-page "$PONTE_PID" "$PONTE_URL/oauth2/logout" "$LUA" BENCH_METHOD=GET BENCH_COOKIE="$SESSION_COOKIE"
-run ponte-home "$PONTE_PID" "$PONTE_URL/" "$LUA" BENCH_METHOD=GET BENCH_COOKIE="$SESSION_COOKIE"
-run ponte-sso-hop "$PONTE_PID" "$PONTE_URL$AUTHORIZE" "$LUA" BENCH_METHOD=GET BENCH_COOKIE="$SESSION_COOKIE"
+run ponte-logout-page "$PONTE_PID" "$PONTE_URL/oauth2/logout" "$LUA" BENCH_METHOD=GET BENCH_COOKIE="$BROWSER_COOKIES"
+run ponte-home "$PONTE_PID" "$PONTE_URL/" "$LUA" BENCH_METHOD=GET BENCH_COOKIE="$BROWSER_COOKIES"
+run ponte-sso-hop "$PONTE_PID" "$PONTE_URL$AUTHORIZE" "$LUA" BENCH_METHOD=GET BENCH_COOKIE="$BROWSER_COOKIES"
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- report ------------------------------------------------------------------------------
@@ -227,7 +235,7 @@ printf '%-18s %-44s %10s %8s %10s %8s\n' target request req/s p99_ms cpu_us/req 
 for row in "bare-sign|POST /sign (aws-lc-rs, key parsed once)" "ponte-token|POST /oauth2/token (client_credentials)" \
   "peer-token|oidc-provider POST /token (client_credentials)" "bare-verify|POST /verify (jsonwebtoken ES256)" \
   "ponte-introspect|POST /oauth2/introspect (valid token)" "bare-session|GET /session (one Redis GET)" \
-  "ponte-logout-page|GET /oauth2/logout with a session" "ponte-home|GET / signed in (Redis + PostgreSQL)" \
+  "ponte-logout-page|GET /oauth2/logout with a session" "ponte-home|GET / signed in, one company (directory)" \
   "ponte-sso-hop|GET /oauth2/authorize, session → 303 + code"; do
   name="${row%%|*}"
   printf '%-18s %-44s %10s %8s %10s %8s\n' "$name" "${row#*|}" "${RPS[$name]}" \

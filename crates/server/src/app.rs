@@ -29,6 +29,8 @@ use tracing_actix_web::TracingLogger;
 
 use crate::config::Config;
 use crate::connectors::platform::HttpPlatform;
+use crate::directory::Directory;
+use crate::directory::stores::Cached;
 use crate::state::AppState;
 use crate::worker::Worker;
 use crate::{extract, routes, telemetry};
@@ -190,16 +192,22 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
             .map_err(|e| StartError::Setup(format!("providers.{id}: {e}")))?;
         providers.insert(id.clone(), Arc::new(upstream));
     }
+    let directory = match db.backend() {
+        Backend::Postgres => Directory::new(std::time::Duration::from_secs(config.cache_ttl_secs)),
+        Backend::Sqlite => Directory::off(),
+    };
     let jobs = Arc::new(SqlJobs::new(db.clone(), config.worker.max_attempts));
     let outbox = Arc::new(JobOutbox::new(jobs.clone(), master.clone(), clock.clone()));
     let invite_ttl = Duration::days(i64::try_from(config.invites.ttl_days).unwrap_or(7).max(1));
-    let integrations: Arc<dyn ponte_linking::integration::Integrations> =
-        Arc::new(SqlIntegrations::new(db.clone(), jobs.clone(), master.clone(), &config.issuer(), invite_ttl));
+    let integrations: Arc<dyn ponte_linking::integration::Integrations> = Arc::new(Cached::new(
+        SqlIntegrations::new(db.clone(), jobs.clone(), master.clone(), &config.issuer(), invite_ttl),
+        directory.clone(),
+    ));
     let platform = HttpPlatform::from_config(&config.platform, http.clone())
         .map_err(|e| StartError::Setup(format!("platform: {e}")))?
         .map(|p| Arc::new(p) as Arc<dyn crate::connectors::platform::Platform>);
     Ok(AppState {
-        companies: Arc::new(SqlCompanies::new(db.clone())),
+        companies: Arc::new(Cached::new(SqlCompanies::new(db.clone()), directory.clone())),
         integrations: integrations.clone(),
         platform_lookup: Arc::new(crate::adapters::PlatformDirectory(platform.clone())),
         credentials: Arc::new(ponte_linking::integration::credentials::sql::SqlCredentials::new(
@@ -211,14 +219,14 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         platform,
         issuer: config.issuer(),
         providers: Arc::new(providers),
-        links: Arc::new(SqlLinks::new(db.clone())),
+        links: Arc::new(Cached::new(SqlLinks::new(db.clone()), directory.clone())),
         resets: Arc::new(SqlResets::new(db.clone(), outbox.clone())),
         seats: Arc::new(ponte_linking::seats::sql::SqlSeats::new(db.clone(), outbox.clone())),
         outbox,
         jobs,
         sessions: Sessions::new(session_store(&config)?, policy),
-        accounts: Arc::new(SqlAccounts::new(db.clone())),
-        users: Arc::new(SqlUsers::new(db.clone())),
+        accounts: Arc::new(Cached::new(SqlAccounts::new(db.clone()), directory.clone())),
+        users: Arc::new(Cached::new(SqlUsers::new(db.clone()), directory.clone())),
         audit: Arc::new(SqlAudit::new(db.clone())),
         clients: Arc::new(CachedClients::new(SqlClients::new(db.clone()), std::time::Duration::from_secs(30))),
         keys: Arc::new(Keys::new(keys)),
@@ -234,6 +242,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         clock,
         config: Arc::new(config),
         draining: Default::default(),
+        directory,
     })
 }
 
@@ -315,6 +324,10 @@ impl Application {
             server = server.workers(n.max(1));
         }
         spawn_key_refresher(state.clone());
+        if state.db.backend() == Backend::Postgres && state.config.cache_ttl_secs > 0 {
+            let url = crate::config::Secret::from(state.config.effective_database_url().as_str());
+            tokio::spawn(crate::directory::listen(state.directory.clone(), url));
+        }
         let worker = if state.config.worker.enabled {
             Some(Worker::from_state(&state).map_err(StartError::Worker)?)
         } else {

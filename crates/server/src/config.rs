@@ -108,6 +108,11 @@ pub struct Config {
     /// Seconds between reloads of the key ring from the database (picks up rotations
     /// made by `ponte keys rotate` or another replica).
     pub key_reload_secs: u64,
+    /// Seconds an entry of the directory cache (accounts, users, their links, companies,
+    /// integrations, invites) may be served at most, on PostgreSQL; changes reach every
+    /// replica's cache at once by notification, this is the bound if notifications stall.
+    /// 0 turns the cache off. SQLite never caches.
+    pub cache_ttl_secs: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// Networks of the reverse proxies whose forwarding header names the client (a list;
@@ -399,6 +404,7 @@ impl Default for Config {
             signing_alg: "ES256".into(),
             key_rotation_days: 30,
             key_reload_secs: 30,
+            cache_ttl_secs: 10,
             max_body_bytes: 64 * 1024,
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::default(),

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod config;
 pub mod connectors;
 pub mod contract;
+pub mod directory;
 pub mod extract;
 pub mod forwarded;
 pub mod html;

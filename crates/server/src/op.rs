@@ -37,10 +37,7 @@ pub fn provider(state: &AppState) -> Provider<'_> {
 impl Subjects for AppState {
     async fn active_subject(&self, account: AccountId, user: UserId) -> ponte_identity::Result<Option<Subject>> {
         let user =
-            active_user(self.accounts.as_ref(), self.users.as_ref(), account, user).await.map_err(|e| match e {
-                ponte_linking::Error::Identity(inner) => inner,
-                other => ponte_identity::Error::Corrupt(format!("user lookup: {other}")),
-            })?;
+            active_user(self.accounts.as_ref(), self.users.as_ref(), account, user).await.map_err(as_identity)?;
         Ok(user.map(|u| Subject {
             access: ponte_linking::access::claim(u.principal()),
             id: u.id,
@@ -49,5 +46,19 @@ impl Subjects for AppState {
             email: u.email,
             name: u.name,
         }))
+    }
+
+    async fn is_active(&self, account: AccountId, user: UserId) -> ponte_identity::Result<bool> {
+        let user =
+            active_user(self.accounts.as_ref(), self.users.as_ref(), account, user).await.map_err(as_identity)?;
+        Ok(user.is_some())
+    }
+}
+
+/// The account store's errors as the identity crate's, keeping its own errors as they are.
+fn as_identity(e: ponte_linking::Error) -> ponte_identity::Error {
+    match e {
+        ponte_linking::Error::Identity(inner) => inner,
+        other => ponte_identity::Error::Corrupt(format!("user lookup: {other}")),
     }
 }

@@ -78,6 +78,9 @@ pub struct AppState {
     pub resets: Arc<dyn ponte_linking::recovery::ResetStore>,
     /// The one clock.
     pub clock: Arc<dyn Clock>,
+    /// This replica's cache of what hot paths read about accounts (the stores above read
+    /// through it).
+    pub directory: crate::directory::Directory,
     /// Set when the process starts to stop: `/readyz` then answers 503.
     pub draining: Draining,
 }

@@ -93,7 +93,7 @@ impl Provider<'_> {
             && let Some(family) = self.refresh.find(id).await?
             && family.client_id == client.id
             && judge(&family, token, now) == Verdict::Rotate
-            && self.subjects.active_subject(family.account_id, family.user_id).await?.is_some()
+            && self.subjects.is_active(family.account_id, family.user_id).await?
         {
             return Ok(Introspection::Refresh(family));
         }

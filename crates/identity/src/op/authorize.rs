@@ -179,7 +179,7 @@ impl Provider<'_> {
         let mut session = browser.session;
         // A session whose user or account was turned off does not count, and ends.
         if let Some(s) = session
-            && self.subjects.active_subject(s.account_id, s.user_id).await?.is_none()
+            && !self.subjects.is_active(s.account_id, s.user_id).await?
         {
             self.end_session(s, now).await?;
             session = None;

@@ -62,6 +62,12 @@ pub trait Subjects: Send + Sync + std::fmt::Debug {
     /// The user, if it and its account are both active; `None` otherwise (disabled,
     /// deleted, or never there).
     async fn active_subject(&self, account: AccountId, user: UserId) -> Result<Option<Subject>>;
+
+    /// Whether [`Subjects::active_subject`] would find the user, for checks that need no
+    /// more (an implementation may answer it without building the claims).
+    async fn is_active(&self, account: AccountId, user: UserId) -> Result<bool> {
+        Ok(self.active_subject(account, user).await?.is_some())
+    }
 }
 
 /// What the OP's flows follow, from the configuration.

@@ -8,7 +8,7 @@ use ponte_identity::client::{GrantType, NewClient};
 use ponte_identity::upstream::ProviderConfig;
 use serde_json::{Value, json};
 
-use crate::harness::{NowForTest, TestApp, TestDb, TestRedis, csrf_from};
+use crate::harness::{NowForTest, TestApp, TestDb, TestRedis, csrf_from, dd};
 
 pub(crate) const PASSWORD: &str = "correct horse battery";
 
@@ -225,10 +225,6 @@ impl World {
             .await
             .unwrap()
     }
-}
-
-fn dd(html: &str, id: &str) -> String {
-    html.split(&format!("id=\"{id}\">")).nth(1).unwrap_or("").split('<').next().unwrap_or("").to_owned()
 }
 
 #[tokio::test]

@@ -367,6 +367,11 @@ pub fn csrf_from(html: &str) -> String {
     html[start..].split('"').next().expect("csrf value").to_owned()
 }
 
+/// The text of a page's `<dd id="…">`.
+pub fn dd(html: &str, id: &str) -> String {
+    html.split(&format!("id=\"{id}\">")).nth(1).unwrap_or("").split('<').next().unwrap_or("").to_owned()
+}
+
 /// Signs in through the form with a fresh GET first; returns the POST response.
 pub async fn sign_in(app: &TestApp, browser: &reqwest::Client, email: &str, password: &str) -> reqwest::Response {
     let page = browser.get(app.url("/login")).send().await.expect("login page").text().await.expect("html");

@@ -20,7 +20,7 @@ use serde_json::json;
 use time::Duration;
 
 use crate::federation::{PASSWORD, World, location, query_of};
-use crate::harness::{NowForTest, TestApp, TestDb, TestRedis, csrf_from};
+use crate::harness::{NowForTest, TestApp, TestDb, TestRedis, csrf_from, dd};
 
 const KIND: IntegrationKind = IntegrationKind::DigitalInvoice;
 const INVITEE_UPSTREAM: &str = "mario.rossi@gruppo.it";
@@ -184,10 +184,6 @@ impl Invited {
         assert_eq!(pressed.status(), 303);
         self.world.browse(browser, &location(&pressed), upstream_user).await
     }
-}
-
-fn dd(html: &str, id: &str) -> String {
-    html.split(&format!("id=\"{id}\">")).nth(1).unwrap_or("").split('<').next().unwrap_or("").to_owned()
 }
 
 #[tokio::test]

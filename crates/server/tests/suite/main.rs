@@ -14,6 +14,7 @@ mod access;
 mod api;
 mod cluster;
 mod credentials;
+mod directory;
 mod errors;
 mod federation;
 mod hostile_input;
