@@ -2,15 +2,16 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// `N` bytes from the operating system's CSPRNG.
+/// `N` bytes from aws-lc's CSPRNG (a CTR-DRBG seeded and periodically reseeded from the
+/// operating system), the generator that also makes the signatures' nonces: no system
+/// call per token.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
-    // The OS generator failing is unrecoverable: nothing secure can be issued.
+    // The generator failing is unrecoverable: nothing secure can be issued.
     #[allow(clippy::expect_used)]
-    getrandom::fill(&mut buf).expect("operating system random generator failed");
+    aws_lc_rs::rand::fill(&mut buf).expect("random generator failed");
     buf
 }
 
@@ -22,7 +23,8 @@ pub fn random_token() -> String {
 /// SHA-256 of `input`, base64url without padding. Used as the stored form of
 /// high-entropy secrets (session ids, client secrets), never for passwords.
 pub fn digest(input: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(input.as_bytes()))
+    // aws-lc's SHA-256 (SHA-NI/AVX where the CPU has them): the same bytes as any other.
+    URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input.as_bytes()))
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

@@ -40,25 +40,42 @@ pub fn removal<'a>(state: &AppState, base: &'static str) -> Cookie<'a> {
     c
 }
 
+/// The value of the cookie `base` (by its name as sent, [`cookie_name`]), if the browser
+/// sent one: the first of that name, as a browser sends the most specific first. Read
+/// straight from the `Cookie` headers without parsing every cookie; Ponte's values are
+/// base64url and never percent-encoded, so nothing is decoded.
+pub fn cookie_value(req: &HttpRequest, state: &AppState, base: &'static str) -> Option<String> {
+    let headers = req.headers().get_all(actix_web::http::header::COOKIE).filter_map(|h| h.to_str().ok());
+    find_cookie(headers, &cookie_name(state, base)).map(str::to_owned)
+}
+
+/// The value of the first cookie called `name` in `Cookie` header values.
+fn find_cookie<'a>(headers: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    headers.flat_map(|header| header.split(';')).find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == name).then(|| value.trim().trim_matches('"'))
+    })
+}
+
 /// The browser's CSRF token, or a fresh one that the response must set (`true`).
 pub fn csrf_token(req: &HttpRequest, state: &AppState) -> (String, bool) {
-    match req.cookie(&cookie_name(state, CSRF)) {
-        Some(c) if c.value().len() == 43 => (c.value().to_owned(), false),
+    match cookie_value(req, state, CSRF) {
+        Some(value) if value.len() == 43 => (value, false),
         _ => (random_token(), true),
     }
 }
 
 /// Double-submit check: the form must carry the value of the browser's CSRF cookie.
 pub fn csrf_ok(req: &HttpRequest, state: &AppState, submitted: Option<&str>) -> bool {
-    match (req.cookie(&cookie_name(state, CSRF)), submitted) {
-        (Some(cookie), Some(form)) => !form.is_empty() && constant_time_eq(cookie.value().as_bytes(), form.as_bytes()),
+    match (cookie_value(req, state, CSRF), submitted) {
+        (Some(cookie), Some(form)) => !form.is_empty() && constant_time_eq(cookie.as_bytes(), form.as_bytes()),
         _ => false,
     }
 }
 
 /// The session cookie's value, if any.
 pub fn session_token(req: &HttpRequest, state: &AppState) -> Option<String> {
-    req.cookie(&cookie_name(state, SESSION)).map(|c| c.value().to_owned())
+    cookie_value(req, state, SESSION)
 }
 
 /// The live session of this browser, if any.
@@ -175,6 +192,17 @@ pub async fn start_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cookie_is_found_by_its_whole_name_in_any_cookie_header() {
+        let one = ["other=1; xponte_session=wrong; ponte_session=abc=; ponte_csrf=\"q\""];
+        assert_eq!(find_cookie(one.into_iter(), "ponte_session"), Some("abc="));
+        assert_eq!(find_cookie(one.into_iter(), "ponte_csrf"), Some("q"));
+        assert_eq!(find_cookie(one.into_iter(), "session"), None);
+        let two = ["a=1", " ponte_session = first ;ponte_session=second"];
+        assert_eq!(find_cookie(two.into_iter(), "ponte_session"), Some("first"));
+        assert_eq!(find_cookie(["ponte_session"].into_iter(), "ponte_session"), None, "no value, no cookie");
+    }
 
     #[test]
     fn a_full_hashing_queue_is_a_page_with_503_and_retry_after_as_in_rest() {

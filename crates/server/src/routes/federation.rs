@@ -48,7 +48,7 @@ fn stores<'a>(state: &'a AppState, users: &'a StoreUsers) -> Stores<'a> {
 }
 
 fn binding_cookie(req: &HttpRequest, state: &AppState) -> Option<String> {
-    req.cookie(&crate::browser::cookie_name(state, BINDING)).map(|c| c.value().to_owned())
+    crate::browser::cookie_value(req, state, BINDING)
 }
 
 /// `?intent=login|link|register&return_to=/path`.

@@ -143,6 +143,9 @@ fn parse_form(req: &HttpRequest, body: &[u8]) -> Result<Params, OAuthError> {
 
 /// RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64.
 fn form_decode(s: &str) -> String {
+    if !s.contains(['%', '+']) {
+        return s.to_owned();
+    }
     url::form_urlencoded::parse(format!("v={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
@@ -368,5 +371,7 @@ mod tests {
     fn basic_credentials_are_form_decoded() {
         assert_eq!(form_decode("a%3Ab+c"), "a:b c");
         assert_eq!(form_decode("plain"), "plain");
+        assert_eq!(form_decode("cl_x-Y_z.~"), "cl_x-Y_z.~");
+        assert_eq!(form_decode("a+b%2Bc%25"), "a b+c%");
     }
 }
