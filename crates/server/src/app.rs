@@ -199,16 +199,16 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
     let jobs = Arc::new(SqlJobs::new(db.clone(), config.worker.max_attempts));
     let outbox = Arc::new(JobOutbox::new(jobs.clone(), master.clone(), clock.clone()));
     let invite_ttl = Duration::days(i64::try_from(config.invites.ttl_days).unwrap_or(7).max(1));
-    let integrations: Arc<dyn ponte_linking::integration::Integrations> = Arc::new(Cached::new(
-        SqlIntegrations::new(db.clone(), jobs.clone(), master.clone(), &config.issuer(), invite_ttl),
-        directory.clone(),
-    ));
+    let sql_integrations = SqlIntegrations::new(db.clone(), jobs.clone(), master.clone(), &config.issuer(), invite_ttl);
+    let integrations: Arc<dyn ponte_linking::integration::Integrations> =
+        Arc::new(Cached::new(sql_integrations.clone(), directory.clone()));
     let platform = HttpPlatform::from_config(&config.platform, http.clone())
         .map_err(|e| StartError::Setup(format!("platform: {e}")))?
         .map(|p| Arc::new(p) as Arc<dyn crate::connectors::platform::Platform>);
     Ok(AppState {
         companies: Arc::new(Cached::new(SqlCompanies::new(db.clone()), directory.clone())),
         integrations: integrations.clone(),
+        integrations_for_jobs: Arc::new(sql_integrations),
         platform_lookup: Arc::new(crate::adapters::PlatformDirectory(platform.clone())),
         credentials: Arc::new(ponte_linking::integration::credentials::sql::SqlCredentials::new(
             db.clone(),
@@ -220,8 +220,11 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         issuer: config.issuer(),
         providers: Arc::new(providers),
         links: Arc::new(Cached::new(SqlLinks::new(db.clone()), directory.clone())),
-        resets: Arc::new(SqlResets::new(db.clone(), outbox.clone())),
-        seats: Arc::new(ponte_linking::seats::sql::SqlSeats::new(db.clone(), outbox.clone())),
+        resets: Arc::new(Cached::new(SqlResets::new(db.clone(), outbox.clone()), directory.clone())),
+        seats: Arc::new(Cached::new(
+            ponte_linking::seats::sql::SqlSeats::new(db.clone(), outbox.clone()),
+            directory.clone(),
+        )),
         outbox,
         jobs,
         sessions: Sessions::new(session_store(&config)?, policy),

@@ -60,6 +60,10 @@ pub struct AppState {
     pub companies: Arc<dyn ponte_linking::company::CompanyStore>,
     /// Companies' integrations and their invites.
     pub integrations: Arc<dyn ponte_linking::integration::Integrations>,
+    /// The same store without the directory cache, for background jobs: a job decides
+    /// from the database itself, since it may run before this replica has heard of the
+    /// change that queued it.
+    pub integrations_for_jobs: Arc<dyn ponte_linking::integration::Integrations>,
     /// Companies' platform credentials, sealed.
     pub credentials: Arc<dyn ponte_linking::integration::credentials::CredentialStore>,
     /// The platform's credentials operations (check, issue an API key).

@@ -34,3 +34,24 @@ CREATE TRIGGER integrations_directory AFTER INSERT OR UPDATE OR DELETE ON integr
     FOR EACH ROW EXECUTE FUNCTION ponte_directory_changed('account_id');
 CREATE TRIGGER invites_directory AFTER INSERT OR UPDATE OR DELETE ON invites
     FOR EACH ROW EXECUTE FUNCTION ponte_directory_changed('account_id');
+
+-- TRUNCATE fires no row trigger: say "everything" once per statement.
+CREATE FUNCTION ponte_directory_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('ponte_directory', '*');
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER accounts_directory_truncate AFTER TRUNCATE ON accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION ponte_directory_truncated();
+CREATE TRIGGER users_directory_truncate AFTER TRUNCATE ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION ponte_directory_truncated();
+CREATE TRIGGER external_identities_directory_truncate AFTER TRUNCATE ON external_identities
+    FOR EACH STATEMENT EXECUTE FUNCTION ponte_directory_truncated();
+CREATE TRIGGER companies_directory_truncate AFTER TRUNCATE ON companies
+    FOR EACH STATEMENT EXECUTE FUNCTION ponte_directory_truncated();
+CREATE TRIGGER integrations_directory_truncate AFTER TRUNCATE ON integrations
+    FOR EACH STATEMENT EXECUTE FUNCTION ponte_directory_truncated();
+CREATE TRIGGER invites_directory_truncate AFTER TRUNCATE ON invites
+    FOR EACH STATEMENT EXECUTE FUNCTION ponte_directory_truncated();

@@ -3,17 +3,23 @@
 //! its own writes at once; other replicas learn of them by notification).
 
 use async_trait::async_trait;
+use ponte_identity::outbox::OutgoingMail;
+use ponte_identity::recovery::IssuedToken;
 use ponte_identity::upstream::UpstreamIdentity;
 use ponte_linking::Result;
 use ponte_linking::access::Grant;
 use ponte_linking::account::{Account, AccountStore, LoginCandidate, NewUser, User, UserPatch, UserStore};
 use ponte_linking::audit::Actor;
+use ponte_linking::audit::AuditEntry;
 use ponte_linking::company::{Company, CompanyData, CompanyDraft, CompanyStore};
+use ponte_linking::ids::SeatGrantId;
 use ponte_linking::ids::{AccountId, CompanyId, InviteId, UserId};
 use ponte_linking::integration::store::Refused;
 use ponte_linking::integration::{Applied, Change, Integration, IntegrationKind, Integrations, PlatformAccount};
 use ponte_linking::invite::Invite;
 use ponte_linking::links::{Decision, ExternalIdentity, Links};
+use ponte_linking::recovery::{Redemption, ResetStore, StoredReset};
+use ponte_linking::seats::{Lapse, NewSeatGrant, PaidGrant, SeatGrant, SeatStore, SeatUsage};
 use time::OffsetDateTime;
 
 use super::{Directory, Key};
@@ -269,5 +275,91 @@ impl<S: Links> Links for Cached<S> {
     ) -> Result<()> {
         let result = self.inner.record_login(link, identity, actor, now).await;
         self.after(link.account_id, result)
+    }
+}
+
+/// Seats change users (a payment restores suspended members, a lapse suspends them).
+#[async_trait]
+impl<S: SeatStore> SeatStore for Cached<S> {
+    async fn list(&self, account: AccountId) -> Result<Vec<SeatGrant>> {
+        self.inner.list(account).await
+    }
+
+    async fn usage(&self, account: AccountId, now: OffsetDateTime) -> Result<SeatUsage> {
+        self.inner.usage(account, now).await
+    }
+
+    async fn create(
+        &self,
+        account: AccountId,
+        new: NewSeatGrant,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) -> Result<SeatGrant> {
+        self.inner.create(account, new, actor, now).await
+    }
+
+    async fn pay(
+        &self,
+        account: AccountId,
+        grant: SeatGrantId,
+        actor: &Actor,
+        now: OffsetDateTime,
+    ) -> Result<PaidGrant> {
+        let result = self.inner.pay(account, grant, actor, now).await;
+        self.after(account, result)
+    }
+
+    async fn remove(&self, account: AccountId, grant: SeatGrantId, actor: &Actor, now: OffsetDateTime) -> Result<()> {
+        let result = self.inner.remove(account, grant, actor, now).await;
+        self.after(account, result)
+    }
+
+    async fn lapse(&self, now: OffsetDateTime) -> Result<Vec<Lapse>> {
+        let lapsed = self.inner.lapse(now).await?;
+        for lapse in &lapsed {
+            self.directory.forget(lapse.account);
+        }
+        Ok(lapsed)
+    }
+
+    async fn remind(&self, now: OffsetDateTime) -> Result<u32> {
+        self.inner.remind(now).await
+    }
+}
+
+/// Redeeming a reset sets the user's password.
+#[async_trait]
+impl<S: ResetStore> ResetStore for Cached<S> {
+    async fn issue(
+        &self,
+        user: &User,
+        token: &IssuedToken,
+        mail: &OutgoingMail,
+        audit: &AuditEntry,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        self.inner.issue(user, token, mail, audit, now).await
+    }
+
+    async fn rotate(
+        &self,
+        user: &User,
+        token: &IssuedToken,
+        mail: &OutgoingMail,
+        audit: &AuditEntry,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        self.inner.rotate(user, token, mail, audit, now).await
+    }
+
+    async fn find(&self, digest: &str) -> Result<Option<StoredReset>> {
+        self.inner.find(digest).await
+    }
+
+    async fn redeem(&self, redemption: Redemption<'_>, now: OffsetDateTime) -> Result<bool> {
+        let account = redemption.user.account_id;
+        let result = self.inner.redeem(redemption, now).await;
+        self.after(account, result)
     }
 }

@@ -134,3 +134,99 @@ async fn memory_is_bounded_by_the_number_of_accounts() {
     read(&dir, account(), &store).await;
     assert_eq!(dir.stats().accounts, 1, "starts over rather than grow");
 }
+
+#[tokio::test]
+async fn a_notification_forgets_only_the_account_it_names() {
+    let (dir, store, a, b) = (listening(Duration::from_secs(60)), Store::new(), account(), account());
+    read(&dir, a, &store).await;
+    read(&dir, b, &store).await;
+    listen::on_notification(&dir, "heartbeat");
+    assert_eq!(dir.stats().accounts, 2, "the heartbeat changes nothing");
+    listen::on_notification(&dir, &a.to_string());
+    read(&dir, a, &store).await;
+    read(&dir, b, &store).await;
+    assert_eq!(store.calls(), 3, "only the named account is read again");
+    listen::on_notification(&dir, listen::EVERYTHING);
+    assert_eq!(dir.stats().accounts, 0, "a TRUNCATE forgets every account");
+}
+
+/// Links in memory, counting reads: enough to see the write-through without notifications.
+#[derive(Debug, Default)]
+struct MemoryLinks {
+    links: std::sync::Mutex<Vec<ExternalIdentity>>,
+    reads: AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl ponte_linking::links::Links for MemoryLinks {
+    async fn find(&self, _issuer: &str, _subject: &str) -> ponte_linking::Result<Option<ExternalIdentity>> {
+        Ok(None)
+    }
+
+    async fn for_user(&self, account: AccountId, user: UserId) -> ponte_linking::Result<Vec<ExternalIdentity>> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let links = self.links.lock().unwrap();
+        Ok(links.iter().filter(|l| l.account_id == account && l.user_id == user).cloned().collect())
+    }
+
+    async fn link(
+        &self,
+        _user: &User,
+        _identity: &ponte_identity::upstream::UpstreamIdentity,
+        _actor: &ponte_linking::audit::Actor,
+        _now: time::OffsetDateTime,
+    ) -> ponte_linking::Result<ponte_linking::links::Decision> {
+        unimplemented!("not used here")
+    }
+
+    async fn unlink(
+        &self,
+        account: AccountId,
+        user: UserId,
+        provider: &str,
+        _actor: &ponte_linking::audit::Actor,
+        _now: time::OffsetDateTime,
+    ) -> ponte_linking::Result<bool> {
+        let mut links = self.links.lock().unwrap();
+        let before = links.len();
+        links.retain(|l| !(l.account_id == account && l.user_id == user && l.provider == provider));
+        Ok(links.len() < before)
+    }
+
+    async fn record_login(
+        &self,
+        _link: &ExternalIdentity,
+        _identity: &ponte_identity::upstream::UpstreamIdentity,
+        _actor: &ponte_linking::audit::Actor,
+        _now: time::OffsetDateTime,
+    ) -> ponte_linking::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn this_replicas_own_write_is_read_back_at_once_without_any_notification() {
+    use ponte_linking::links::Links;
+    let (a, user) = (account(), UserId::new());
+    let inner = MemoryLinks::default();
+    inner.links.lock().unwrap().push(ExternalIdentity {
+        id: "l1".into(),
+        user_id: user,
+        account_id: a,
+        provider: "tsid".into(),
+        issuer: "https://id.example".into(),
+        subject: "s1".into(),
+        email: None,
+        name: None,
+        linked_at: time::OffsetDateTime::UNIX_EPOCH,
+        last_login_at: None,
+    });
+    let dir = listening(Duration::from_secs(60));
+    let links = stores::Cached::new(inner, dir.clone());
+    assert_eq!(links.for_user(a, user).await.unwrap().len(), 1);
+    assert_eq!(links.for_user(a, user).await.unwrap().len(), 1);
+    let actor = ponte_linking::audit::Actor::system();
+    assert!(links.unlink(a, user, "tsid", &actor, time::OffsetDateTime::UNIX_EPOCH).await.unwrap());
+    assert!(links.for_user(a, user).await.unwrap().is_empty(), "the write forgot the account");
+    assert_eq!(dir.stats().hits, 1);
+}

@@ -126,7 +126,7 @@ impl Worker {
             Arc::new(platform::PlatformJob::new(
                 step,
                 state.platform.clone(),
-                state.integrations.clone(),
+                state.integrations_for_jobs.clone(),
                 backoff,
                 clock.clone(),
             ))

@@ -174,3 +174,61 @@ async fn sqlite_never_caches() {
     let app = TestApp::spawn().await;
     assert!(!app.state.directory.stats().active);
 }
+
+/// A TCP forwarder to PostgreSQL that can turn into a black hole: connections stay open
+/// and nothing gets through, as when a proxy or a host vanishes without a reset.
+struct BlackHole {
+    addr: std::net::SocketAddr,
+    swallowing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BlackHole {
+    async fn to(target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let swallowing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = swallowing.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)] {
+                    let flag = flag.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf).await {
+                            if !flag.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { addr, swallowing }
+    }
+
+    fn swallow(&self) {
+        self.swallowing.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_listening_connection_that_dies_silently_is_noticed_by_the_heartbeat() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let target = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let hole = BlackHole::to(target).await;
+    url.set_host(Some("127.0.0.1")).unwrap();
+    url.set_port(Some(hole.addr.port())).unwrap();
+    let through_hole = TestDb { url: url.to_string(), dir: tempfile::tempdir().unwrap(), pg: None };
+    let app = TestApp::spawn_with(through_hole, None, |c| c.cache_ttl_secs = HOUR).await;
+    until(|| async { app.state.directory.stats().active }, "the directory listens").await;
+    // No reset, no error: the connection just stops carrying anything.
+    hole.swallow();
+    until(|| async { !app.state.directory.stats().active }, "the heartbeat notices the dead connection").await;
+    drop(db);
+}
