@@ -28,16 +28,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/oauth2/logout").get(logout).post(logout_confirmed));
 }
 
-/// Appends parameters to a registered redirect URI, keeping its own query.
+/// Appends parameters to a registered redirect URI, keeping its own query. Registered URIs
+/// are absolute and have no fragment (checked at registration), and the request's matched
+/// one exactly, so the parameters go after the URI as it was registered.
 fn redirect_to(uri: &str, params: &[(&str, &str)]) -> HttpResponse {
-    let location = match url::Url::parse(uri) {
-        Ok(mut url) => {
-            url.query_pairs_mut().extend_pairs(params);
-            url.to_string()
-        }
-        Err(_) => uri.to_owned(),
+    see_other(&with_query(uri, params))
+}
+
+fn with_query(uri: &str, params: &[(&str, &str)]) -> String {
+    if uri.contains('#') {
+        // Not registrable; kept correct all the same (the query goes before the fragment).
+        return match url::Url::parse(uri) {
+            Ok(mut url) => {
+                url.query_pairs_mut().extend_pairs(params);
+                url.to_string()
+            }
+            Err(_) => uri.to_owned(),
+        };
+    }
+    let separator = match uri.find('?') {
+        None => "?",
+        Some(at) if at + 1 == uri.len() || uri.ends_with('&') => "",
+        Some(_) => "&",
     };
-    see_other(&location)
+    let mut location = format!("{uri}{separator}");
+    url::form_urlencoded::Serializer::for_suffix(&mut location, uri.len() + separator.len()).extend_pairs(params);
+    location
 }
 
 fn client_ip(req: &HttpRequest) -> String {
@@ -314,4 +330,20 @@ pub async fn logout_confirmed(
     let session = current_session(&req, &state).await?;
     let decision = provider(&state).logout_confirmed(form.request(), session.as_ref(), state.now()).await?;
     Ok(logout_response(&req, &state, &form, decision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_query;
+
+    #[test]
+    fn parameters_follow_the_registered_uri_and_its_own_query() {
+        let params = [("code", "a b&c"), ("state", "x/y"), ("iss", "https://id.example")];
+        let encoded = "code=a+b%26c&state=x%2Fy&iss=https%3A%2F%2Fid.example";
+        assert_eq!(with_query("https://app.example/cb", &params), format!("https://app.example/cb?{encoded}"));
+        assert_eq!(with_query("https://app.example/cb?x=1", &params), format!("https://app.example/cb?x=1&{encoded}"));
+        assert_eq!(with_query("https://app.example/cb?", &params), format!("https://app.example/cb?{encoded}"));
+        assert_eq!(with_query("http://127.0.0.1:9/callback", &[("code", "c")]), "http://127.0.0.1:9/callback?code=c");
+        assert_eq!(with_query("https://app.example/cb#frag", &[("code", "c")]), "https://app.example/cb?code=c#frag");
+    }
 }
