@@ -1,13 +1,18 @@
 //! Logs (tracing, text or JSON) and Prometheus metrics.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::Span;
 use tracing_actix_web::{RequestId, RootSpanBuilder};
@@ -58,16 +63,33 @@ pub struct RequestSpan;
 impl RootSpanBuilder for RequestSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
         let id = request.extensions().get::<RequestId>().copied();
-        let route = request.match_pattern();
-        tracing::info_span!(
+        // Walking the route table once: the metrics (`observe`) read it from here.
+        let route = RoutePattern(request.match_pattern().map(Rc::from));
+        let span = tracing::info_span!(
             "request",
             request_id = id.map(tracing::field::display),
             method = request.method().as_str(),
-            route = route.as_deref().unwrap_or("unmatched"),
-        )
+            route = route.as_str(),
+        );
+        request.extensions_mut().insert(route);
+        span
     }
 
     fn on_request_end<B: MessageBody>(_span: Span, _outcome: &Result<ServiceResponse<B>, Error>) {}
+}
+
+/// A request's route pattern (`/api/v1/accounts/{account}`), or none when no route matched.
+#[derive(Debug, Clone)]
+struct RoutePattern(Option<Rc<str>>);
+
+impl RoutePattern {
+    fn of(req: &ServiceRequest) -> Self {
+        req.extensions().get::<Self>().cloned().unwrap_or_else(|| Self(req.match_pattern().map(Rc::from)))
+    }
+
+    fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("unmatched")
+    }
 }
 
 /// Counts requests and times them by route pattern (never by raw path, which would let
@@ -77,17 +99,108 @@ pub async fn observe(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
-    let method = req.method().to_string();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let method = method_label(req.method());
+    let route = RoutePattern::of(&req);
     let request_id = req.extensions().get::<RequestId>().map(|id| id.to_string());
     let mut response = next.call(req).await?;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    record(method, route.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         response.headers_mut().insert(HeaderName::from_static("x-request-id"), id);
     }
     Ok(response)
+}
+
+/// The method as a label: the standard ones by name, any other as `OTHER` (a client may
+/// send any token as a method; labels must not grow with what clients invent).
+fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    STANDARD.iter().find(|m| *m == method).map_or("OTHER", Method::as_str)
+}
+
+/// A route's request counter (by status) and duration histogram.
+struct RouteMetrics {
+    duration: Histogram,
+    by_status: Vec<(u16, Counter)>,
+}
+
+/// Most routes whose handles a thread keeps (the route table has about sixty, plus
+/// `unmatched`); past it, handles are looked up in the recorder each time.
+const MAX_ROUTES: usize = 256;
+
+thread_local! {
+    /// Each worker thread's metric handles by route pattern: the label sets are built
+    /// once per route, method and status, not on every request.
+    static ROUTES: RefCell<HashMap<String, Vec<(&'static str, RouteMetrics)>>> = RefCell::new(HashMap::new());
+}
+
+fn record(method: &'static str, route: &str, status: u16, seconds: f64) {
+    ROUTES.with(|routes| {
+        let mut routes = routes.borrow_mut();
+        if !routes.contains_key(route) && routes.len() >= MAX_ROUTES {
+            counter(method, route, status).increment(1);
+            histogram(method, route).record(seconds);
+            return;
+        }
+        let methods = routes.entry(route.to_owned()).or_default();
+        let index = match methods.iter().position(|(m, _)| *m == method) {
+            Some(index) => index,
+            None => {
+                methods.push((method, RouteMetrics { duration: histogram(method, route), by_status: Vec::new() }));
+                methods.len() - 1
+            }
+        };
+        let metrics = &mut methods[index].1;
+        metrics.duration.record(seconds);
+        match metrics.by_status.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let counter = counter(method, route, status);
+                counter.increment(1);
+                metrics.by_status.push((status, counter));
+            }
+        }
+    });
+}
+
+fn counter(method: &'static str, route: &str, status: u16) -> Counter {
+    metrics::counter!("http_requests_total", "method" => method, "route" => route.to_owned(), "status" => status.to_string())
+}
+
+fn histogram(method: &'static str, route: &str) -> Histogram {
+    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_method_route_and_status_through_kept_handles() {
+        let handle = metrics_handle();
+        for _ in 0..3 {
+            record("GET", "/unit/observe/{id}", 200, 0.002);
+        }
+        record("GET", "/unit/observe/{id}", 404, 0.001);
+        record(method_label(&Method::from_bytes(b"BREW").unwrap()), "/unit/observe/{id}", 405, 0.001);
+        let text = handle.render();
+        for line in [
+            r#"http_requests_total{method="GET",route="/unit/observe/{id}",status="200"} 3"#,
+            r#"http_requests_total{method="GET",route="/unit/observe/{id}",status="404"} 1"#,
+            r#"http_requests_total{method="OTHER",route="/unit/observe/{id}",status="405"} 1"#,
+            r#"http_request_duration_seconds_count{method="GET",route="/unit/observe/{id}"} 4"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+    }
 }
