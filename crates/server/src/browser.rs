@@ -1,5 +1,7 @@
 //! What every browser-facing route shares: cookies, CSRF, the current session, pages.
 
+use std::borrow::Cow;
+
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
@@ -19,8 +21,15 @@ pub const SESSION: &str = "ponte_session";
 pub const CSRF: &str = "ponte_csrf";
 
 /// A cookie's name as sent: `__Host-` prefixed on https.
-pub fn cookie_name(state: &AppState, base: &'static str) -> String {
-    if state.config.is_https() { format!("__Host-{base}") } else { base.to_owned() }
+pub fn cookie_name(state: &AppState, base: &'static str) -> Cow<'static, str> {
+    if !state.config.is_https() {
+        return Cow::Borrowed(base);
+    }
+    match base {
+        SESSION => Cow::Borrowed("__Host-ponte_session"),
+        CSRF => Cow::Borrowed("__Host-ponte_csrf"),
+        other => Cow::Owned(format!("__Host-{other}")),
+    }
 }
 
 /// A host-only, HttpOnly, SameSite=Lax cookie (Secure on https).
@@ -51,10 +60,15 @@ pub fn cookie_value(req: &HttpRequest, state: &AppState, base: &'static str) -> 
 
 /// The value of the first cookie called `name` in `Cookie` header values.
 fn find_cookie<'a>(headers: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
-    headers.flat_map(|header| header.split(';')).find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key.trim() == name).then(|| value.trim().trim_matches('"'))
-    })
+    for header in headers {
+        for pair in header.split(';') {
+            let Some((key, value)) = pair.split_once('=') else { continue };
+            if key.trim_ascii() == name {
+                return Some(value.trim_ascii().trim_matches('"'));
+            }
+        }
+    }
+    None
 }
 
 /// The browser's CSRF token, or a fresh one that the response must set (`true`).
@@ -192,6 +206,12 @@ pub async fn start_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_https_names_are_the_prefixed_ones() {
+        assert_eq!(format!("__Host-{SESSION}"), "__Host-ponte_session");
+        assert_eq!(format!("__Host-{CSRF}"), "__Host-ponte_csrf");
+    }
 
     #[test]
     fn a_cookie_is_found_by_its_whole_name_in_any_cookie_header() {

@@ -66,38 +66,51 @@ impl From<Lang> for ponte_identity::outbox::Lang {
     }
 }
 
+/// The layout's style sheet (static, so a page copies it instead of formatting it).
+const STYLE: &str = "<style>
+body { font-family: system-ui, sans-serif; background: #f4f5f7; color: #1d2430; margin: 0; }
+main { max-width: 26rem; margin: 4rem auto; background: #fff; padding: 2rem; border-radius: 8px; box-shadow: 0 1px 3px #0002; }
+h1 { font-size: 1.4rem; margin-top: 0; }
+label { display: block; margin: 1rem 0 .3rem; font-weight: 600; }
+input[type=email], input[type=password] { width: 100%; box-sizing: border-box; padding: .6rem; border: 1px solid #aab; border-radius: 4px; font-size: 1rem; }
+button { margin-top: 1.4rem; width: 100%; padding: .7rem; background: #1f5fbf; color: #fff; border: 0; border-radius: 4px; font-size: 1rem; cursor: pointer; }
+.error { background: #fdecea; color: #8a1c12; padding: .7rem; border-radius: 4px; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: .4rem 1rem; }
+dt { font-weight: 600; }
+</style>
+";
+
 /// Wraps a page body in the common layout. `title` and `body` are trusted HTML.
 pub fn layout(lang: Lang, title: &str, body: &str) -> String {
-    format!(
-        r#"<!doctype html>
-<html lang="{lang}">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · Ponte</title>
-<style>
-body {{ font-family: system-ui, sans-serif; background: #f4f5f7; color: #1d2430; margin: 0; }}
-main {{ max-width: 26rem; margin: 4rem auto; background: #fff; padding: 2rem; border-radius: 8px; box-shadow: 0 1px 3px #0002; }}
-h1 {{ font-size: 1.4rem; margin-top: 0; }}
-label {{ display: block; margin: 1rem 0 .3rem; font-weight: 600; }}
-input[type=email], input[type=password] {{ width: 100%; box-sizing: border-box; padding: .6rem; border: 1px solid #aab; border-radius: 4px; font-size: 1rem; }}
-button {{ margin-top: 1.4rem; width: 100%; padding: .7rem; background: #1f5fbf; color: #fff; border: 0; border-radius: 4px; font-size: 1rem; cursor: pointer; }}
-.error {{ background: #fdecea; color: #8a1c12; padding: .7rem; border-radius: 4px; }}
-dl {{ display: grid; grid-template-columns: max-content 1fr; gap: .4rem 1rem; }}
-dt {{ font-weight: 600; }}
-</style>
-</head>
-<body><main>
-{body}
-</main></body>
-</html>"#,
-        lang = lang.code(),
-    )
+    let parts = [
+        "<!doctype html>\n<html lang=\"",
+        lang.code(),
+        "\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>",
+        title,
+        " · Ponte</title>\n",
+        STYLE,
+        "</head>\n<body><main>\n",
+        body,
+        "\n</main></body>\n</html>",
+    ];
+    // One allocation of the right size (`format!` would grow the string several times).
+    let mut page = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|part| page.push_str(part));
+    page
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_layout_wraps_the_body_in_one_allocation() {
+        let page = layout(Lang::It, "Accedi", "<h1>Ciao</h1>");
+        assert!(page.starts_with("<!doctype html>\n<html lang=\"it\">\n<head>"), "{page}");
+        assert!(page.contains("<title>Accedi · Ponte</title>\n<style>\nbody { font-family"));
+        assert!(page.ends_with("<body><main>\n<h1>Ciao</h1>\n</main></body>\n</html>"));
+        assert_eq!(page.capacity(), page.len(), "sized exactly, never grown");
+    }
 
     #[test]
     fn escapes_markup_and_quotes() {
