@@ -327,7 +327,8 @@ impl Application {
             server = server.workers(n.max(1));
         }
         spawn_key_refresher(state.clone());
-        if state.db.backend() == Backend::Postgres && state.config.cache_ttl_secs > 0 {
+        // Only a PostgreSQL directory with a TTL caches (`build_state`); it listens.
+        if state.directory.caches() {
             let url = crate::config::Secret::from(state.config.effective_database_url().as_str());
             tokio::spawn(crate::directory::listen(state.directory.clone(), url));
         }

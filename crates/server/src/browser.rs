@@ -1,7 +1,5 @@
 //! What every browser-facing route shares: cookies, CSRF, the current session, pages.
 
-use std::borrow::Cow;
-
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
@@ -20,16 +18,17 @@ pub const SESSION: &str = "ponte_session";
 /// Name of the CSRF cookie.
 pub const CSRF: &str = "ponte_csrf";
 
+/// What a cookie's name starts with on https, where browsers then keep it host-only.
+const HTTPS_PREFIX: &str = "__Host-";
+
+/// The prefix of cookie names: [`HTTPS_PREFIX`] on https, none on http.
+fn cookie_prefix(state: &AppState) -> &'static str {
+    if state.config.is_https() { HTTPS_PREFIX } else { "" }
+}
+
 /// A cookie's name as sent: `__Host-` prefixed on https.
-pub fn cookie_name(state: &AppState, base: &'static str) -> Cow<'static, str> {
-    if !state.config.is_https() {
-        return Cow::Borrowed(base);
-    }
-    match base {
-        SESSION => Cow::Borrowed("__Host-ponte_session"),
-        CSRF => Cow::Borrowed("__Host-ponte_csrf"),
-        other => Cow::Owned(format!("__Host-{other}")),
-    }
+pub fn cookie_name(state: &AppState, base: &'static str) -> String {
+    format!("{}{base}", cookie_prefix(state))
 }
 
 /// A host-only, HttpOnly, SameSite=Lax cookie (Secure on https).
@@ -55,15 +54,16 @@ pub fn removal<'a>(state: &AppState, base: &'static str) -> Cookie<'a> {
 /// base64url and never percent-encoded, so nothing is decoded.
 pub fn cookie_value(req: &HttpRequest, state: &AppState, base: &'static str) -> Option<String> {
     let headers = req.headers().get_all(actix_web::http::header::COOKIE).filter_map(|h| h.to_str().ok());
-    find_cookie(headers, &cookie_name(state, base)).map(str::to_owned)
+    find_cookie(headers, cookie_prefix(state), base).map(str::to_owned)
 }
 
-/// The value of the first cookie called `name` in `Cookie` header values.
-fn find_cookie<'a>(headers: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+/// The value of the first cookie called `prefix` + `base` in `Cookie` header values
+/// (compared in two parts, so the name is never built).
+fn find_cookie<'a>(headers: impl Iterator<Item = &'a str>, prefix: &str, base: &str) -> Option<&'a str> {
     for header in headers {
         for pair in header.split(';') {
             let Some((key, value)) = pair.split_once('=') else { continue };
-            if key.trim_ascii() == name {
+            if key.trim_ascii().strip_prefix(prefix) == Some(base) {
                 return Some(value.trim_ascii().trim_matches('"'));
             }
         }
@@ -208,20 +208,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_https_names_are_the_prefixed_ones() {
-        assert_eq!(format!("__Host-{SESSION}"), "__Host-ponte_session");
-        assert_eq!(format!("__Host-{CSRF}"), "__Host-ponte_csrf");
+    fn a_cookie_is_found_by_its_whole_name_in_any_cookie_header() {
+        let one = ["other=1; xponte_session=wrong; ponte_session=abc=; ponte_csrf=\"q\""];
+        assert_eq!(find_cookie(one.into_iter(), "", "ponte_session"), Some("abc="));
+        assert_eq!(find_cookie(one.into_iter(), "", "ponte_csrf"), Some("q"));
+        assert_eq!(find_cookie(one.into_iter(), "", "session"), None);
+        let two = ["a=1", " ponte_session = first ;ponte_session=second"];
+        assert_eq!(find_cookie(two.into_iter(), "", "ponte_session"), Some("first"));
+        assert_eq!(find_cookie(["ponte_session"].into_iter(), "", "ponte_session"), None, "no value, no cookie");
     }
 
     #[test]
-    fn a_cookie_is_found_by_its_whole_name_in_any_cookie_header() {
-        let one = ["other=1; xponte_session=wrong; ponte_session=abc=; ponte_csrf=\"q\""];
-        assert_eq!(find_cookie(one.into_iter(), "ponte_session"), Some("abc="));
-        assert_eq!(find_cookie(one.into_iter(), "ponte_csrf"), Some("q"));
-        assert_eq!(find_cookie(one.into_iter(), "session"), None);
-        let two = ["a=1", " ponte_session = first ;ponte_session=second"];
-        assert_eq!(find_cookie(two.into_iter(), "ponte_session"), Some("first"));
-        assert_eq!(find_cookie(["ponte_session"].into_iter(), "ponte_session"), None, "no value, no cookie");
+    fn on_https_only_the_prefixed_name_counts() {
+        let sent = ["ponte_session=plain; __Host-ponte_session=host; __Host-xponte_session=other"];
+        assert_eq!(find_cookie(sent.into_iter(), HTTPS_PREFIX, "ponte_session"), Some("host"));
+        assert_eq!(find_cookie(["ponte_session=plain"].into_iter(), HTTPS_PREFIX, "ponte_session"), None);
     }
 
     #[test]

@@ -146,12 +146,16 @@ thread_local! {
 fn record(method: &'static str, route: &str, status: u16, seconds: f64) {
     ROUTES.with(|routes| {
         let mut routes = routes.borrow_mut();
-        if !routes.contains_key(route) && routes.len() >= MAX_ROUTES {
-            counter(method, route, status).increment(1);
-            histogram(method, route).record(seconds);
-            return;
+        if !routes.contains_key(route) {
+            if routes.len() >= MAX_ROUTES {
+                counter(method, route, status).increment(1);
+                histogram(method, route).record(seconds);
+                return;
+            }
+            routes.insert(route.to_owned(), Vec::new());
         }
-        let methods = routes.entry(route.to_owned()).or_default();
+        // Looked up by `&str`: the route is copied only the first time it is seen.
+        let Some(methods) = routes.get_mut(route) else { return };
         let index = match methods.iter().position(|(m, _)| *m == method) {
             Some(index) => index,
             None => {

@@ -140,8 +140,14 @@ impl Directory {
         Self::new(Duration::ZERO)
     }
 
+    /// Whether this directory may keep anything at all (a non-zero TTL); only then is it
+    /// worth listening for changes.
+    pub fn caches(&self) -> bool {
+        !self.0.ttl.is_zero()
+    }
+
     fn active(&self) -> bool {
-        !self.0.ttl.is_zero() && self.0.listening.load(Ordering::Acquire)
+        self.caches() && self.0.listening.load(Ordering::Acquire)
     }
 
     /// Notifications are arriving from now on: entries may be kept (starting empty).
