@@ -1,7 +1,10 @@
 //! Server-rendered pages: escaping, the layout, and Italian or English text.
 
+use std::sync::OnceLock;
+
 use actix_web::HttpRequest;
 use actix_web::http::header;
+use ponte_identity::secret::digest;
 
 /// Escapes text for HTML bodies and double-quoted attributes (one escaper for pages and mail).
 pub use ponte_identity::outbox::escape_html as escape;
@@ -66,9 +69,10 @@ impl From<Lang> for ponte_identity::outbox::Lang {
     }
 }
 
-/// The layout's style sheet (static, so a page copies it instead of formatting it).
-const STYLE: &str = "<style>
-body { font-family: system-ui, sans-serif; background: #f4f5f7; color: #1d2430; margin: 0; }
+/// The style sheet of every page, served at [`STYLE_PATH`] and linked, not inlined: a
+/// browser fetches it once, each page is a kilobyte smaller, and the pages' CSP allows
+/// styles from Ponte itself only (no `'unsafe-inline'`).
+pub const STYLE: &str = "body { font-family: system-ui, sans-serif; background: #f4f5f7; color: #1d2430; margin: 0; }
 main { max-width: 26rem; margin: 4rem auto; background: #fff; padding: 2rem; border-radius: 8px; box-shadow: 0 1px 3px #0002; }
 h1 { font-size: 1.4rem; margin-top: 0; }
 label { display: block; margin: 1rem 0 .3rem; font-weight: 600; }
@@ -77,8 +81,26 @@ button { margin-top: 1.4rem; width: 100%; padding: .7rem; background: #1f5fbf; c
 .error { background: #fdecea; color: #8a1c12; padding: .7rem; border-radius: 4px; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: .4rem 1rem; }
 dt { font-weight: 600; }
-</style>
+button.secondary { background: #666; }
+button.compact { width: auto; margin: 0; padding: .3rem .6rem; }
+button.beside { margin-left: .5rem; padding: .2rem .6rem; }
+form.inline { display: inline; }
+.chain[data-linked=true] { color: #1a7f37; }
+.chain[data-linked=false] { color: #8a8f98; }
 ";
+
+/// Where the style sheet is served.
+pub const STYLE_PATH: &str = "/assets/ponte.css";
+
+/// The `<link>` to the style sheet, its URL versioned by the sheet's digest so that it can
+/// be cached for a year and still change with a release.
+fn style_link() -> &'static str {
+    static LINK: OnceLock<String> = OnceLock::new();
+    LINK.get_or_init(|| {
+        let version = &digest(STYLE)[..12];
+        format!("<link rel=\"stylesheet\" href=\"{STYLE_PATH}?v={version}\">\n")
+    })
+}
 
 /// Wraps a page body in the common layout. `title` and `body` are trusted HTML.
 pub fn layout(lang: Lang, title: &str, body: &str) -> String {
@@ -88,7 +110,7 @@ pub fn layout(lang: Lang, title: &str, body: &str) -> String {
         "\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>",
         title,
         " · Ponte</title>\n",
-        STYLE,
+        style_link(),
         "</head>\n<body><main>\n",
         body,
         "\n</main></body>\n</html>",
@@ -107,7 +129,12 @@ mod tests {
     fn the_layout_wraps_the_body_in_one_allocation() {
         let page = layout(Lang::It, "Accedi", "<h1>Ciao</h1>");
         assert!(page.starts_with("<!doctype html>\n<html lang=\"it\">\n<head>"), "{page}");
-        assert!(page.contains("<title>Accedi · Ponte</title>\n<style>\nbody { font-family"));
+        let link = format!(
+            "<title>Accedi · Ponte</title>\n<link rel=\"stylesheet\" href=\"/assets/ponte.css?v={}\">\n</head>",
+            &digest(STYLE)[..12]
+        );
+        assert!(page.contains(&link), "{page}");
+        assert!(!page.contains("<style"), "{page}");
         assert!(page.ends_with("<body><main>\n<h1>Ciao</h1>\n</main></body>\n</html>"));
         assert_eq!(page.capacity(), page.len(), "sized exactly, never grown");
     }

@@ -180,7 +180,7 @@ fn consent_page(
 <input type="hidden" name="csrf_token" value="{csrf}">
 <input type="hidden" name="authz" value="{id}">
 <button type="submit" name="decision" value="allow">{allow}</button>
-<button type="submit" name="decision" value="deny" style="background:#666">{deny}</button>
+<button type="submit" name="decision" value="deny" class="secondary">{deny}</button>
 </form>"#,
         heading = lang.pick("Autorizzare l'applicazione?", "Allow this application?"),
         intro = escape(&format!("{client_name} {}", lang.pick("chiede di accedere a:", "asks for access to:"))),

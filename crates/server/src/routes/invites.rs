@@ -410,7 +410,7 @@ pub async fn offer_view(
     for i in &offered {
         let about = about(&state, i).await?;
         rows.push_str(&format!(
-            r#"<tr data-invite="{invite}"><td>{company}</td><td>{platform}</td><td>{email}</td><td><form method="post" action="/invites/offer"><input type="hidden" name="csrf_token" value="{csrf}"><input type="hidden" name="offer" value="{offer}"><input type="hidden" name="invite" value="{invite}"><button type="submit" id="offer-accept-{invite}" style="margin:0;padding:.3rem .6rem">{accept}</button></form></td></tr>"#,
+            r#"<tr data-invite="{invite}"><td>{company}</td><td>{platform}</td><td>{email}</td><td><form method="post" action="/invites/offer"><input type="hidden" name="csrf_token" value="{csrf}"><input type="hidden" name="offer" value="{offer}"><input type="hidden" name="invite" value="{invite}"><button type="submit" id="offer-accept-{invite}" class="compact">{accept}</button></form></td></tr>"#,
             invite = i.id,
             company = escape(&about.company),
             platform = escape(&about.platform_account),

@@ -16,15 +16,26 @@ use crate::browser::{
     start_session,
 };
 use crate::extract::client_ip;
-use crate::html::{Lang, escape};
+use crate::html::{Lang, STYLE, STYLE_PATH, escape};
 use crate::problem::Problem;
 use crate::state::AppState;
 
 /// Registers the pages.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/").get(home))
+    cfg.service(web::resource(STYLE_PATH).get(style_sheet))
+        .service(web::resource("/").get(home))
         .service(web::resource("/login").get(login_page).post(login))
         .service(web::resource("/logout").post(logout));
+}
+
+/// The pages' style sheet. Pages link it with a version in the URL (see
+/// [`crate::html`]), so a browser may keep it for a year.
+async fn style_sheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .body(STYLE)
 }
 
 /// "Sign in with …" links for every configured provider, returning to `return_to`.
@@ -94,7 +105,7 @@ async fn identities_section(state: &AppState, lang: Lang, csrf: &str, user: &Use
             .map(|p| p.config.display_name.clone())
             .unwrap_or_else(|| link.provider.clone());
         html.push_str(&format!(
-            r#"<li data-provider="{id}">{name}: {email} <form method="post" action="/link/unlink" style="display:inline"><input type="hidden" name="csrf_token" value="{csrf}"><input type="hidden" name="provider" value="{id}"><button type="submit" id="unlink-{id}" style="width:auto;margin:0 0 0 .5rem;padding:.2rem .6rem">{unlink}</button></form></li>"#,
+            r#"<li data-provider="{id}">{name}: {email} <form method="post" action="/link/unlink" class="inline"><input type="hidden" name="csrf_token" value="{csrf}"><input type="hidden" name="provider" value="{id}"><button type="submit" id="unlink-{id}" class="compact beside">{unlink}</button></form></li>"#,
             id = escape(&link.provider),
             name = escape(&name),
             email = escape(link.email.as_deref().unwrap_or("")),
@@ -143,13 +154,13 @@ async fn companies_section(state: &AppState, lang: Lang, user: &User) -> Result<
             None
         };
         let words = next_step(i.state, invited.as_deref());
-        let (linked, color, label) = if i.state.is_linked() {
-            ("true", "#1a7f37", lang.pick("collegata", "linked"))
+        let (linked, label) = if i.state.is_linked() {
+            ("true", lang.pick("collegata", "linked"))
         } else {
-            ("false", "#8a8f98", lang.pick("non collegata", "not linked"))
+            ("false", lang.pick("non collegata", "not linked"))
         };
         rows.push_str(&format!(
-            r#"<tr data-company="{id}" data-state="{state}"><td>{name}<br><small>{vat}</small></td><td><span class="chain" data-linked="{linked}" style="color:{color}" title="{label}">&#x1F517; {label}</span></td><td>{step}</td></tr>"#,
+            r#"<tr data-company="{id}" data-state="{state}"><td>{name}<br><small>{vat}</small></td><td><span class="chain" data-linked="{linked}" title="{label}">&#x1F517; {label}</span></td><td>{step}</td></tr>"#,
             id = company.id,
             state = i.state.as_str(),
             name = escape(company.data.legal_name().as_str()),

@@ -222,3 +222,23 @@ async fn https_deployments_use_host_prefixed_secure_cookies() {
     let session = signed_in.headers()["set-cookie"].to_str().unwrap();
     assert!(session.starts_with("__Host-ponte_session=") && session.contains("Secure"), "{session}");
 }
+
+#[tokio::test]
+async fn pages_link_one_cacheable_style_sheet_and_allow_no_inline_style() {
+    let app = TestApp::spawn().await;
+    let page = app.browser().get(app.url("/login")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("style-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("<style") && !html.contains("style="), "{html}");
+    let href = html.split("<link rel=\"stylesheet\" href=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap();
+    assert!(href.starts_with("/assets/ponte.css?v="), "{href}");
+
+    let sheet = app.browser().get(app.url(href)).send().await.unwrap();
+    assert_eq!(sheet.status(), 200);
+    assert_eq!(sheet.headers()["content-type"], "text/css; charset=utf-8");
+    assert!(sheet.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    assert_eq!(sheet.headers()["x-content-type-options"], "nosniff");
+    let css = sheet.text().await.unwrap();
+    assert!(css.contains("button.secondary") && css.contains(".chain[data-linked=true]"), "{css}");
+}

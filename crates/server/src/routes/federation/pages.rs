@@ -143,7 +143,7 @@ pub fn confirm_page(
             r#"<h1>{heading}</h1>{error}<p>{intro}</p>{identity}
 <form method="post" action="/link/confirm">{hidden}
 <button type="submit" name="action" value="continue" id="link-continue">{cont}</button>
-<button type="submit" name="action" value="cancel" id="link-cancel" style="background:#666">{cancel}</button>
+<button type="submit" name="action" value="cancel" id="link-cancel" class="secondary">{cancel}</button>
 </form>"#,
             heading = lang.pick("Collegare questo ID?", "Connect this ID?"),
             intro = lang.pick(
@@ -163,7 +163,7 @@ pub fn confirm_page(
                 )
             } else {
                 format!(
-                    r#"<button type="submit" name="action" value="send_code" id="link-send-code" style="background:#666">{send}</button>"#,
+                    r#"<button type="submit" name="action" value="send_code" id="link-send-code" class="secondary">{send}</button>"#,
                     send = lang.pick("Inviami un codice via email", "Email me a code instead"),
                 )
             };
@@ -173,7 +173,7 @@ pub fn confirm_page(
 <label for="password">{password_l}</label><input id="password" name="password" type="password" autocomplete="current-password">
 <button type="submit" name="action" value="password" id="link-password">{cont}</button>
 {code_form}
-<button type="submit" name="action" value="cancel" style="background:#666">{cancel}</button>
+<button type="submit" name="action" value="cancel" class="secondary">{cancel}</button>
 </form>"#,
                 heading = lang.pick("Collegare al tuo account esistente?", "Link to your existing account?"),
                 intro = lang.pick(
