@@ -227,12 +227,10 @@ impl KeyRing {
         if header.alg != alg {
             return Err(TokenRejection::Invalid);
         }
-        let mut validation = Validation::new(alg);
-        validation.validate_exp = false;
-        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        let data = decode::<AccessTokenClaims>(token, key, &validation).map_err(|e| match e.kind() {
+        let data = with_access_validation(alg, issuer, audience, |validation| {
+            decode::<AccessTokenClaims>(token, key, validation)
+        })
+        .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::InvalidIssuer | jsonwebtoken::errors::ErrorKind::InvalidAudience => {
                 TokenRejection::WrongAudienceOrIssuer
             }
@@ -244,6 +242,42 @@ impl KeyRing {
         }
         Ok(data.claims)
     }
+}
+
+/// Runs `f` with the validation of access tokens for `alg`, `issuer` and `audience`: built
+/// once per thread and kept (its sets of claim names cost a dozen allocations to build,
+/// and every introspection and API call verifies a token).
+fn with_access_validation<T>(
+    alg: jsonwebtoken::Algorithm,
+    issuer: &str,
+    audience: &str,
+    f: impl FnOnce(&Validation) -> T,
+) -> T {
+    thread_local! {
+        static KEPT: std::cell::RefCell<Vec<(jsonwebtoken::Algorithm, String, String, Validation)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    KEPT.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        let found = kept.iter().position(|(a, i, aud, _)| *a == alg && i == issuer && aud == audience);
+        let index = match found {
+            Some(index) => index,
+            None => {
+                let mut validation = Validation::new(alg);
+                validation.validate_exp = false;
+                validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+                validation.set_issuer(&[issuer]);
+                validation.set_audience(&[audience]);
+                // A handful of issuers and audiences at most; never grows without bound.
+                if kept.len() >= 16 {
+                    kept.clear();
+                }
+                kept.push((alg, issuer.to_owned(), audience.to_owned(), validation));
+                kept.len() - 1
+            }
+        };
+        f(&kept[index].3)
+    })
 }
 
 #[cfg(test)]
@@ -322,6 +356,15 @@ mod tests {
         tampered.insert(tampered.len() / 2, 'A');
         assert_eq!(ring.verify_access_token(&tampered, ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
         assert_eq!(ring.verify_access_token("not.a.jwt", ISS, API_AUDIENCE, now), Err(TokenRejection::Invalid));
+        // Validations are kept per thread by issuer and audience: each check still uses its own.
+        for _ in 0..2 {
+            assert_eq!(ring.verify_access_token(&token, ISS, API_AUDIENCE, now).unwrap(), claims);
+            assert_eq!(ring.verify_access_token(&token, ISS, "other", now), Err(TokenRejection::WrongAudienceOrIssuer));
+            assert_eq!(
+                ring.verify_access_token(&token, "https://evil.example", API_AUDIENCE, now),
+                Err(TokenRejection::WrongAudienceOrIssuer)
+            );
+        }
     }
 
     fn ring_other_token(now: OffsetDateTime) -> String {

@@ -116,11 +116,15 @@ pub async fn observe(
     let started = Instant::now();
     let method = method_label(req.method());
     let route = RoutePattern::of(&req);
-    let request_id = req.extensions().get::<RequestId>().map(|id| id.to_string());
+    let request_id = req.extensions().get::<RequestId>().copied();
     let mut response = next.call(req).await?;
     record(method, route.as_str(), response.status().as_u16(), started.elapsed().as_secs_f64());
-    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-        response.headers_mut().insert(HeaderName::from_static("x-request-id"), id);
+    if let Some(id) = request_id {
+        // The hyphenated form, written into a buffer rather than formatted into a String.
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        if let Ok(value) = HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes()) {
+            response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
+        }
     }
     Ok(response)
 }

@@ -72,9 +72,15 @@ pub const PENDING_PER_IP: crate::ratelimit::RateLimit =
 
 /// Every value of every query parameter, so repeated parameters can be refused.
 pub fn query_params(query: &str) -> HashMap<String, Vec<String>> {
-    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    // Room for an authorization request's usual parameters without growing the table.
+    let mut map: HashMap<String, Vec<String>> = HashMap::with_capacity(12);
     for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        map.entry(k.into_owned()).or_default().push(v.into_owned());
+        match map.get_mut(k.as_ref()) {
+            Some(values) => values.push(v.into_owned()),
+            None => {
+                map.insert(k.into_owned(), vec![v.into_owned()]);
+            }
+        }
     }
     map
 }

@@ -15,8 +15,9 @@ use base64::engine::general_purpose::STANDARD;
 use ponte_identity::client::Client;
 use ponte_identity::op::access::{Introspection, UserInfoOutcome};
 use ponte_identity::op::grants::{GrantFailure, Refusal, TokenSet};
+use ponte_identity::token::AccessTokenClaims;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::auth::bearer_token;
@@ -155,7 +156,7 @@ fn form_decode(s: &str) -> String {
 fn client_credentials_of(req: &HttpRequest, params: &Params) -> Result<(String, Option<String>, bool), OAuthError> {
     let basic = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
         let (scheme, rest) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("basic").then(|| rest.trim().to_owned())
+        scheme.eq_ignore_ascii_case("basic").then(|| rest.trim())
     });
     match basic {
         Some(_) if params.contains_key("client_secret") => {
@@ -289,6 +290,16 @@ pub async fn token(
     }
 }
 
+/// An active access token as introspection describes it: its claims beside `active` and
+/// `token_type` (written straight out, not built as a JSON tree first).
+#[derive(Serialize)]
+struct ActiveAccessToken<'a> {
+    active: bool,
+    token_type: &'static str,
+    #[serde(flatten)]
+    claims: &'a AccessTokenClaims,
+}
+
 fn no_store_json(body: &impl Serialize) -> HttpResponse {
     HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(body)
 }
@@ -313,12 +324,7 @@ pub async fn introspect(
     };
     Ok(match provider(&state).introspect(&client, token, state.now()).await.map_err(Problem::from)? {
         Introspection::Access(claims) => {
-            let mut body = serde_json::to_value(&claims).map_err(|e| Problem::internal(&e))?;
-            if let Value::Object(map) = &mut body {
-                map.insert("active".into(), Value::Bool(true));
-                map.insert("token_type".into(), Value::String("Bearer".into()));
-            }
-            no_store_json(&body)
+            no_store_json(&ActiveAccessToken { active: true, token_type: "Bearer", claims: &claims })
         }
         Introspection::Refresh(family) => no_store_json(&json!({
             "active": true,
@@ -436,7 +442,7 @@ mod tests {
             };
             let ours = response.to_json();
             assert_eq!(ours, serde_json::to_string(&response).unwrap(), "{access:?} {scope:?}");
-            let parsed: Value = serde_json::from_str(&ours).unwrap();
+            let parsed: serde_json::Value = serde_json::from_str(&ours).unwrap();
             assert_eq!(parsed["access_token"], access);
             assert_eq!(parsed["scope"], scope);
         }
