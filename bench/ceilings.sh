@@ -223,6 +223,9 @@ run ponte-logout-page "$PONTE_PID" "$PONTE_URL/oauth2/logout" "$LUA" BENCH_METHO
 run ponte-home "$PONTE_PID" "$PONTE_URL/" "$LUA" BENCH_METHOD=GET BENCH_COOKIE="$BROWSER_COOKIES"
 run ponte-sso-hop "$PONTE_PID" "$PONTE_URL$AUTHORIZE" "$LUA" BENCH_METHOD=GET BENCH_COOKIE="$BROWSER_COOKIES"
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+# Ponte's resident size after every row has loaded it (memory that grows with requests shows here).
+rss_mib() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+PONTE_RSS="$(rss_mib "$PONTE_PID" VmRSS) MiB (peak $(rss_mib "$PONTE_PID" VmHWM) MiB)"
 
 # --- report ------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
@@ -255,6 +258,7 @@ line "session route: logout page / bare-session" ponte-logout-page bare-session 
 line "signed-in page: home / bare-session" ponte-home bare-session 0.5
 line "SSO hop: authorize / bare-session" ponte-sso-hop bare-session 0.4
 echo "(others_% is the share of all cores used by anything but the measured server: wrk and foreign load)"
+echo "ponte resident after these runs: $PONTE_RSS"
 
 if [ "$LOGINS" != 0 ]; then
   echo
