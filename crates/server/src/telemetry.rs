@@ -63,8 +63,8 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 }
 
 /// How often histogram samples are folded into their buckets. The recorder keeps every
-/// sample until then (8 bytes a request), so without it a replica that nobody scrapes
-/// grows by the megabyte under load; a scrape of `/metrics` folds them too.
+/// sample until then, so without it a replica that nobody scrapes grows with every request
+/// (measured: 30 MiB per 1.9 million); a scrape of `/metrics` folds them too.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The span every request runs in: its id, method and route pattern, so each log line of
@@ -206,6 +206,27 @@ fn histogram(method: &'static str, route: &str) -> Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without the upkeep thread the recorder keeps every histogram sample until a scrape
+    /// (measured: +30 MiB per 1.9 million requests, for as long as nobody reads /metrics).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_recorder_comes_with_its_upkeep_thread() {
+        metrics_handle();
+        let names = || -> Vec<String> {
+            let threads = std::fs::read_dir("/proc/self/task").unwrap();
+            threads
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect()
+        };
+        // A new thread names itself once it runs: wait for that, up to two seconds.
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        while !names().iter().any(|n| n == "metrics-upkeep") && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(names().iter().any(|n| n == "metrics-upkeep"), "{:?}", names());
+    }
 
     #[test]
     fn requests_are_counted_by_method_route_and_status_through_kept_handles() {
