@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::connectors::platform::HttpPlatform;
 use crate::directory::Directory;
 use crate::directory::stores::Cached;
+use crate::session_cache::{CachedSessions, SessionCache};
 use crate::state::AppState;
 use crate::worker::Worker;
 use crate::{extract, routes, telemetry};
@@ -167,6 +168,23 @@ pub fn session_store(config: &Config) -> Result<Arc<dyn SessionStore>, StartErro
     })
 }
 
+/// The session store of `ponte serve`: [`session_store`], with session reads cached in
+/// this replica ([`crate::session_cache`]) when it is one Redis node and
+/// `session_cache_ttl_secs` is not 0.
+fn serving_session_store(config: &Config) -> Result<(Arc<dyn SessionStore>, Option<SessionCache>), StartError> {
+    let url = match &config.redis_url {
+        Some(url) if !url.expose().is_empty() && config.session_cache_ttl_secs > 0 => url,
+        _ => return Ok((session_store(config)?, None)),
+    };
+    let redis = RedisStore::new(url.expose(), &config.redis_key_prefix)?;
+    if redis.is_cluster() {
+        return Ok((Arc::new(redis), None));
+    }
+    let cache =
+        SessionCache::new(std::time::Duration::from_secs(config.session_cache_ttl_secs), redis.changes_channel());
+    Ok((Arc::new(CachedSessions::new(Arc::new(redis), cache.clone())), Some(cache)))
+}
+
 /// Builds the shared state: database (migrated unless disabled), session store, keys.
 pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
     // The hashing pool starts once per process (tests build many apps from one binary).
@@ -192,6 +210,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
             .map_err(|e| StartError::Setup(format!("providers.{id}: {e}")))?;
         providers.insert(id.clone(), Arc::new(upstream));
     }
+    let (session_store, session_cache) = serving_session_store(&config)?;
     let directory = match db.backend() {
         Backend::Postgres => Directory::new(std::time::Duration::from_secs(config.cache_ttl_secs)),
         Backend::Sqlite => Directory::off(),
@@ -227,7 +246,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         )),
         outbox,
         jobs,
-        sessions: Sessions::new(session_store(&config)?, policy),
+        sessions: Sessions::new(session_store, policy),
         accounts: Arc::new(Cached::new(SqlAccounts::new(db.clone()), directory.clone())),
         users: Arc::new(Cached::new(SqlUsers::new(db.clone()), directory.clone())),
         audit: Arc::new(SqlAudit::new(db.clone())),
@@ -246,6 +265,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         config: Arc::new(config),
         draining: Default::default(),
         directory,
+        session_cache,
     })
 }
 
@@ -331,6 +351,9 @@ impl Application {
         if state.directory.caches() {
             let url = crate::config::Secret::from(state.config.effective_database_url().as_str());
             tokio::spawn(crate::directory::listen(state.directory.clone(), url));
+        }
+        if let (Some(cache), Some(url)) = (&state.session_cache, &state.config.redis_url) {
+            tokio::spawn(crate::session_cache::listen(cache.clone(), url.clone()));
         }
         let worker = if state.config.worker.enabled {
             Some(Worker::from_state(&state).map_err(StartError::Worker)?)

@@ -113,6 +113,11 @@ pub struct Config {
     /// replica's cache at once by notification, this is the bound if notifications stall.
     /// 0 turns the cache off. SQLite never caches.
     pub cache_ttl_secs: u64,
+    /// Seconds a session record read from Redis may be served from this replica's memory
+    /// at most. Every session write publishes a change that reaches every replica's cache
+    /// at once; this is the bound if that stalls or Redis drops a session by itself. 0 turns
+    /// the cache off; a Redis Cluster and the in-process store never cache.
+    pub session_cache_ttl_secs: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// Networks of the reverse proxies whose forwarding header names the client (a list;
@@ -405,6 +410,7 @@ impl Default for Config {
             key_rotation_days: 30,
             key_reload_secs: 30,
             cache_ttl_secs: 10,
+            session_cache_ttl_secs: 10,
             max_body_bytes: 64 * 1024,
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeader::default(),

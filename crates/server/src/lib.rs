@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod problem;
 pub mod reseal;
 pub mod routes;
+pub mod session_cache;
 pub mod state;
 pub mod telemetry;
 pub mod webhooks;

@@ -85,6 +85,9 @@ pub struct AppState {
     /// This replica's cache of what hot paths read about accounts (the stores above read
     /// through it).
     pub directory: crate::directory::Directory,
+    /// This replica's cache of session records, when the sessions are on one Redis node
+    /// (the session store above reads through it).
+    pub session_cache: Option<crate::session_cache::SessionCache>,
     /// Set when the process starts to stop: `/readyz` then answers 503.
     pub draining: Draining,
 }

@@ -97,6 +97,19 @@ impl RedisStore {
         matches!(self.backend, Backend::Cluster(_))
     }
 
+    /// The channel on which every write of a session record publishes the session's id,
+    /// so that replicas caching records forget it (one node only: a cluster has no cache).
+    pub fn changes_channel(&self) -> String {
+        format!("{}session-changes", self.prefix)
+    }
+
+    /// Adds the announcement of a change to session `id` to `pipe` (one node only).
+    fn announce(&self, pipe: &mut Pipeline, id: &str) {
+        if let Backend::Single(_) = self.backend {
+            pipe.publish(self.changes_channel(), id).ignore();
+        }
+    }
+
     /// The full Redis key of a `kind:rest` key (prefix included), as stored.
     pub fn key(&self, kind: &str, rest: &str) -> String {
         format!("{}{kind}:{rest}", self.prefix)
@@ -392,6 +405,7 @@ impl SessionStore for RedisStore {
         indexed.sadd(&index, id).expire(&index, index_ttl as i64);
         let mut stored = redis::pipe();
         stored.set_ex(self.key("s", id), value, ttl);
+        self.announce(&mut stored, id);
         self.in_order(&[&indexed, &stored]).await
     }
 
@@ -401,7 +415,10 @@ impl SessionStore for RedisStore {
 
     async fn replace(&self, id: &str, value: &str, ttl: u64) -> Result<bool> {
         let options = SetOptions::default().conditional_set(ExistenceCheck::XX).with_expiration(SetExpiry::EX(ttl));
-        let done: Option<String> = self.conn().set_options(self.key("s", id), value, options).await?;
+        let mut replaced = redis::pipe();
+        replaced.set_options(self.key("s", id), value, options);
+        self.announce(&mut replaced, id);
+        let (done,): (Option<String>,) = replaced.query_async(&mut self.conn()).await?;
         Ok(done.is_some())
     }
 
@@ -409,6 +426,7 @@ impl SessionStore for RedisStore {
         // The session first, its index entry after (the mirror of `insert`).
         let mut ended = redis::pipe();
         ended.del(self.key("s", id));
+        self.announce(&mut ended, id);
         let mut unindexed = redis::pipe();
         unindexed.srem(self.key("u", user_id), id);
         self.in_order(&[&ended, &unindexed]).await

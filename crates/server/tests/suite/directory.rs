@@ -13,17 +13,23 @@ use crate::integrations::company_json;
 const HOUR: u64 = 3600;
 const PASSWORD: &str = "correct horse battery";
 
-/// Two replicas on one PostgreSQL and one Redis, both caching for an hour.
-async fn replicas() -> Option<(TestApp, TestApp)> {
+/// Two replicas on one PostgreSQL and one Redis, both caching accounts and sessions for
+/// an hour.
+pub(crate) async fn replicas() -> Option<(TestApp, TestApp)> {
     let db = TestDb::postgres().await?;
     let redis = TestRedis::new()?;
     let (url, prefix, redis_url) = (db.url.clone(), redis.prefix.clone(), redis.url.clone());
-    let a = TestApp::spawn_with(db, Some(redis), |c| c.cache_ttl_secs = HOUR).await;
+    let a = TestApp::spawn_with(db, Some(redis), |c| {
+        c.cache_ttl_secs = HOUR;
+        c.session_cache_ttl_secs = HOUR;
+    })
+    .await;
     let master = a.state.master.encode();
     let public_url = a.state.config.public_url.clone();
     let b_db = TestDb { url, dir: tempfile::tempdir().unwrap(), pg: None };
     let b = TestApp::spawn_with(b_db, None, |c| {
         c.cache_ttl_secs = HOUR;
+        c.session_cache_ttl_secs = HOUR;
         c.public_url = public_url;
         c.master_key = Some(master.as_str().into());
         c.redis_url = Some(redis_url.as_str().into());
@@ -37,7 +43,7 @@ async fn replicas() -> Option<(TestApp, TestApp)> {
 }
 
 /// Polls `check` every 10 ms for at most 10 s.
-async fn until<F, Fut>(check: F, what: &str)
+pub(crate) async fn until<F, Fut>(check: F, what: &str)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -49,7 +55,7 @@ where
     }
 }
 
-async fn home(app: &TestApp, browser: &reqwest::Client) -> String {
+pub(crate) async fn home(app: &TestApp, browser: &reqwest::Client) -> String {
     let response = browser.get(app.url("/")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     response.text().await.unwrap()

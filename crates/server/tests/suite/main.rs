@@ -33,6 +33,7 @@ mod proxy;
 mod recovery;
 mod resilience;
 mod seats;
+mod session_cache;
 mod sessions;
 mod shutdown;
 mod sink;
