@@ -163,7 +163,9 @@ fn write_private(path: &Path, contents: &str) -> Result<(), StartError> {
 /// The configured session store: Redis when `redis_url` is set, else in-process.
 pub fn session_store(config: &Config) -> Result<Arc<dyn SessionStore>, StartError> {
     Ok(match &config.redis_url {
-        Some(url) if !url.expose().is_empty() => Arc::new(RedisStore::new(url.expose(), &config.redis_key_prefix)?),
+        Some(url) if !url.expose().is_empty() => Arc::new(
+            RedisStore::new(url.expose(), &config.redis_key_prefix)?.announcing(config.session_cache_ttl_secs > 0),
+        ),
         _ => Arc::new(MemoryStore::new()),
     })
 }
@@ -176,13 +178,12 @@ fn serving_session_store(config: &Config) -> Result<(Arc<dyn SessionStore>, Opti
         Some(url) if !url.expose().is_empty() && config.session_cache_ttl_secs > 0 => url,
         _ => return Ok((session_store(config)?, None)),
     };
-    let redis = RedisStore::new(url.expose(), &config.redis_key_prefix)?;
+    let redis = Arc::new(RedisStore::new(url.expose(), &config.redis_key_prefix)?.announcing(true));
     if redis.is_cluster() {
-        return Ok((Arc::new(redis), None));
+        return Ok((redis, None));
     }
-    let cache =
-        SessionCache::new(std::time::Duration::from_secs(config.session_cache_ttl_secs), redis.changes_channel());
-    Ok((Arc::new(CachedSessions::new(Arc::new(redis), cache.clone())), Some(cache)))
+    let cache = SessionCache::new(std::time::Duration::from_secs(config.session_cache_ttl_secs), redis.clone());
+    Ok((Arc::new(CachedSessions::new(redis, cache.clone())), Some(cache)))
 }
 
 /// Builds the shared state: database (migrated unless disabled), session store, keys.

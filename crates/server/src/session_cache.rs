@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use ponte_identity::Result;
-use ponte_identity::session::SessionStore;
+use ponte_identity::session::{RedisStore, SessionStore};
 
 use crate::config::Secret;
 
@@ -38,8 +38,6 @@ use crate::config::Secret;
 const MAX_ENTRIES: usize = 50_000;
 /// The payload of a listener's heartbeat.
 const HEARTBEAT: &str = "heartbeat";
-/// The payload that means "forget every session" (e.g. after deleting them all).
-pub const EVERYTHING: &str = "*";
 /// Silence after which the subscription is probed.
 const QUIET: Duration = Duration::from_secs(2);
 /// How long the probe may take before the subscription counts as lost.
@@ -54,8 +52,8 @@ pub struct SessionCache(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     ttl: Duration,
-    /// The Redis channel on which session changes are announced.
-    channel: String,
+    /// The store whose changes are announced (and through which the heartbeat goes).
+    store: Arc<RedisStore>,
     /// Set while change messages are being received; entries are used only then.
     listening: AtomicBool,
     /// Bumped before every forget: a load that saw another value is not kept.
@@ -80,11 +78,11 @@ pub struct SessionCacheStats {
 
 impl SessionCache {
     /// A cache whose entries live at most `ttl` (zero: never used), kept in step by the
-    /// messages on `channel`. It stays off until [`SessionCache::start_listening`].
-    pub fn new(ttl: Duration, channel: String) -> Self {
+    /// changes `store` announces. It stays off until [`SessionCache::start_listening`].
+    pub fn new(ttl: Duration, store: Arc<RedisStore>) -> Self {
         Self(Arc::new(Inner {
             ttl,
-            channel,
+            store,
             listening: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             entries: RwLock::new(HashMap::new()),
@@ -177,10 +175,8 @@ impl CachedSessions {
 #[async_trait]
 impl SessionStore for CachedSessions {
     async fn insert(&self, id: &str, user_id: &str, value: &str, ttl: u64, index_ttl: u64) -> Result<()> {
-        self.cache.forget(id);
-        let done = self.inner.insert(id, user_id, value, ttl, index_ttl).await;
-        self.cache.forget(id);
-        done
+        // A new session's id is new: nothing kept can name it.
+        self.inner.insert(id, user_id, value, ttl, index_ttl).await
     }
 
     async fn get(&self, id: &str) -> Result<Option<String>> {
@@ -255,44 +251,54 @@ impl SessionStore for CachedSessions {
 /// Keeps `cache` in step with Redis for as long as the process runs (a task of its own):
 /// subscribes to its channel on `url` and forgets each session named there.
 pub async fn listen(cache: SessionCache, url: Secret) {
-    let channel = cache.0.channel.clone();
+    let channel = cache.0.store.changes_channel();
+    let mut failing = false;
     loop {
-        if let Err(e) = listen_once(&cache, url.expose(), &channel).await {
-            tracing::warn!(error = %e, "session cache: change messages lost; reading sessions from Redis until they resume");
+        if let Err(e) = listen_once(&cache, url.expose(), &channel, &mut failing).await {
+            // Said once per outage, not at every retry.
+            if !failing {
+                tracing::warn!(error = %e, "session cache: change messages lost; reading sessions from Redis until they resume");
+            }
+            failing = true;
         }
         cache.stop_listening();
         tokio::time::sleep(RETRY).await;
     }
 }
 
-async fn listen_once(cache: &SessionCache, url: &str, channel: &str) -> std::result::Result<(), String> {
+async fn listen_once(
+    cache: &SessionCache,
+    url: &str,
+    channel: &str,
+    failing: &mut bool,
+) -> std::result::Result<(), String> {
     let client = redis::Client::open(url).map_err(|e| e.to_string())?;
     let connect = async {
         let mut subscriber = client.get_async_pubsub().await?;
         subscriber.subscribe(channel).await?;
-        let publisher = client.get_multiplexed_async_connection().await?;
-        Ok::<_, redis::RedisError>((subscriber, publisher))
+        Ok::<_, redis::RedisError>(subscriber)
     };
-    let (mut subscriber, mut publisher) = match tokio::time::timeout(PROBE * 2, connect).await {
+    let mut subscriber = match tokio::time::timeout(PROBE * 2, connect).await {
         Ok(connected) => connected.map_err(|e| e.to_string())?,
         Err(_) => return Err("subscribing took too long".into()),
     };
     // Only now: every change from here on will be announced.
     cache.start_listening();
+    if std::mem::take(failing) {
+        tracing::info!("session cache: change messages resumed");
+    }
     let mut messages = subscriber.on_message();
     loop {
         let message = match tokio::time::timeout(QUIET, messages.next()).await {
             Ok(message) => message,
             Err(_quiet) => {
-                // Publish to ourselves: the round trip must succeed and the heartbeat (or
-                // any other message) must come back over the subscription.
-                let mut heartbeat = redis::cmd("PUBLISH");
-                heartbeat.arg(channel).arg(HEARTBEAT);
-                let probe = heartbeat.query_async::<i64>(&mut publisher);
-                match tokio::time::timeout(PROBE, probe).await {
-                    Ok(result) => {
-                        result.map_err(|e| e.to_string())?;
-                    }
+                // Publish to ourselves through the store's own connection (the server the
+                // changes are announced on): it must count our subscriber, and the
+                // heartbeat (or any other message) must come back over the subscription.
+                match tokio::time::timeout(PROBE, cache.0.store.publish_change(HEARTBEAT)).await {
+                    Ok(Ok(0)) => return Err("the server announcing changes does not know this subscriber".into()),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
                     Err(_) => return Err("Redis stopped answering the heartbeat".into()),
                 }
                 match tokio::time::timeout(PROBE, messages.next()).await {
@@ -324,10 +330,16 @@ fn on_message(cache: &SessionCache, payload: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ponte_identity::session::MemoryStore;
+    use ponte_identity::session::{ALL_SESSIONS, MemoryStore};
+
+    /// A store that is never connected to (created lazily): the cache's unit tests only
+    /// need its changes channel.
+    fn announcer() -> Arc<RedisStore> {
+        Arc::new(RedisStore::new("redis://127.0.0.1:1/", "unit:").unwrap())
+    }
 
     fn cached(ttl: Duration) -> (CachedSessions, SessionCache) {
-        let cache = SessionCache::new(ttl, "test".into());
+        let cache = SessionCache::new(ttl, announcer());
         (CachedSessions::new(Arc::new(MemoryStore::new()), cache.clone()), cache)
     }
 
@@ -367,7 +379,7 @@ mod tests {
         on_message(&cache, "s2");
         assert_eq!(cache.stats().entries, 0);
         store.get("s2").await.unwrap();
-        on_message(&cache, EVERYTHING);
+        on_message(&cache, ALL_SESSIONS);
         assert_eq!(cache.stats().entries, 0);
 
         let (store, cache) = cached(Duration::from_millis(1));
@@ -380,9 +392,9 @@ mod tests {
         assert_eq!(cache.stats().hits, before, "past its TTL an entry is read again");
     }
 
-    #[test]
-    fn a_load_that_raced_with_a_forget_is_not_kept() {
-        let cache = SessionCache::new(Duration::from_secs(60), "test".into());
+    #[tokio::test]
+    async fn a_load_that_raced_with_a_forget_is_not_kept() {
+        let cache = SessionCache::new(Duration::from_secs(60), announcer());
         cache.start_listening();
         let generation = cache.0.generation.load(Ordering::Acquire);
         cache.forget("s1");

@@ -10,7 +10,7 @@ mod redis_store;
 mod store;
 
 pub use memory::MemoryStore;
-pub use redis_store::RedisStore;
+pub use redis_store::{ALL_SESSIONS, RedisStore};
 pub use store::SessionStore;
 
 use std::sync::Arc;

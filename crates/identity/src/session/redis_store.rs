@@ -35,6 +35,9 @@ use redis::{
 use super::SessionStore;
 use crate::{Error, Result};
 
+/// The announcement that every session record changed (see [`RedisStore::changes_channel`]).
+pub const ALL_SESSIONS: &str = "*";
+
 /// Scheme of a Redis Cluster URL: `redis+cluster://[user:password@]host:port,host:port,…`.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 /// The TLS form of [`CLUSTER_SCHEME`], refused for now (see [`RedisStore::new`]).
@@ -53,6 +56,8 @@ const CLUSTER_RECONNECT_EVERY: Duration = Duration::from_secs(1);
 pub struct RedisStore {
     backend: Backend,
     prefix: String,
+    /// Whether session changes are announced on [`RedisStore::changes_channel`].
+    announcing: bool,
 }
 
 #[derive(Clone)]
@@ -89,7 +94,7 @@ impl RedisStore {
                 .set_max_delay(Duration::from_secs(2));
             Backend::Single(ConnectionManager::new_lazy_with_config(client, config)?)
         };
-        Ok(Self { backend, prefix: prefix.to_owned() })
+        Ok(Self { backend, prefix: prefix.to_owned(), announcing: false })
     }
 
     /// Whether this store talks to a Redis Cluster.
@@ -97,17 +102,34 @@ impl RedisStore {
         matches!(self.backend, Backend::Cluster(_))
     }
 
-    /// The channel on which every write of a session record publishes the session's id,
-    /// so that replicas caching records forget it (one node only: a cluster has no cache).
+    /// This store, announcing (`true`) every change and removal of a session record on
+    /// [`RedisStore::changes_channel`], in the same MULTI/EXEC as the change, so that
+    /// replicas caching records forget it. One node only (a cluster has no cache); the
+    /// Redis user then needs `PUBLISH` and `SUBSCRIBE` on that channel.
+    pub fn announcing(mut self, on: bool) -> Self {
+        self.announcing = on && !self.is_cluster();
+        self
+    }
+
+    /// The channel on which changes of session records are announced: the session's id,
+    /// [`ALL_SESSIONS`] for all of them, or a listener's heartbeat.
     pub fn changes_channel(&self) -> String {
         format!("{}session-changes", self.prefix)
     }
 
-    /// Adds the announcement of a change to session `id` to `pipe` (one node only).
+    /// Adds the announcement of a change to session `id` to `pipe`, made atomic, when
+    /// this store announces.
     fn announce(&self, pipe: &mut Pipeline, id: &str) {
-        if let Backend::Single(_) = self.backend {
-            pipe.publish(self.changes_channel(), id).ignore();
+        if self.announcing {
+            pipe.atomic().publish(self.changes_channel(), id).ignore();
         }
+    }
+
+    /// Publishes `payload` on the changes channel through this store's own connection (a
+    /// listener's heartbeat): how many subscribers received it.
+    pub async fn publish_change(&self, payload: &str) -> Result<u64> {
+        let mut conn = self.conn();
+        Ok(redis::cmd("PUBLISH").arg(self.changes_channel()).arg(payload).query_async(&mut conn).await?)
     }
 
     /// The full Redis key of a `kind:rest` key (prefix included), as stored.
@@ -129,6 +151,10 @@ impl RedisStore {
         match &self.backend {
             Backend::Single(_) => {
                 let mut all = redis::pipe();
+                // A step that announces a change must not be split from it (MULTI/EXEC).
+                if steps.iter().any(|step| step.is_transaction()) {
+                    all.atomic();
+                }
                 for step in steps {
                     for cmd in step.cmd_iter() {
                         all.add_command(cmd.clone()).ignore();
@@ -165,6 +191,9 @@ impl RedisStore {
         match conn {
             Conn::Single(_) if !keys.is_empty() => {
                 let _: () = conn.del(keys).await?;
+                if self.announcing {
+                    self.publish_change(ALL_SESSIONS).await?;
+                }
             }
             Conn::Single(_) => {}
             Conn::Cluster(_) => {
@@ -403,9 +432,9 @@ impl SessionStore for RedisStore {
         // that listing prunes, never a session that revoking all of the user's misses.
         let mut indexed = redis::pipe();
         indexed.sadd(&index, id).expire(&index, index_ttl as i64);
+        // Not announced: a new session's id is new, so no replica can have kept it.
         let mut stored = redis::pipe();
         stored.set_ex(self.key("s", id), value, ttl);
-        self.announce(&mut stored, id);
         self.in_order(&[&indexed, &stored]).await
     }
 
