@@ -5,6 +5,7 @@
 //! | route | the essential work |
 //! | --- | --- |
 //! | `POST /sign` | an ES256 access token (`typ: at+jwt`, the claims of a `client_credentials` token) signed with an aws-lc-rs key pair parsed once at start |
+//! | `POST /sign-client` | the same, for a `grant_type=client_credentials` form from a client authenticated with HTTP Basic (the secret's SHA-256 compared in constant time with the one kept), as the token endpoint must; 401 otherwise |
 //! | `POST /verify` (`token=…`) | jsonwebtoken's ES256 verification of such a token with issuer, audience and expiry |
 //! | `GET /session` | one Redis `GET` through a multiplexed connection manager |
 //!
@@ -19,16 +20,22 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::http::header;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 const ISSUER: &str = "http://127.0.0.1";
 const AUDIENCE: &str = "ponte-api";
+/// The client `/sign-client` authenticates: `BARE_CLIENT_ID:BARE_CLIENT_SECRET` as HTTP Basic.
+pub const BARE_CLIENT_ID: &str = "cl_barebenchclient00000000";
+/// Its secret (only its SHA-256 is kept).
+pub const BARE_CLIENT_SECRET: &str = "bare-bench-secret-0123456789abcdefghijklmnop";
 /// The session key `/session` reads (written once at start).
 const SESSION_KEY: &str = "bare:session:0123456789abcdef0123456789abcdef";
 
@@ -39,6 +46,7 @@ struct Bare {
     validation: Validation,
     rng: SystemRandom,
     redis: Option<redis::aio::ConnectionManager>,
+    secret_digest: aws_lc_rs::digest::Digest,
 }
 
 /// The claims of a `client_credentials` access token (RFC 9068).
@@ -56,6 +64,35 @@ struct Claims {
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+#[derive(Deserialize)]
+struct GrantForm {
+    grant_type: String,
+}
+
+/// Whether the request's HTTP Basic credentials are the bare client's.
+fn authenticated(req: &HttpRequest, state: &Bare) -> bool {
+    let Some(encoded) =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let Ok(decoded) = STANDARD.decode(encoded) else { return false };
+    let Some(colon) = decoded.iter().position(|b| *b == b':') else { return false };
+    let (id, secret) = (&decoded[..colon], &decoded[colon + 1..]);
+    let presented = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret);
+    id == BARE_CLIENT_ID.as_bytes() && verify_slices_are_equal(presented.as_ref(), state.secret_digest.as_ref()).is_ok()
+}
+
+async fn sign_client(req: HttpRequest, state: web::Data<Bare>, form: web::Form<GrantForm>) -> HttpResponse {
+    if form.grant_type != "client_credentials" {
+        return HttpResponse::BadRequest().finish();
+    }
+    if !authenticated(&req, &state) {
+        return HttpResponse::Unauthorized().finish();
+    }
+    sign(state).await
 }
 
 async fn sign(state: web::Data<Bare>) -> HttpResponse {
@@ -143,11 +180,13 @@ async fn main() -> std::io::Result<()> {
         }
         None => None,
     };
-    let state = web::Data::new(Bare { pair, header, decoding, validation, rng, redis });
+    let secret_digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, BARE_CLIENT_SECRET.as_bytes());
+    let state = web::Data::new(Bare { pair, header, decoding, validation, rng, redis, secret_digest });
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .route("/sign", web::post().to(sign))
+            .route("/sign-client", web::post().to(sign_client))
             .route("/verify", web::post().to(verify))
             .route("/session", web::get().to(session))
     });
