@@ -1,12 +1,14 @@
 //! OAuth clients registered with Ponte (the POS backend, first-party apps).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::clock::{from_unix, to_unix};
 use crate::db::{Database, is_unique_violation};
-use crate::secret::{constant_time_eq, digest, random_token};
+use crate::secret::{digest, digest_matches, random_token};
 use crate::{Error, Result};
 
 /// An OAuth 2.0 grant a client may use.
@@ -88,7 +90,7 @@ impl Client {
     /// Checks a presented secret in constant time.
     pub fn secret_matches(&self, presented: &str) -> bool {
         match &self.secret_digest {
-            Some(stored) => constant_time_eq(stored.as_bytes(), digest(presented).as_bytes()),
+            Some(stored) => digest_matches(presented, stored),
             None => false,
         }
     }
@@ -155,8 +157,8 @@ pub fn is_valid_scope_token(s: &str) -> bool {
 pub trait ClientRepo: Send + Sync + std::fmt::Debug {
     /// Registers a client; returns it and, for a confidential client, the secret (shown once).
     async fn create(&self, new: NewClient, now: OffsetDateTime) -> Result<(Client, Option<String>)>;
-    /// A client by id.
-    async fn find(&self, id: &str) -> Result<Option<Client>>;
+    /// A client by id (shared: a cached client is handed out without being copied).
+    async fn find(&self, id: &str) -> Result<Option<Arc<Client>>>;
 }
 
 /// Clients in the relational store.
@@ -233,7 +235,7 @@ impl ClientRepo for SqlClients {
         }
     }
 
-    async fn find(&self, id: &str) -> Result<Option<Client>> {
+    async fn find(&self, id: &str) -> Result<Option<Arc<Client>>> {
         type Row = (String, String, Option<String>, String, String, String, i64, String, i64);
         let row: Option<Row> = sqlx::query_as(
             "SELECT id, name, secret_digest, grants, scopes, redirect_uris, created_at, post_logout_redirect_uris, first_party \
@@ -243,7 +245,7 @@ impl ClientRepo for SqlClients {
         .fetch_optional(self.db.pool())
         .await?;
         row.map(|(id, name, secret_digest, grants, scopes, redirect_uris, created_at, post_logout, first_party)| {
-            Ok(Client {
+            Ok(Arc::new(Client {
                 id,
                 name,
                 grants: grants.split_whitespace().filter_map(GrantType::parse).collect(),
@@ -253,7 +255,7 @@ impl ClientRepo for SqlClients {
                 first_party: first_party != 0,
                 created_at: from_unix(created_at),
                 secret_digest,
-            })
+            }))
         })
         .transpose()
     }
@@ -267,7 +269,7 @@ impl ClientRepo for SqlClients {
 pub struct CachedClients<R> {
     inner: R,
     ttl: std::time::Duration,
-    cache: std::sync::RwLock<std::collections::HashMap<String, (Client, std::time::Instant)>>,
+    cache: std::sync::RwLock<std::collections::HashMap<String, (Arc<Client>, std::time::Instant)>>,
 }
 
 /// Most clients kept; beyond this the cache starts over (a deployment has a handful).
@@ -286,7 +288,7 @@ impl<R: ClientRepo> ClientRepo for CachedClients<R> {
         self.inner.create(new, now).await
     }
 
-    async fn find(&self, id: &str) -> Result<Option<Client>> {
+    async fn find(&self, id: &str) -> Result<Option<Arc<Client>>> {
         if let Some((client, at)) = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(id)
             && at.elapsed() < self.ttl
         {
@@ -356,9 +358,9 @@ pub(crate) mod tests {
             Err(Error::Invalid("not here".into()))
         }
 
-        async fn find(&self, id: &str) -> Result<Option<Client>> {
+        async fn find(&self, id: &str) -> Result<Option<Arc<Client>>> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok((id == "c").then(client_for_tests))
+            Ok((id == "c").then(|| Arc::new(client_for_tests())))
         }
     }
 

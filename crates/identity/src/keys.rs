@@ -432,6 +432,15 @@ impl SigningKey {
         })
     }
 
+    /// How many bytes [`Self::sign`] returns.
+    pub(crate) fn signature_len(&self) -> usize {
+        match self {
+            // P-256: r ‖ s, 32 bytes each; Ed25519: 64 bytes.
+            Self::Ecdsa(_) | Self::Ed25519(_) => 64,
+            Self::Rsa(pair) => pair.public_modulus_len(),
+        }
+    }
+
     /// The JWS signature of `message` (ECDSA in the fixed `r ‖ s` form JOSE wants).
     pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         let failed = |_| Error::Crypto("signing failed".into());
@@ -452,6 +461,8 @@ impl SigningKey {
 pub struct KeyRing {
     signing_kid: String,
     signing_alg: SigningAlg,
+    /// The encoded JOSE header of access tokens signed now (`typ: at+jwt`, the kid).
+    access_header: String,
     signing: SigningKey,
     activated_at: OffsetDateTime,
     verifying: HashMap<String, (SigningAlg, DecodingKey)>,
@@ -487,6 +498,11 @@ impl KeyRing {
             verifying.insert(key.kid.clone(), (key.alg, key.public.decoding_key()?));
         }
         Ok(Self {
+            access_header: crate::token::encoded_header(
+                current.alg.jose(),
+                crate::token::ACCESS_TOKEN_TYP,
+                &current.kid,
+            )?,
             signing_kid: current.kid.clone(),
             signing_alg: current.alg,
             signing,
@@ -509,6 +525,11 @@ impl KeyRing {
     /// When the signing key became current.
     pub fn activated_at(&self) -> OffsetDateTime {
         self.activated_at
+    }
+
+    /// The encoded header of access tokens signed with the current key.
+    pub(crate) fn access_token_header(&self) -> &str {
+        &self.access_header
     }
 
     pub(crate) fn signing_key(&self) -> (&SigningKey, Algorithm) {

@@ -27,6 +27,17 @@ pub fn digest(input: &str) -> String {
     URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input.as_bytes()))
 }
 
+/// Whether `stored` is [`digest`] of `input`, compared in constant time (the digest is
+/// written on the stack: nothing is allocated on the token endpoint's path).
+pub fn digest_matches(input: &str, stored: &str) -> bool {
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input.as_bytes());
+    let mut encoded = [0u8; 43];
+    match URL_SAFE_NO_PAD.encode_slice(hash, &mut encoded) {
+        Ok(written) => constant_time_eq(&encoded[..written], stored.as_bytes()),
+        Err(_) => false,
+    }
+}
+
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
@@ -50,5 +61,13 @@ mod tests {
         assert!(constant_time_eq(digest("x").as_bytes(), digest("x").as_bytes()));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn digest_matches_agrees_with_digest() {
+        assert!(digest_matches("s3cret", &digest("s3cret")));
+        assert!(!digest_matches("s3cret", &digest("s3cre")));
+        assert!(!digest_matches("s3cret", &digest("s3cret")[..42]));
+        assert!(!digest_matches("", "x"));
     }
 }

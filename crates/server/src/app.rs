@@ -334,8 +334,8 @@ impl Application {
                 .app_data(web::PayloadConfig::new(max_body))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
-                .wrap(from_fn(extract::limit_request_head))
                 .wrap(ErrorHandlers::new().default_handler(extract::problem_for_bare_errors))
+                // Also refuses an oversized request head (extract::head_problem).
                 .wrap(from_fn(telemetry::observe))
                 .wrap(TracingLogger::<telemetry::RequestSpan>::new())
         })

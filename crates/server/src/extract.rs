@@ -1,12 +1,11 @@
 //! Turning every way a request can be malformed into a problem document.
 
-use actix_web::body::{EitherBody, MessageBody};
+use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, UrlencodedError};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::ErrorHandlerResponse;
-use actix_web::middleware::Next;
 use actix_web::{HttpRequest, ResponseError, web};
 
 use crate::forwarded;
@@ -65,31 +64,22 @@ pub const MAX_QUERY_BYTES: usize = 8 * 1024;
 /// Most header bytes (names and values) accepted in one request (more: 431).
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
-/// Refuses, as problem documents, a query string or headers beyond the limits above,
-/// before any handler runs. (What actix-web refuses while parsing, before the application
-/// sees the request, stays a bare status: see the README's limits.)
-pub async fn limit_request_head(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> actix_web::Result<ServiceResponse<EitherBody<impl MessageBody>>> {
-    let header_bytes: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
-    let problem = if req.query_string().len() > MAX_QUERY_BYTES {
-        Some(
+/// The problem document for a query string or headers beyond the limits above, checked
+/// before any handler runs (by [`crate::telemetry::observe`], which every request passes).
+/// What actix-web refuses while parsing, before the application sees the request, stays a
+/// bare status: see the README's limits.
+pub fn head_problem(req: &ServiceRequest) -> Option<Problem> {
+    if req.query_string().len() > MAX_QUERY_BYTES {
+        return Some(
             Problem::new(StatusCode::URI_TOO_LONG, "uri_too_long", "URI too long")
                 .detail(format!("The query string is longer than {MAX_QUERY_BYTES} bytes.")),
-        )
-    } else if header_bytes > MAX_HEADER_BYTES {
-        Some(
-            Problem::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", "Headers too large")
-                .detail(format!("The request headers take more than {MAX_HEADER_BYTES} bytes.")),
-        )
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Ok(req.into_response(problem.error_response()).map_into_right_body()),
-        None => Ok(next.call(req).await?.map_into_left_body()),
+        );
     }
+    let header_bytes: usize = req.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    (header_bytes > MAX_HEADER_BYTES).then(|| {
+        Problem::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", "Headers too large")
+            .detail(format!("The request headers take more than {MAX_HEADER_BYTES} bytes."))
+    })
 }
 
 fn too_large() -> Problem {

@@ -3,6 +3,7 @@
 //! browser sees next.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 
@@ -106,7 +107,7 @@ pub struct Browser<'s> {
 
 impl Provider<'_> {
     /// A client by id; ids longer than any we issue are never looked up.
-    pub async fn client(&self, id: &str) -> Result<Option<Client>> {
+    pub async fn client(&self, id: &str) -> Result<Option<Arc<Client>>> {
         if id.len() > 64 {
             return Ok(None);
         }
@@ -125,7 +126,7 @@ impl Provider<'_> {
             Some([id]) => self.client(id).await?,
             _ => None,
         };
-        match (validate_request(params, client.as_ref(), now), client) {
+        match (validate_request(params, client.as_deref(), now), client) {
             (Err(RequestError::Untrusted(why)), _) => {
                 Ok(AuthorizeDecision::ErrorPage(AuthorizePageError::Untrusted(why)))
             }

@@ -29,8 +29,8 @@ impl ClientRepo for FakeClients {
     async fn create(&self, _: NewClient, _: OffsetDateTime) -> Result<(Client, Option<String>)> {
         Err(Error::Invalid("not in tests".into()))
     }
-    async fn find(&self, id: &str) -> Result<Option<Client>> {
-        Ok(self.0.lock().unwrap().iter().find(|c| c.id == id).cloned())
+    async fn find(&self, id: &str) -> Result<Option<Arc<Client>>> {
+        Ok(self.0.lock().unwrap().iter().find(|c| c.id == id).cloned().map(Arc::new))
     }
 }
 

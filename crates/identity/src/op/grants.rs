@@ -6,6 +6,7 @@
 //! minted or a refresh family moves on.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 
@@ -165,7 +166,11 @@ impl Provider<'_> {
     /// Checks a client's credentials: a matching secret for a confidential client, no
     /// secret for a public one. `None` when they do not hold (unknown and wrong look the
     /// same).
-    pub async fn authenticate_client(&self, client_id: &str, secret: Option<&str>) -> crate::Result<Option<Client>> {
+    pub async fn authenticate_client(
+        &self,
+        client_id: &str,
+        secret: Option<&str>,
+    ) -> crate::Result<Option<Arc<Client>>> {
         let client = self.client(client_id).await?;
         let authenticated = match (&client, secret) {
             (Some(c), Some(secret)) => c.secret_matches(secret),
@@ -207,13 +212,16 @@ impl Provider<'_> {
                         Refusal::new("invalid_request", "code, redirect_uri and code_verifier are required.").into()
                     );
                 };
-                self.authorization_code(client, code, redirect_uri, verifier, now).await
+                // Boxed, as is the refresh below: their state is kilobytes, and inline it
+                // would make every token request's future that large, client_credentials
+                // too (a slow allocation per request).
+                Box::pin(self.authorization_code(client, code, redirect_uri, verifier, now)).await
             }
             GrantType::RefreshToken => {
                 let Some(presented) = param("refresh_token") else {
                     return Err(Refusal::new("invalid_request", "refresh_token is required.").into());
                 };
-                self.refresh_token(client, presented, param("scope"), now).await
+                Box::pin(self.refresh_token(client, presented, param("scope"), now)).await
             }
         }
     }

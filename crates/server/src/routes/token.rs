@@ -4,15 +4,17 @@
 //! Errors here follow RFC 6749 §5.2 (`{"error", "error_description"}` as
 //! `application/json`), because that is what every OAuth client library parses.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use ponte_identity::client::Client;
+use ponte_identity::client::{Client, GrantType};
 use ponte_identity::op::access::{Introspection, UserInfoOutcome};
 use ponte_identity::op::grants::{GrantFailure, Refusal, TokenSet};
 use ponte_identity::token::AccessTokenClaims;
@@ -134,7 +136,8 @@ fn parse_form(req: &HttpRequest, body: &[u8]) -> Result<Params, OAuthError> {
     if !form_type {
         return Err(OAuthError::new("invalid_request", "The body must be application/x-www-form-urlencoded."));
     }
-    let mut params = HashMap::new();
+    // Room for a token request's parameters without growing.
+    let mut params = HashMap::with_capacity(4);
     for (k, v) in url::form_urlencoded::parse(body) {
         if params.insert(k.to_string(), v.into_owned()).is_some() {
             return Err(OAuthError::new("invalid_request", format!("Parameter {k} is repeated.")));
@@ -143,30 +146,50 @@ fn parse_form(req: &HttpRequest, body: &[u8]) -> Result<Params, OAuthError> {
     Ok(params)
 }
 
-/// RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64.
-fn form_decode(s: &str) -> String {
-    if !s.contains(['%', '+']) {
-        return s.to_owned();
+/// RFC 6749 §2.3.1: Basic credentials are form-urlencoded before base64 (borrowed when
+/// nothing is encoded, as is usual).
+fn form_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
     }
-    url::form_urlencoded::parse(format!("v={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    Cow::Owned(
+        url::form_urlencoded::parse(format!("v={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default(),
+    )
 }
 
 /// The client credentials a request presents: `client_secret_basic`, `client_secret_post`,
-/// or a `client_id` alone (public clients). `true` when they came as HTTP Basic.
-fn client_credentials_of(req: &HttpRequest, params: &Params) -> Result<(String, Option<String>, bool), OAuthError> {
-    let basic = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-        let (scheme, rest) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("basic").then(|| rest.trim())
-    });
+/// or a `client_id` alone (public clients).
+struct Presented<'a> {
+    id: Cow<'a, str>,
+    secret: Option<Cow<'a, str>>,
+    /// They came as HTTP Basic (a refusal then carries the Basic challenge).
+    basic: bool,
+}
+
+/// The decoded HTTP Basic credentials, `id:secret`, kept while the request is handled.
+fn basic_credentials(req: &HttpRequest) -> Option<Result<String, OAuthError>> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("basic").then(|| {
+        STANDARD
+            .decode(rest.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| OAuthError::invalid_client(true))
+    })
+}
+
+fn client_credentials_of<'a>(basic: Option<&'a str>, params: &'a Params) -> Result<Presented<'a>, OAuthError> {
     match basic {
         Some(_) if params.contains_key("client_secret") => {
             Err(OAuthError::new("invalid_request", "Use one client authentication method, not two."))
         }
-        Some(encoded) => {
-            let decoded = STANDARD.decode(encoded).ok().and_then(|b| String::from_utf8(b).ok());
+        Some(decoded) => {
             let (id, secret) = decoded
-                .as_deref()
-                .and_then(|d| d.split_once(':'))
+                .split_once(':')
                 .map(|(id, secret)| (form_decode(id), form_decode(secret)))
                 .ok_or_else(|| OAuthError::invalid_client(true))?;
             if params.get("client_id").is_some_and(|body_id| *body_id != id) {
@@ -175,25 +198,55 @@ fn client_credentials_of(req: &HttpRequest, params: &Params) -> Result<(String, 
                     "client_id in the body differs from the one authenticated.",
                 ));
             }
-            Ok((id, Some(secret), true))
+            Ok(Presented { id, secret: Some(secret), basic: true })
         }
         None => match params.get("client_id") {
-            Some(id) => Ok((id.clone(), params.get("client_secret").cloned(), false)),
+            Some(id) => Ok(Presented {
+                id: Cow::Borrowed(id),
+                secret: params.get("client_secret").map(|s| Cow::Borrowed(s.as_str())),
+                basic: false,
+            }),
             None => Err(OAuthError::invalid_client(false)),
         },
     }
 }
 
 /// Authenticates the calling client.
-async fn authenticate_client(req: &HttpRequest, params: &Params, state: &AppState) -> Result<Client, actix_web::Error> {
-    let (client_id, secret, used_basic) = client_credentials_of(req, params)?;
-    match provider(state).authenticate_client(&client_id, secret.as_deref()).await.map_err(Problem::from)? {
+async fn authenticate_client(
+    req: &HttpRequest,
+    params: &Params,
+    state: &AppState,
+) -> Result<Arc<Client>, actix_web::Error> {
+    let basic = basic_credentials(req).transpose()?;
+    let presented = client_credentials_of(basic.as_deref(), params)?;
+    match provider(state)
+        .authenticate_client(&presented.id, presented.secret.as_deref())
+        .await
+        .map_err(Problem::from)?
+    {
         Some(client) => Ok(client),
         None => {
             metrics::counter!("oauth_client_auth_failures_total").increment(1);
-            Err(OAuthError::invalid_client(used_basic).into())
+            Err(OAuthError::invalid_client(presented.basic).into())
         }
     }
+}
+
+thread_local! {
+    /// `oauth_tokens_issued_total` by grant type, looked up in the recorder once per thread.
+    static TOKENS_ISSUED: [metrics::Counter; 3] = [
+        GrantType::ClientCredentials, GrantType::AuthorizationCode, GrantType::RefreshToken,
+    ]
+    .map(|grant| metrics::counter!("oauth_tokens_issued_total", "grant_type" => grant.as_str()));
+}
+
+fn count_issued(grant: GrantType) {
+    let index = match grant {
+        GrantType::ClientCredentials => 0,
+        GrantType::AuthorizationCode => 1,
+        GrantType::RefreshToken => 2,
+    };
+    TOKENS_ISSUED.with(|counters| counters[index].increment(1));
 }
 
 fn token_response(tokens: TokenSet) -> HttpResponse {
@@ -277,7 +330,7 @@ pub async fn token(
     let client = authenticate_client(&req, &params, &state).await?;
     match provider(&state).token(&client, &params, state.now()).await {
         Ok(tokens) => {
-            metrics::counter!("oauth_tokens_issued_total", "grant_type" => tokens.grant_type.as_str()).increment(1);
+            count_issued(tokens.grant_type);
             Ok(token_response(tokens))
         }
         Err(GrantFailure::Refused(refusal)) => {

@@ -39,6 +39,24 @@ async fn metrics_count_requests_by_route() {
     assert!(text.contains("http_request_duration_seconds"));
 }
 
+/// The value of the metric line that starts with `series` (0 when absent).
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn issued_tokens_are_counted_by_grant_type() {
+    let app = TestApp::spawn().await;
+    let series = "oauth_tokens_issued_total{grant_type=\"client_credentials\"}";
+    let metrics = || async { app.browser().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    let before = metric_value(&metrics().await, series);
+    app.admin_token().await;
+    app.admin_token().await;
+    // The recorder is the process's: other tests may issue tokens meanwhile, never fewer.
+    let after = metric_value(&metrics().await, series);
+    assert!(after >= before + 2.0, "{before} -> {after}");
+}
+
 #[tokio::test]
 async fn database_away_means_503_not_500() {
     let app = TestApp::spawn().await;

@@ -569,7 +569,7 @@ async fn clients_keep_only_a_digest_of_their_secret() {
         let (client, secret) = repo.create(new.clone(), now()).await.unwrap();
         let secret = secret.expect("confidential");
         let found = repo.find(&client.id).await.unwrap().expect("stored");
-        assert_eq!(found, client);
+        assert_eq!(*found, client);
         assert!(found.secret_matches(&secret));
         assert!(!found.secret_matches("guess"));
         let stored: (String,) = sqlx::query_as("SELECT secret_digest FROM oauth_clients WHERE id = $1")
