@@ -72,7 +72,7 @@ impl Modify for BearerAuth {
 }
 
 /// The statuses that come from what every route shares rather than from its handler: the
-/// request-head limits ([`crate::extract::limit_request_head`]) on every path, the 400 of a
+/// request-head limits ([`crate::extract::head_problem`]) on every path, the 400 of a
 /// path, query or body that does not parse, the 413 of a body over `max_body_bytes`, the
 /// 401 and 403 of the bearer check ([`crate::auth`]) and the 503 of a store that is away.
 /// Each is added where the operation's shape says it can happen, unless the route's own
