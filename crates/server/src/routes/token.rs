@@ -169,27 +169,25 @@ struct Presented<'a> {
     basic: bool,
 }
 
-/// The decoded HTTP Basic credentials, `id:secret`, kept while the request is handled.
-fn basic_credentials(req: &HttpRequest) -> Option<Result<String, OAuthError>> {
+/// The HTTP Basic credentials, decoded (`id:secret`) and kept while the request is handled:
+/// `None` without Basic, `Some(None)` when they do not decode (refused after the check that
+/// only one method is used, as before).
+fn basic_credentials(req: &HttpRequest) -> Option<Option<String>> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("basic").then(|| {
-        STANDARD
-            .decode(rest.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| OAuthError::invalid_client(true))
-    })
+    scheme
+        .eq_ignore_ascii_case("basic")
+        .then(|| STANDARD.decode(rest.trim()).ok().and_then(|b| String::from_utf8(b).ok()))
 }
 
-fn client_credentials_of<'a>(basic: Option<&'a str>, params: &'a Params) -> Result<Presented<'a>, OAuthError> {
+fn client_credentials_of<'a>(basic: Option<Option<&'a str>>, params: &'a Params) -> Result<Presented<'a>, OAuthError> {
     match basic {
         Some(_) if params.contains_key("client_secret") => {
             Err(OAuthError::new("invalid_request", "Use one client authentication method, not two."))
         }
         Some(decoded) => {
             let (id, secret) = decoded
-                .split_once(':')
+                .and_then(|d| d.split_once(':'))
                 .map(|(id, secret)| (form_decode(id), form_decode(secret)))
                 .ok_or_else(|| OAuthError::invalid_client(true))?;
             if params.get("client_id").is_some_and(|body_id| *body_id != id) {
@@ -217,8 +215,8 @@ async fn authenticate_client(
     params: &Params,
     state: &AppState,
 ) -> Result<Arc<Client>, actix_web::Error> {
-    let basic = basic_credentials(req).transpose()?;
-    let presented = client_credentials_of(basic.as_deref(), params)?;
+    let basic = basic_credentials(req);
+    let presented = client_credentials_of(basic.as_ref().map(Option::as_deref), params)?;
     match provider(state)
         .authenticate_client(&presented.id, presented.secret.as_deref())
         .await
@@ -234,19 +232,18 @@ async fn authenticate_client(
 
 thread_local! {
     /// `oauth_tokens_issued_total` by grant type, looked up in the recorder once per thread.
-    static TOKENS_ISSUED: [metrics::Counter; 3] = [
-        GrantType::ClientCredentials, GrantType::AuthorizationCode, GrantType::RefreshToken,
-    ]
-    .map(|grant| metrics::counter!("oauth_tokens_issued_total", "grant_type" => grant.as_str()));
+    static TOKENS_ISSUED: [(GrantType, metrics::Counter); 3] =
+        [GrantType::ClientCredentials, GrantType::AuthorizationCode, GrantType::RefreshToken].map(|grant| {
+            (grant, metrics::counter!("oauth_tokens_issued_total", "grant_type" => grant.as_str()))
+        });
 }
 
 fn count_issued(grant: GrantType) {
-    let index = match grant {
-        GrantType::ClientCredentials => 0,
-        GrantType::AuthorizationCode => 1,
-        GrantType::RefreshToken => 2,
-    };
-    TOKENS_ISSUED.with(|counters| counters[index].increment(1));
+    TOKENS_ISSUED.with(|counters| {
+        if let Some((_, counter)) = counters.iter().find(|(g, _)| *g == grant) {
+            counter.increment(1);
+        }
+    });
 }
 
 fn token_response(tokens: TokenSet) -> HttpResponse {
@@ -499,6 +496,19 @@ mod tests {
             assert_eq!(parsed["access_token"], access);
             assert_eq!(parsed["scope"], scope);
         }
+    }
+
+    #[test]
+    fn two_methods_are_refused_before_undecodable_basic_credentials() {
+        let params: Params = [("client_secret".to_owned(), "s".to_owned())].into();
+        let refused = |basic| client_credentials_of(basic, &params).err().unwrap();
+        assert_eq!(refused(Some(None)).error, "invalid_request");
+        assert_eq!(refused(Some(Some("id:secret"))).error, "invalid_request");
+        let none = Params::new();
+        let refused = client_credentials_of(Some(None), &none).err().unwrap();
+        assert_eq!((refused.error, refused.status, refused.basic_challenge), ("invalid_client", 401, true));
+        let presented = client_credentials_of(Some(Some("cl_a:s%3Ac")), &none).ok().unwrap();
+        assert_eq!((&*presented.id, presented.secret.as_deref(), presented.basic), ("cl_a", Some("s:c"), true));
     }
 
     #[test]

@@ -110,6 +110,19 @@ async fn wrong_secrets_and_bad_requests_get_rfc6749_errors() {
         .body("grant_type=client_credentials&grant_type=client_credentials");
     let (status, body, _) = token_error(&app, repeated).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
+
+    // Two methods are refused as such, even when the Basic credentials do not decode.
+    let both = app.browser().post(&url).header("authorization", "Basic not-base64!").form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", &id),
+        ("client_secret", &secret),
+    ]);
+    let (status, body, _) = token_error(&app, both).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));
+    let undecodable = app.browser().post(&url).header("authorization", "Basic not-base64!").form(&cc);
+    let (status, body, challenge) = token_error(&app, undecodable).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client")));
+    assert!(challenge.is_some(), "a Basic attempt gets the Basic challenge");
 }
 
 #[tokio::test]
