@@ -7,20 +7,14 @@ use ponte_identity::op::{OpSettings, Provider, Subject, Subjects};
 use ponte_linking::account::active_user;
 use time::Duration;
 
+use crate::config::Config;
 use crate::state::AppState;
 
-/// The OP over `state`'s stores and configuration.
+/// The OP over `state`'s stores and configuration: built for each request that needs it,
+/// from parts that are all shared (the settings too, [`settings`]).
 pub fn provider(state: &AppState) -> Provider<'_> {
-    let config = &state.config;
-    let secs = |s: u64| Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX));
     Provider {
-        settings: OpSettings {
-            issuer: state.issuer.clone(),
-            access_token_ttl: secs(config.access_token_ttl_secs),
-            id_token_ttl: secs(config.id_token_ttl_secs),
-            refresh_token_ttl: secs(config.refresh_token_ttl_secs),
-            assert_email_verified: config.assert_email_verified,
-        },
+        settings: &state.op_settings,
         keys: state.keys.ring(),
         store: state.sessions.store().as_ref(),
         sessions: &state.sessions,
@@ -28,6 +22,18 @@ pub fn provider(state: &AppState) -> Provider<'_> {
         consents: state.consents.as_ref(),
         refresh: state.refresh.as_ref(),
         subjects: state,
+    }
+}
+
+/// The OP's settings from the configuration, built once with the application state.
+pub fn settings(config: &Config, issuer: String) -> OpSettings {
+    let secs = |s: u64| Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX));
+    OpSettings {
+        issuer,
+        access_token_ttl: secs(config.access_token_ttl_secs),
+        id_token_ttl: secs(config.id_token_ttl_secs),
+        refresh_token_ttl: secs(config.refresh_token_ttl_secs),
+        assert_email_verified: config.assert_email_verified,
     }
 }
 

@@ -28,6 +28,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// `iss` of everything Ponte signs.
     pub issuer: String,
+    /// The OpenID Provider's settings (issuer, token lifetimes), from the configuration.
+    pub op_settings: Arc<ponte_identity::op::OpSettings>,
     /// The relational store (for readiness).
     pub db: Database,
     /// Accounts (tenants).

@@ -122,6 +122,7 @@ pub struct World {
     pub subjects: FakeSubjects,
     pub keys: Arc<KeyRing>,
     pub user: Subject,
+    pub settings: OpSettings,
 }
 
 pub const REDIRECT: &str = "https://shop.example.com/cb";
@@ -163,13 +164,6 @@ impl World {
             subjects: FakeSubjects::default(),
             keys: Arc::new(KeyRing::from_stored(&[key], &master).unwrap()),
             user: user.clone(),
-        };
-        world.subjects.0.lock().unwrap().insert(user.id, user);
-        world
-    }
-
-    pub fn provider(&self) -> Provider<'_> {
-        Provider {
             settings: OpSettings {
                 issuer: "https://ponte.example".into(),
                 access_token_ttl: Duration::minutes(10),
@@ -177,6 +171,14 @@ impl World {
                 refresh_token_ttl: Duration::days(30),
                 assert_email_verified: true,
             },
+        };
+        world.subjects.0.lock().unwrap().insert(user.id, user);
+        world
+    }
+
+    pub fn provider(&self) -> Provider<'_> {
+        Provider {
+            settings: &self.settings,
             keys: self.keys.clone(),
             store: self.store.as_ref(),
             sessions: &self.sessions,

@@ -88,8 +88,8 @@ pub struct OpSettings {
 /// The OP: its settings, its keys and the stores its flows read and write.
 #[derive(Debug)]
 pub struct Provider<'a> {
-    /// Settings in force.
-    pub settings: OpSettings,
+    /// Settings in force (built once, with the application).
+    pub settings: &'a OpSettings,
     /// The signing and verification keys of this moment.
     pub keys: Arc<KeyRing>,
     /// Short-lived state: pending requests, codes, the deny-list, rate limits.

@@ -15,6 +15,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ponte_identity::client::{Client, GrantType};
+use ponte_identity::op::Provider;
 use ponte_identity::op::access::{Introspection, UserInfoOutcome};
 use ponte_identity::op::grants::{GrantFailure, Refusal, TokenSet};
 use ponte_identity::token::AccessTokenClaims;
@@ -210,14 +211,10 @@ fn client_credentials_of<'a>(basic: Option<Option<&'a str>>, params: &'a Params)
 }
 
 /// Authenticates the calling client.
-async fn authenticate_client(
-    req: &HttpRequest,
-    params: &Params,
-    state: &AppState,
-) -> Result<Arc<Client>, actix_web::Error> {
+async fn authenticate_client(req: &HttpRequest, params: &Params, op: &Provider<'_>) -> Result<Arc<Client>, actix_web::Error> {
     let basic = basic_credentials(req);
     let presented = client_credentials_of(basic.as_ref().map(Option::as_deref), params)?;
-    match provider(state)
+    match op
         .authenticate_client(&presented.id, presented.secret.as_deref())
         .await
         .map_err(Problem::from)?
@@ -324,8 +321,9 @@ pub async fn token(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let params = parse_form(&req, &body)?;
-    let client = authenticate_client(&req, &params, &state).await?;
-    match provider(&state).token(&client, &params, state.now()).await {
+    let op = provider(&state);
+    let client = authenticate_client(&req, &params, &op).await?;
+    match op.token(&client, &params, state.now()).await {
         Ok(tokens) => {
             count_issued(tokens.grant_type);
             Ok(token_response(tokens))
@@ -365,14 +363,15 @@ pub async fn introspect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let params = parse_form(&req, &body)?;
-    let client = authenticate_client(&req, &params, &state).await?;
+    let op = provider(&state);
+    let client = authenticate_client(&req, &params, &op).await?;
     if !client.is_confidential() {
         return Err(OAuthError::invalid_client(false).into());
     }
     let Some(token) = params.get("token") else {
         return Err(OAuthError::new("invalid_request", "token is required.").into());
     };
-    Ok(match provider(&state).introspect(&client, token, state.now()).await.map_err(Problem::from)? {
+    Ok(match op.introspect(&client, token, state.now()).await.map_err(Problem::from)? {
         Introspection::Access(claims) => {
             no_store_json(&ActiveAccessToken { active: true, token_type: "Bearer", claims: &claims })
         }
@@ -405,11 +404,12 @@ pub async fn revoke(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let params = parse_form(&req, &body)?;
-    let client = authenticate_client(&req, &params, &state).await?;
+    let op = provider(&state);
+    let client = authenticate_client(&req, &params, &op).await?;
     let Some(token) = params.get("token") else {
         return Err(OAuthError::new("invalid_request", "token is required.").into());
     };
-    provider(&state).revoke(&client, token, state.now()).await.map_err(Problem::from)?;
+    op.revoke(&client, token, state.now()).await.map_err(Problem::from)?;
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish())
 }
 
