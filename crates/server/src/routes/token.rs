@@ -211,14 +211,14 @@ fn client_credentials_of<'a>(basic: Option<Option<&'a str>>, params: &'a Params)
 }
 
 /// Authenticates the calling client.
-async fn authenticate_client(req: &HttpRequest, params: &Params, op: &Provider<'_>) -> Result<Arc<Client>, actix_web::Error> {
+async fn authenticate_client(
+    req: &HttpRequest,
+    params: &Params,
+    op: &Provider<'_>,
+) -> Result<Arc<Client>, actix_web::Error> {
     let basic = basic_credentials(req);
     let presented = client_credentials_of(basic.as_ref().map(Option::as_deref), params)?;
-    match op
-        .authenticate_client(&presented.id, presented.secret.as_deref())
-        .await
-        .map_err(Problem::from)?
-    {
+    match op.authenticate_client(&presented.id, presented.secret.as_deref()).await.map_err(Problem::from)? {
         Some(client) => Ok(client),
         None => {
             metrics::counter!("oauth_client_auth_failures_total").increment(1);
