@@ -238,7 +238,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         credentials_platform: Arc::new(crate::adapters::PlatformCredentialsOps(platform.clone())),
         platform,
         issuer: config.issuer(),
-        op_settings: Arc::new(crate::op::settings(&config, config.issuer())),
+        op_settings: Arc::new(crate::op::settings(&config)),
         providers: Arc::new(providers),
         links: Arc::new(Cached::new(SqlLinks::new(db.clone()), directory.clone())),
         resets: Arc::new(Cached::new(SqlResets::new(db.clone(), outbox.clone()), directory.clone())),

@@ -26,10 +26,10 @@ pub fn provider(state: &AppState) -> Provider<'_> {
 }
 
 /// The OP's settings from the configuration, built once with the application state.
-pub fn settings(config: &Config, issuer: String) -> OpSettings {
+pub fn settings(config: &Config) -> OpSettings {
     let secs = |s: u64| Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX));
     OpSettings {
-        issuer,
+        issuer: config.issuer(),
         access_token_ttl: secs(config.access_token_ttl_secs),
         id_token_ttl: secs(config.id_token_ttl_secs),
         refresh_token_ttl: secs(config.refresh_token_ttl_secs),

@@ -7,7 +7,7 @@ use time::Duration;
 
 use crate::ids::{AccountId, UserId};
 use crate::ratelimit::RateLimit;
-use crate::secret::{constant_time_eq, digest};
+use crate::secret::{digest, digest_matches};
 use crate::upstream::{Ask, FlowSecrets, UpstreamError};
 
 /// How long a flow (and a pending confirmation made from it) lives.
@@ -110,7 +110,7 @@ impl Flow {
 
 /// Whether `cookie` is the value whose digest is `expected_digest` (constant time).
 pub fn binding_matches(expected_digest: &str, cookie: Option<&str>) -> bool {
-    cookie.is_some_and(|c| constant_time_eq(digest(c).as_bytes(), expected_digest.as_bytes()))
+    cookie.is_some_and(|c| digest_matches(c, expected_digest))
 }
 
 /// Key of a flow in the session store: only the digest of the state value is stored.
