@@ -2,6 +2,12 @@
 //! page view or an SSO hop does not go to Redis every time. Only records that exist are
 //! kept (a made-up cookie cannot fill memory), each as the JSON Redis holds.
 //!
+//! Beside them, the deny-list's answers (is this access token revoked?) this replica read
+//! lately, so an introspection or an API call with a live token does not go to Redis
+//! either. Only keys of tokens whose signature was checked are asked for, so a made-up
+//! token costs no memory; each answer is kept by the same rules as a session record, and
+//! putting a key on the deny-list is announced like a change of a session.
+//!
 //! How it stays honest, with the directory cache's rules ([`crate::directory`]) on Redis:
 //! - every write of a session record, by any replica or the CLI, publishes the session's id
 //!   on the store's changes channel in the same pipeline as the write
@@ -30,7 +36,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use ponte_identity::Result;
-use ponte_identity::session::{RedisStore, SessionStore};
+use ponte_identity::session::{DENIED_PREFIX, RedisStore, SessionStore};
 
 use crate::config::Secret;
 
@@ -56,11 +62,62 @@ struct Inner {
     store: Arc<RedisStore>,
     /// Set while change messages are being received; entries are used only then.
     listening: AtomicBool,
-    /// Bumped before every forget: a load that saw another value is not kept.
-    generation: AtomicU64,
-    entries: RwLock<HashMap<String, (String, Instant)>>,
+    /// Session records by session id.
+    sessions: Kept<String>,
+    /// Whether a key is on the deny-list, by key.
+    denials: Kept<bool>,
     hits: AtomicU64,
     loads: AtomicU64,
+}
+
+/// Values read from Redis lately, by key, each with the moment it was read.
+#[derive(Debug, Default)]
+struct Kept<V> {
+    /// Bumped before every forget: a load that saw another value is not kept.
+    generation: AtomicU64,
+    entries: RwLock<HashMap<String, (V, Instant)>>,
+}
+
+impl<V: Clone> Kept<V> {
+    /// To read before a load, and to hand to [`Kept::keep`] after it.
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn forget(&self, key: &str) {
+        // Bump first: a load in flight then sees the change and is not kept.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    fn forget_everything(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The value kept for `key`, if read less than `ttl` ago.
+    fn fresh(&self, key: &str, ttl: Duration) -> Option<V> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let (value, at) = entries.get(key)?;
+        (at.elapsed() < ttl).then(|| value.clone())
+    }
+
+    /// Keeps `value` for `key` if nothing was forgotten since `generation` was read.
+    fn keep(&self, key: &str, value: V, generation: u64) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock that every forget takes after bumping.
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key.to_owned(), (value, Instant::now()));
+    }
+
+    fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 /// Counters of one session cache, for tests and benchmarks.
@@ -72,8 +129,10 @@ pub struct SessionCacheStats {
     pub hits: u64,
     /// Reads that went to Redis.
     pub loads: u64,
-    /// Records kept now.
+    /// Session records kept now.
     pub entries: usize,
+    /// Deny-list answers kept now.
+    pub denials: usize,
 }
 
 impl SessionCache {
@@ -84,8 +143,8 @@ impl SessionCache {
             ttl,
             store,
             listening: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
-            entries: RwLock::new(HashMap::new()),
+            sessions: Kept::default(),
+            denials: Kept::default(),
             hits: AtomicU64::new(0),
             loads: AtomicU64::new(0),
         }))
@@ -109,15 +168,18 @@ impl SessionCache {
 
     /// Forgets the record of session `id` (it changed).
     pub fn forget(&self, id: &str) {
-        // Bump first: a load in flight then sees the change and is not kept.
-        self.0.generation.fetch_add(1, Ordering::AcqRel);
-        self.0.entries.write().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.0.sessions.forget(id);
     }
 
-    /// Forgets every record.
+    /// Forgets what was read of deny-list `key` (it was put on the list).
+    pub fn forget_denial(&self, key: &str) {
+        self.0.denials.forget(key);
+    }
+
+    /// Forgets every record and every deny-list answer.
     pub fn forget_everything(&self) {
-        self.0.generation.fetch_add(1, Ordering::AcqRel);
-        self.0.entries.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.0.sessions.forget_everything();
+        self.0.denials.forget_everything();
     }
 
     /// The counters.
@@ -126,34 +188,36 @@ impl SessionCache {
             active: self.active(),
             hits: self.0.hits.load(Ordering::Relaxed),
             loads: self.0.loads.load(Ordering::Relaxed),
-            entries: self.0.entries.read().unwrap_or_else(|e| e.into_inner()).len(),
+            entries: self.0.sessions.len(),
+            denials: self.0.denials.len(),
         }
     }
 
-    /// The kept record of `id`, if fresh and the cache is in use.
-    fn kept(&self, id: &str) -> Option<String> {
-        if !self.active() {
-            return None;
-        }
-        let entries = self.0.entries.read().unwrap_or_else(|e| e.into_inner());
-        let (record, at) = entries.get(id)?;
-        (at.elapsed() < self.0.ttl).then(|| record.clone())
+    /// `kept`'s fresh value for `key` when the cache is in use, counted as a hit.
+    fn hit<V: Clone>(&self, kept: &Kept<V>, key: &str) -> Option<V> {
+        let value = self.active().then(|| kept.fresh(key, self.0.ttl))??;
+        self.0.hits.fetch_add(1, Ordering::Relaxed);
+        Some(value)
     }
 
-    /// Keeps `record` for `id` if nothing was forgotten since `generation` was read.
-    fn keep(&self, id: &str, record: &str, generation: u64) {
-        if !self.active() {
-            return;
+    /// Reads `key` from Redis with `load` (counted), and keeps what `keep` says of the
+    /// answer in `kept` unless it was forgotten meanwhile or the cache is not in use.
+    async fn load<V: Clone, T>(
+        &self,
+        kept: &Kept<V>,
+        key: &str,
+        load: impl Future<Output = Result<T>>,
+        keep: impl FnOnce(&T) -> Option<V>,
+    ) -> Result<T> {
+        self.0.loads.fetch_add(1, Ordering::Relaxed);
+        let generation = kept.generation();
+        let loaded = load.await?;
+        if let Some(value) = keep(&loaded)
+            && self.active()
+        {
+            kept.keep(key, value, generation);
         }
-        let mut entries = self.0.entries.write().unwrap_or_else(|e| e.into_inner());
-        // Checked under the lock that every forget takes after bumping.
-        if self.0.generation.load(Ordering::Acquire) != generation {
-            return;
-        }
-        if entries.len() >= MAX_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(id.to_owned(), (record.to_owned(), Instant::now()));
+        Ok(loaded)
     }
 }
 
@@ -180,17 +244,11 @@ impl SessionStore for CachedSessions {
     }
 
     async fn get(&self, id: &str) -> Result<Option<String>> {
-        if let Some(record) = self.cache.kept(id) {
-            self.cache.0.hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(record) = self.cache.hit(&self.cache.0.sessions, id) {
             return Ok(Some(record));
         }
-        self.cache.0.loads.fetch_add(1, Ordering::Relaxed);
-        let generation = self.cache.0.generation.load(Ordering::Acquire);
-        let record = self.inner.get(id).await?;
-        if let Some(record) = &record {
-            self.cache.keep(id, record, generation);
-        }
-        Ok(record)
+        // Only records that exist are kept.
+        self.cache.load(&self.cache.0.sessions, id, self.inner.get(id), |record| record.clone()).await
     }
 
     async fn replace(&self, id: &str, value: &str, ttl: u64) -> Result<bool> {
@@ -241,6 +299,20 @@ impl SessionStore for CachedSessions {
 
     async fn incr(&self, key: &str, ttl: u64) -> Result<u64> {
         self.inner.incr(key, ttl).await
+    }
+
+    async fn deny(&self, key: &str, ttl: u64) -> Result<()> {
+        self.cache.forget_denial(key);
+        let done = self.inner.deny(key, ttl).await;
+        self.cache.forget_denial(key);
+        done
+    }
+
+    async fn is_denied(&self, key: &str) -> Result<bool> {
+        if let Some(denied) = self.cache.hit(&self.cache.0.denials, key) {
+            return Ok(denied);
+        }
+        self.cache.load(&self.cache.0.denials, key, self.inner.is_denied(key), |denied| Some(*denied)).await
     }
 
     async fn ping(&self) -> Result<()> {
@@ -318,6 +390,7 @@ async fn listen_once(
 fn on_message(cache: &SessionCache, payload: &str) {
     match payload {
         HEARTBEAT => {}
+        denied if denied.starts_with(DENIED_PREFIX) => cache.forget_denial(&denied[DENIED_PREFIX.len()..]),
         // Session ids are base64url digests; anything else (`*`, or what this version does
         // not know) forgets everything, which is always safe.
         id if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
@@ -396,11 +469,46 @@ mod tests {
     async fn a_load_that_raced_with_a_forget_is_not_kept() {
         let cache = SessionCache::new(Duration::from_secs(60), announcer());
         cache.start_listening();
-        let generation = cache.0.generation.load(Ordering::Acquire);
+        let sessions = &cache.0.sessions;
+        let generation = sessions.generation();
         cache.forget("s1");
-        cache.keep("s1", "stale", generation);
+        sessions.keep("s1", "stale".to_owned(), generation);
         assert_eq!(cache.stats().entries, 0);
-        cache.keep("s1", "fresh", cache.0.generation.load(Ordering::Acquire));
-        assert_eq!(cache.kept("s1").as_deref(), Some("fresh"));
+        sessions.keep("s1", "fresh".to_owned(), sessions.generation());
+        assert_eq!(cache.hit(sessions, "s1").as_deref(), Some("fresh"));
+
+        // The same for the deny-list: an answer read before the key was denied is dropped.
+        let denials = &cache.0.denials;
+        let generation = denials.generation();
+        on_message(&cache, &format!("{DENIED_PREFIX}jti-revoked:j1"));
+        denials.keep("jti-revoked:j1", false, generation);
+        assert_eq!(cache.stats().denials, 0);
+    }
+
+    #[tokio::test]
+    async fn deny_list_answers_are_kept_and_forgotten_when_a_key_is_denied() {
+        let (store, cache) = cached(Duration::from_secs(60));
+        cache.start_listening();
+        assert!(!store.is_denied("jti-revoked:j1").await.unwrap());
+        let loads = cache.stats().loads;
+        assert!(!store.is_denied("jti-revoked:j1").await.unwrap());
+        let stats = cache.stats();
+        assert!(stats.denials == 1 && stats.loads == loads && stats.hits == 1, "{stats:?}");
+        // Denied through this replica: read-your-writes, without waiting for the message.
+        store.deny("jti-revoked:j1", 60).await.unwrap();
+        assert!(store.is_denied("jti-revoked:j1").await.unwrap());
+        assert!(store.is_denied("jti-revoked:j1").await.unwrap(), "a denial is kept too");
+
+        // Denied elsewhere: only the message tells this replica.
+        assert!(!store.is_denied("jti-revoked:j2").await.unwrap());
+        store.inner.deny("jti-revoked:j2", 60).await.unwrap();
+        assert!(!store.is_denied("jti-revoked:j2").await.unwrap(), "kept until the message");
+        on_message(&cache, &format!("{DENIED_PREFIX}jti-revoked:j2"));
+        assert!(store.is_denied("jti-revoked:j2").await.unwrap());
+
+        cache.stop_listening();
+        assert_eq!(cache.stats().denials, 0);
+        store.inner.deny("jti-revoked:j3", 60).await.unwrap();
+        assert!(store.is_denied("jti-revoked:j3").await.unwrap(), "not listening: read from the store");
     }
 }

@@ -14,10 +14,10 @@ fn key(jti: &str) -> String {
 pub async fn deny(store: &dyn SessionStore, jti: &str, exp: i64, now: OffsetDateTime) -> Result<()> {
     // A minute beyond expiry covers the verification leeway.
     let ttl = (exp - now.unix_timestamp()).max(1) as u64 + 60;
-    store.put_once(&key(jti), "1", ttl).await
+    store.deny(&key(jti), ttl).await
 }
 
 /// Whether the token `jti` was revoked.
 pub async fn is_denied(store: &dyn SessionStore, jti: &str) -> Result<bool> {
-    Ok(store.peek(&key(jti)).await?.is_some())
+    store.is_denied(&key(jti)).await
 }

@@ -10,7 +10,7 @@ mod redis_store;
 mod store;
 
 pub use memory::MemoryStore;
-pub use redis_store::{ALL_SESSIONS, RedisStore};
+pub use redis_store::{ALL_SESSIONS, DENIED_PREFIX, RedisStore};
 pub use store::SessionStore;
 
 use std::sync::Arc;

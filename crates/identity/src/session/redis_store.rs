@@ -37,6 +37,8 @@ use crate::{Error, Result};
 
 /// The announcement that every session record changed (see [`RedisStore::changes_channel`]).
 pub const ALL_SESSIONS: &str = "*";
+/// What an announcement of a key put on the deny-list starts with (the key follows).
+pub const DENIED_PREFIX: &str = "denied:";
 
 /// Scheme of a Redis Cluster URL: `redis+cluster://[user:password@]host:port,host:port,…`.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
@@ -112,7 +114,8 @@ impl RedisStore {
     }
 
     /// The channel on which changes of session records are announced: the session's id,
-    /// [`ALL_SESSIONS`] for all of them, or a listener's heartbeat.
+    /// [`ALL_SESSIONS`] for all of them, [`DENIED_PREFIX`] and a key put on the deny-list,
+    /// or a listener's heartbeat.
     pub fn changes_channel(&self) -> String {
         format!("{}session-changes", self.prefix)
     }
@@ -518,6 +521,15 @@ impl SessionStore for RedisStore {
         let (members,): (Vec<String>,) =
             redis::pipe().atomic().smembers(&key).del(&key).ignore().query_async(&mut self.conn()).await?;
         Ok(members)
+    }
+
+    async fn deny(&self, key: &str, ttl: u64) -> Result<()> {
+        // Where `put_once` keeps it (what `is_denied` reads), announced with the write.
+        let mut denied = redis::pipe();
+        denied.set_ex(self.key("o", key), "1", ttl).ignore();
+        self.announce(&mut denied, &format!("{DENIED_PREFIX}{key}"));
+        let _: () = denied.query_async(&mut self.conn()).await?;
+        Ok(())
     }
 
     async fn incr(&self, key: &str, ttl: u64) -> Result<u64> {

@@ -41,6 +41,17 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Adds one to a counter that disappears after `ttl` seconds; returns the new count.
     async fn incr(&self, key: &str, ttl: u64) -> Result<u64>;
 
+    /// Puts `key` on a deny-list for `ttl` seconds (revoked access tokens). An entry is
+    /// never taken off before it expires. A store that announces changes announces this
+    /// one too, so a replica that remembers what is *not* denied forgets `key` at once.
+    async fn deny(&self, key: &str, ttl: u64) -> Result<()> {
+        self.put_once(key, "1", ttl).await
+    }
+    /// Whether `key` is on the deny-list.
+    async fn is_denied(&self, key: &str) -> Result<bool> {
+        Ok(self.peek(key).await?.is_some())
+    }
+
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<()>;
 }

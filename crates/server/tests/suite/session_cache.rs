@@ -1,10 +1,12 @@
 //! The session cache across replicas: a replica answers page views from the session
-//! records it read lately, and forgets one as soon as any replica changes it. Both
-//! replicas cache sessions for an hour here, so only the change messages (or a replica's
-//! own writes) can explain a fresh read.
+//! records it read lately, and forgets one as soon as any replica changes it; the same for
+//! the deny-list's answers (is this access token revoked?). Both replicas cache for an
+//! hour here, so only the change messages (or a replica's own writes) can explain a fresh
+//! read.
 
 use crate::directory::{home, replicas, until};
 use crate::harness::{TestApp, csrf_from, sign_in};
+use ponte_identity::client::GrantType;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -99,4 +101,63 @@ async fn while_the_subscription_is_down_sessions_are_read_from_redis() {
     }
     until(|| async { stats(&b).active }, "b subscribes again").await;
     assert_eq!(view_with(&b, &cookie).await, 200);
+}
+
+/// Whether `app`'s introspection calls `token` active, asked by the client `(id, secret)`.
+async fn active_on(app: &TestApp, (id, secret): &(String, String), token: &str) -> bool {
+    let response = app
+        .browser()
+        .post(app.url("/oauth2/introspect"))
+        .basic_auth(id, Some(secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["active"].as_bool().expect("active")
+}
+
+#[tokio::test]
+async fn a_token_revoked_on_one_replica_is_refused_by_every_replica_at_once() {
+    let Some((a, b)) = replicas().await else { return };
+    wait_until_listening([&a, &b]).await;
+    let client = a.register_client(&[GrantType::ClientCredentials], &["ponte.admin"]).await;
+    let issued = a
+        .browser()
+        .post(a.url("/oauth2/token"))
+        .basic_auth(&client.0, Some(&client.1))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let token = issued.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let account = a.create_account(&token, "anna@esempio.it", PASSWORD).await["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/accounts/{account}");
+    // b answers "not revoked" from memory (after another test's cut, once it listens again).
+    until(
+        || async {
+            assert!(active_on(&b, &client, &token).await);
+            let before = stats(&b).hits;
+            assert!(active_on(&b, &client, &token).await);
+            stats(&b).hits > before
+        },
+        "b answers an introspection from memory",
+    )
+    .await;
+    assert_eq!(b.call(&token, "GET", &path, None).await.0, 200);
+
+    let revoked = a
+        .browser()
+        .post(a.url("/oauth2/revoke"))
+        .basic_auth(&client.0, Some(&client.1))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    // Long before the hour b could keep its answer.
+    until(|| async { !active_on(&b, &client, &token).await }, "b calls the revoked token inactive").await;
+    assert_eq!(b.call(&token, "GET", &path, None).await.0, 401, "and refuses it on the API");
+    assert!(!active_on(&a, &client, &token).await, "and a, whose own write forgot it");
 }
