@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use ponte_identity::client::{CachedClients, SqlClients};
 use ponte_identity::clock::{Clock, SystemClock};
@@ -335,9 +334,8 @@ impl Application {
                 .app_data(web::PayloadConfig::new(max_body))
                 .configure(routes::configure)
                 .default_service(web::to(routes::not_found))
-                .wrap(ErrorHandlers::new().default_handler(extract::problem_for_bare_errors))
-                // Also refuses an oversized request head (extract::head_problem).
-                .wrap(from_fn(telemetry::observe))
+                // Refuses an oversized request head, rewrites bare errors as problems, counts.
+                .wrap(telemetry::Observe)
                 .wrap(TracingLogger::<telemetry::RequestSpan>::new())
         })
         .listen(listener)?

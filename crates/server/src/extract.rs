@@ -1,11 +1,10 @@
 //! Turning every way a request can be malformed into a problem document.
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, UrlencodedError};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpRequest, ResponseError, web};
 
 use crate::forwarded;
@@ -65,7 +64,7 @@ pub const MAX_QUERY_BYTES: usize = 8 * 1024;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// The problem document for a query string or headers beyond the limits above, checked
-/// before any handler runs (by [`crate::telemetry::observe`], which every request passes).
+/// before any handler runs (by [`crate::telemetry::Observe`], which every request passes).
 /// What actix-web refuses while parsing, before the application sees the request, stays a
 /// bare status: see the README's limits.
 pub fn head_problem(req: &ServiceRequest) -> Option<Problem> {
@@ -87,18 +86,17 @@ fn too_large() -> Problem {
         .detail("The request body is larger than this server accepts.")
 }
 
-/// A safety net: any error response that is not already a problem document or a page
-/// (actix's own 404/405/413, a panic's 500) is rewritten as one.
-pub fn problem_for_bare_errors<B: MessageBody + 'static>(
-    res: ServiceResponse<B>,
-) -> actix_web::Result<ErrorHandlerResponse<B>> {
+/// A safety net: an error response that is not already a problem document or a page
+/// (actix's own 404/405/413, a panic's 500) is rewritten as one; any other passes as it is
+/// (left). Called by [`crate::telemetry::Observe`] for every 4xx and 5xx answer.
+pub fn problem_for_bare_error<B: MessageBody + 'static>(res: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
     let typed = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| !ct.starts_with("text/plain"));
     if typed {
-        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+        return res.map_into_left_body();
     }
     let status = res.status();
     let allow = res.headers().get(header::ALLOW).cloned();
@@ -116,7 +114,7 @@ pub fn problem_for_bare_errors<B: MessageBody + 'static>(
     if let Some(allow) = allow {
         response.headers_mut().insert(header::ALLOW, allow);
     }
-    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response).map_into_right_body()))
+    ServiceResponse::new(req, response).map_into_right_body()
 }
 
 /// The client address for audit and rate limits: the TCP peer, or, when the peer is one

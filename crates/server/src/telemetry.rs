@@ -2,18 +2,22 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::{Future, Ready, ready};
+use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use actix_web::ResponseError;
 use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage};
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use pin_project_lite::pin_project;
 use tracing::Span;
 use tracing_actix_web::{RequestId, RootSpanBuilder};
 use tracing_subscriber::EnvFilter;
@@ -98,32 +102,125 @@ impl RootSpanBuilder for RequestSpan {
 /// The route label of a request that matched no route.
 const UNMATCHED: &str = "unmatched";
 
-/// Every request's first stop inside the span: refuses a request head beyond the limits
-/// ([`crate::extract::head_problem`]), counts requests and times them by route pattern
-/// (never by raw path, which would let callers mint label values), and echoes the request
-/// id as `x-request-id`. (One middleware rather than two: each costs boxed futures on every
-/// request.)
-pub async fn observe(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let route = req.match_pattern();
-    let request_id = req.extensions().get::<RequestId>().copied();
-    let mut response = match crate::extract::head_problem(&req) {
-        Some(problem) => req.into_response(problem.error_response()).map_into_right_body(),
-        None => next.call(req).await?.map_into_left_body(),
-    };
-    record(method, route.as_deref().unwrap_or(UNMATCHED), response.status().as_u16(), started.elapsed().as_secs_f64());
-    if let Some(id) = request_id {
-        // The hyphenated form, written into a buffer rather than formatted into a String.
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        if let Ok(value) = HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes()) {
-            response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
-        }
+/// Every request's first stop inside the span (wrapped around the whole application):
+/// - refuses a request head beyond the limits ([`crate::extract::head_problem`]) before any
+///   route runs;
+/// - rewrites an error answer that is not a problem document or a page (actix's own 404,
+///   405, 413) as one ([`crate::extract::problem_for_bare_error`]);
+/// - counts requests and times them by route pattern (never by raw path, which would let
+///   callers mint label values);
+/// - echoes the request id as `x-request-id`.
+///
+/// One middleware with a future of its own rather than three layers (a function
+/// middleware, which boxes the future of everything inside it, and actix's
+/// `ErrorHandlers`): each layer costs every request a call and a poll more.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observe;
+
+impl<S, B> Transform<S, ServiceRequest> for Observe
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = ObserveService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(ObserveService { service }))
     }
-    Ok(response)
+}
+
+/// [`Observe`] around a service.
+#[derive(Debug)]
+pub struct ObserveService<S> {
+    service: S,
+}
+
+impl<S, B> Service<ServiceRequest> for ObserveService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = Observed<S::Future, B>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let started = Instant::now();
+        let method = method_label(req.method());
+        let request_id = req.extensions().get::<RequestId>().copied();
+        let answer = match crate::extract::head_problem(&req) {
+            Some(problem) => {
+                Answer::Refused { response: Some(req.into_response(problem.error_response())), _body: PhantomData }
+            }
+            None => Answer::Running { inner: self.service.call(req) },
+        };
+        Observed { answer, started, method, request_id }
+    }
+}
+
+pin_project! {
+    /// The future of one request through [`Observe`].
+    #[derive(Debug)]
+    pub struct Observed<F, B> {
+        #[pin]
+        answer: Answer<F, B>,
+        started: Instant,
+        method: &'static str,
+        request_id: Option<RequestId>,
+    }
+}
+
+pin_project! {
+    #[project = AnswerProj]
+    #[derive(Debug)]
+    enum Answer<F, B> {
+        /// The application is answering.
+        Running { #[pin] inner: F },
+        /// Refused before routing (taken when polled).
+        Refused { response: Option<ServiceResponse>, _body: PhantomData<B> },
+    }
+}
+
+impl<F, B> Future for Observed<F, B>
+where
+    F: Future<Output = Result<ServiceResponse<B>, Error>>,
+    B: MessageBody + 'static,
+{
+    type Output = Result<ServiceResponse<EitherBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match this.answer.project() {
+            AnswerProj::Running { inner } => match std::task::ready!(inner.poll(cx)) {
+                Ok(response) if response.status().is_client_error() || response.status().is_server_error() => {
+                    crate::extract::problem_for_bare_error(response)
+                }
+                Ok(response) => response.map_into_left_body(),
+                Err(e) => return Poll::Ready(Err(e)),
+            },
+            AnswerProj::Refused { response, .. } => match response.take() {
+                Some(response) => response.map_into_right_body(),
+                None => return Poll::Ready(Err(actix_web::error::ErrorInternalServerError("polled after completion"))),
+            },
+        };
+        let route = response.request().match_pattern();
+        let status = response.status().as_u16();
+        record(this.method, route.as_deref().unwrap_or(UNMATCHED), status, this.started.elapsed().as_secs_f64());
+        if let Some(id) = this.request_id {
+            // The hyphenated form, written into a buffer rather than formatted into a String.
+            let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            if let Ok(value) = HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut text).as_bytes()) {
+                response.headers_mut().insert(HeaderName::from_static("x-request-id"), value);
+            }
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// The method as a label: the standard ones by name, any other as `OTHER` (a client may
@@ -240,7 +337,7 @@ mod tests {
                         HttpResponse::Ok().finish()
                     }),
                 )
-                .wrap(actix_web::middleware::from_fn(observe))
+                .wrap(Observe)
                 .wrap(tracing_actix_web::TracingLogger::<RequestSpan>::new()),
         )
         .await;
@@ -251,6 +348,58 @@ mod tests {
         let line = text.lines().find(|l| l.contains("inside the handler")).unwrap_or_else(|| panic!("{text}"));
         assert!(line.contains(r#"route="/things/{id}""#) && line.contains(r#"method="GET""#), "{line}");
         assert!(line.contains("request_id="), "{line}");
+    }
+
+    /// What `Observe` does besides the span: actix's bare error answers become problem
+    /// documents (a typed one passes as it is), an oversized head is refused before routing,
+    /// and every answer is counted under its route pattern.
+    #[actix_web::test]
+    async fn bare_errors_become_problems_and_every_answer_is_counted() {
+        use actix_web::{App, HttpResponse, test, web};
+        let handle = metrics_handle();
+        let app = test::init_service(
+            App::new()
+                .service(web::resource("/unit/observed/{id}").get(|| async { HttpResponse::Ok().finish() }))
+                .service(
+                    web::resource("/unit/typed/{id}")
+                        .get(|| async { HttpResponse::Conflict().content_type("application/json").body("{}") }),
+                )
+                .wrap(Observe),
+        )
+        .await;
+        let call = |req: test::TestRequest| {
+            let app = &app;
+            async move {
+                let response = test::call_service(app, req.to_request()).await;
+                let status = response.status().as_u16();
+                let content_type = response
+                    .headers()
+                    .get(actix_web::http::header::CONTENT_TYPE)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                let body = test::read_body(response).await;
+                (status, content_type, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        let (status, content_type, body) = call(test::TestRequest::post().uri("/unit/observed/1")).await;
+        assert_eq!((status, content_type.as_str()), (405, "application/problem+json"), "{body}");
+        assert!(body.contains(r#""code":"method_not_allowed""#), "{body}");
+        let (status, content_type, body) = call(test::TestRequest::get().uri("/unit/nowhere")).await;
+        assert_eq!((status, content_type.as_str()), (404, "application/problem+json"), "{body}");
+        let (status, content_type, body) = call(test::TestRequest::get().uri("/unit/typed/1")).await;
+        assert_eq!((status, content_type.as_str(), body.as_str()), (409, "application/json", "{}"));
+        let long = format!("/unit/observed/1?q={}", "x".repeat(crate::extract::MAX_QUERY_BYTES));
+        let (status, content_type, body) = call(test::TestRequest::get().uri(&long)).await;
+        assert_eq!((status, content_type.as_str()), (414, "application/problem+json"), "{body}");
+
+        let text = handle.render();
+        for line in [
+            r#"http_requests_total{method="POST",route="/unit/observed/{id}",status="405"} 1"#,
+            r#"http_requests_total{method="GET",route="/unit/typed/{id}",status="409"} 1"#,
+            r#"http_requests_total{method="GET",route="/unit/observed/{id}",status="414"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
     }
 
     /// Without the upkeep thread the recorder keeps every histogram sample until a scrape
