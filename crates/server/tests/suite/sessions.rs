@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use ponte_identity::clock::{Clock, ManualClock};
 use ponte_identity::ids::{AccountId, UserId};
-use ponte_identity::session::{MemoryStore, NewSession, RedisStore, SessionPolicy, SessionStore, Sessions};
+use ponte_identity::session::{
+    DENIED_PREFIX, MemoryStore, NewSession, RedisStore, SessionPolicy, SessionStore, Sessions,
+};
 use time::Duration;
 
 use crate::harness::{TestRedis, now};
@@ -146,6 +148,30 @@ async fn one_time_values_are_taken_once_and_counters_count() {
         store.ping().await.unwrap();
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_denied_key_stays_denied_and_its_denial_is_announced_with_the_write() {
+    on_every_store(|store| async move {
+        assert!(!store.is_denied("jti-revoked:a").await.unwrap());
+        store.deny("jti-revoked:a", 60).await.unwrap();
+        assert!(store.is_denied("jti-revoked:a").await.unwrap());
+        assert!(!store.is_denied("jti-revoked:b").await.unwrap(), "only the key denied");
+    })
+    .await;
+    // One node, announcing: a subscriber of the changes channel hears of the denial.
+    let Some(redis) = TestRedis::new() else { return };
+    let store = redis.store().announcing(true);
+    let mut subscriber = redis::Client::open(redis.url.as_str()).unwrap().get_async_pubsub().await.unwrap();
+    subscriber.subscribe(store.changes_channel()).await.unwrap();
+    store.deny("jti-revoked:c", 60).await.unwrap();
+    let mut messages = subscriber.on_message();
+    let message = tokio::time::timeout(std::time::Duration::from_secs(5), futures_util::StreamExt::next(&mut messages))
+        .await
+        .expect("the denial is announced")
+        .expect("a message");
+    assert_eq!(message.get_payload::<String>().unwrap(), format!("{DENIED_PREFIX}jti-revoked:c"));
+    assert!(store.is_denied("jti-revoked:c").await.unwrap());
 }
 
 #[tokio::test]
