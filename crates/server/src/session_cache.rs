@@ -195,7 +195,10 @@ impl SessionCache {
 
     /// `kept`'s fresh value for `key` when the cache is in use, counted as a hit.
     fn hit<V: Clone>(&self, kept: &Kept<V>, key: &str) -> Option<V> {
-        let value = self.active().then(|| kept.fresh(key, self.0.ttl))??;
+        if !self.active() {
+            return None;
+        }
+        let value = kept.fresh(key, self.0.ttl)?;
         self.0.hits.fetch_add(1, Ordering::Relaxed);
         Some(value)
     }
