@@ -222,6 +222,15 @@ impl SessionCache {
         }
         Ok(loaded)
     }
+
+    /// Runs `write` to `key` through this replica, forgetting what `kept` holds of it
+    /// before and after (read-your-writes, without waiting for the change message).
+    async fn write<V: Clone, T>(&self, kept: &Kept<V>, key: &str, write: impl Future<Output = Result<T>>) -> Result<T> {
+        kept.forget(key);
+        let done = write.await;
+        kept.forget(key);
+        done
+    }
 }
 
 /// A [`SessionStore`] that answers session reads from a [`SessionCache`] and passes
@@ -255,17 +264,11 @@ impl SessionStore for CachedSessions {
     }
 
     async fn replace(&self, id: &str, value: &str, ttl: u64) -> Result<bool> {
-        self.cache.forget(id);
-        let done = self.inner.replace(id, value, ttl).await;
-        self.cache.forget(id);
-        done
+        self.cache.write(&self.cache.0.sessions, id, self.inner.replace(id, value, ttl)).await
     }
 
     async fn remove(&self, id: &str, user_id: &str) -> Result<()> {
-        self.cache.forget(id);
-        let done = self.inner.remove(id, user_id).await;
-        self.cache.forget(id);
-        done
+        self.cache.write(&self.cache.0.sessions, id, self.inner.remove(id, user_id)).await
     }
 
     async fn ids_for_user(&self, user_id: &str) -> Result<Vec<String>> {
@@ -305,10 +308,7 @@ impl SessionStore for CachedSessions {
     }
 
     async fn deny(&self, key: &str, ttl: u64) -> Result<()> {
-        self.cache.forget_denial(key);
-        let done = self.inner.deny(key, ttl).await;
-        self.cache.forget_denial(key);
-        done
+        self.cache.write(&self.cache.0.denials, key, self.inner.deny(key, ttl)).await
     }
 
     async fn is_denied(&self, key: &str) -> Result<bool> {

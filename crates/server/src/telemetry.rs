@@ -89,7 +89,7 @@ impl RootSpanBuilder for RequestSpan {
             route = tracing::field::Empty,
         );
         // The route table is walked for the pattern only when the span is logged (the
-        // metrics in `observe` walk it once more then); a disabled span costs nothing.
+        // metrics in `Observe` walk it once more then); a disabled span costs nothing.
         if !span.is_disabled() {
             span.record("route", request.match_pattern().as_deref().unwrap_or(UNMATCHED));
         }
@@ -111,7 +111,7 @@ const UNMATCHED: &str = "unmatched";
 ///   callers mint label values);
 /// - echoes the request id as `x-request-id`.
 ///
-/// One middleware with a future of its own rather than three layers (a function
+/// One middleware with a future of its own rather than two layers (a function
 /// middleware, which boxes the future of everything inside it, and actix's
 /// `ErrorHandlers`): each layer costs every request a call and a poll more.
 #[derive(Debug, Clone, Copy, Default)]
