@@ -264,7 +264,12 @@ impl TestApp {
     }
 
     pub async fn token_with_scopes(&self, scopes: &[&str]) -> String {
-        let (id, secret) = self.register_client(&[GrantType::ClientCredentials], scopes).await;
+        let client = self.register_client(&[GrantType::ClientCredentials], scopes).await;
+        self.client_token(&client).await
+    }
+
+    /// A `client_credentials` access token for the client `(id, secret)`.
+    pub async fn client_token(&self, (id, secret): &(String, String)) -> String {
         let response = self
             .browser()
             .post(self.url("/oauth2/token"))
@@ -276,6 +281,20 @@ impl TestApp {
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.expect("token json");
         body["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    /// What introspection answers (200) of `token`, asked by the client `(id, secret)`.
+    pub async fn introspect(&self, (id, secret): &(String, String), token: &str) -> Value {
+        let response = self
+            .browser()
+            .post(self.url("/oauth2/introspect"))
+            .basic_auth(id, Some(secret))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("introspection request");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("introspection json")
     }
 
     /// Creates an account whose owner has `email` and `password`; returns the response body.

@@ -144,18 +144,8 @@ impl Flow {
     }
 
     async fn introspect(&self, token: &str) -> Value {
-        let (id, secret) = self.app.register_client(&[ponte_identity::client::GrantType::ClientCredentials], &[]).await;
-        let response = self
-            .app
-            .browser()
-            .post(self.app.url("/oauth2/introspect"))
-            .basic_auth(id, Some(secret))
-            .form(&[("token", token)])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.json().await.unwrap()
+        let client = self.app.register_client(&[ponte_identity::client::GrantType::ClientCredentials], &[]).await;
+        self.app.introspect(&client, token).await
     }
 }
 

@@ -104,18 +104,8 @@ async fn while_the_subscription_is_down_sessions_are_read_from_redis() {
 }
 
 /// Whether `app`'s introspection calls `token` active, asked by the client `(id, secret)`.
-async fn active_on(app: &TestApp, (id, secret): &(String, String), token: &str) -> bool {
-    let response = app
-        .browser()
-        .post(app.url("/oauth2/introspect"))
-        .basic_auth(id, Some(secret))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
-    body["active"].as_bool().expect("active")
+async fn active_on(app: &TestApp, client: &(String, String), token: &str) -> bool {
+    app.introspect(client, token).await["active"].as_bool().expect("active")
 }
 
 #[tokio::test]
@@ -123,15 +113,7 @@ async fn a_token_revoked_on_one_replica_is_refused_by_every_replica_at_once() {
     let Some((a, b)) = replicas().await else { return };
     wait_until_listening([&a, &b]).await;
     let client = a.register_client(&[GrantType::ClientCredentials], &["ponte.admin"]).await;
-    let issued = a
-        .browser()
-        .post(a.url("/oauth2/token"))
-        .basic_auth(&client.0, Some(&client.1))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap();
-    let token = issued.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let token = a.client_token(&client).await;
     let account = a.create_account(&token, "anna@esempio.it", PASSWORD).await["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/accounts/{account}");
     // b answers "not revoked" from memory (after another test's cut, once it listens again).
