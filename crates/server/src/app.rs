@@ -236,7 +236,6 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<AppSta
         )),
         credentials_platform: Arc::new(crate::adapters::PlatformCredentialsOps(platform.clone())),
         platform,
-        issuer: config.issuer(),
         op_settings: Arc::new(crate::op::settings(&config)),
         providers: Arc::new(providers),
         links: Arc::new(Cached::new(SqlLinks::new(db.clone()), directory.clone())),

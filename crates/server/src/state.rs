@@ -26,8 +26,6 @@ use crate::problem::Problem;
 pub struct AppState {
     /// The configuration in force.
     pub config: Arc<Config>,
-    /// `iss` of everything Ponte signs.
-    pub issuer: String,
     /// The OpenID Provider's settings (issuer, token lifetimes), from the configuration.
     pub op_settings: Arc<ponte_identity::op::OpSettings>,
     /// The relational store (for readiness).
@@ -111,6 +109,11 @@ impl Draining {
 }
 
 impl AppState {
+    /// `iss` of everything Ponte signs (the OP's settings hold it).
+    pub fn issuer(&self) -> &str {
+        &self.op_settings.issuer
+    }
+
     /// The current time from the injected clock.
     pub fn now(&self) -> OffsetDateTime {
         self.clock.now()
@@ -124,7 +127,7 @@ impl AppState {
             accounts: self.accounts.as_ref(),
             users: self.users.as_ref(),
             resets: self.resets.as_ref(),
-            public_url: &self.issuer,
+            public_url: self.issuer(),
             limits: ponte_linking::recovery::Limits::with_max(
                 self.config.recovery.max_per_email,
                 self.config.recovery.max_per_ip,

@@ -67,7 +67,7 @@ fn too_many_requests() -> Problem {
 
 /// Turns an authorization step's decision into what the browser gets.
 async fn respond(req: &HttpRequest, state: &AppState, decision: AuthorizeDecision) -> Result<HttpResponse, Problem> {
-    let iss = state.issuer.as_str();
+    let iss = state.issuer();
     Ok(match decision {
         AuthorizeDecision::RedirectWithCode { redirect_uri, code, state: client_state } => {
             metrics::counter!("oauth_codes_issued_total").increment(1);

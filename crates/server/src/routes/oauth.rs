@@ -48,10 +48,10 @@ pub struct ProviderMetadata {
 /// Provider metadata.
 #[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "oauth2", responses((status = 200, body = ProviderMetadata)))]
 pub async fn discovery(state: web::Data<AppState>) -> HttpResponse {
-    let iss = &state.issuer;
+    let iss = state.issuer();
     let client_auth = vec!["client_secret_basic", "client_secret_post"];
     HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "public, max-age=300")).json(ProviderMetadata {
-        issuer: iss.clone(),
+        issuer: iss.to_owned(),
         authorization_endpoint: format!("{iss}/oauth2/authorize"),
         token_endpoint: format!("{iss}/oauth2/token"),
         userinfo_endpoint: format!("{iss}/oauth2/userinfo"),

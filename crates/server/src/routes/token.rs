@@ -383,7 +383,7 @@ pub async fn introspect(
             "scope": family.scope,
             "exp": family.expires_at.unix_timestamp(),
             "iat": family.rotated_at.unix_timestamp(),
-            "iss": state.issuer,
+            "iss": state.issuer(),
         })),
         Introspection::Inactive => no_store_json(&json!({"active": false})),
     })

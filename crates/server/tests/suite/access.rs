@@ -20,7 +20,7 @@ const PASSWORD: &str = "una password lunga";
 fn user_token(app: &TestApp, account: &str, user: &str) -> String {
     let now = app.state.now();
     let claims = AccessTokenClaims::for_user(
-        &app.state.issuer,
+        app.state.issuer(),
         user.parse::<UserId>().unwrap(),
         account.parse::<AccountId>().unwrap(),
         "member",

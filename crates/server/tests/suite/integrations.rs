@@ -372,7 +372,7 @@ async fn without_a_linked_external_id_or_platform_nothing_moves() {
 fn user_token(app: &TestApp, account: AccountId, user: &str, role: &str) -> String {
     let now = app.state.now();
     let mut claims =
-        AccessTokenClaims::for_client(&app.state.issuer, "pos-app", "openid ponte.api", now, Duration::minutes(5));
+        AccessTokenClaims::for_client(app.state.issuer(), "pos-app", "openid ponte.api", now, Duration::minutes(5));
     claims.sub = user.to_owned();
     claims.account_id = Some(account.to_string());
     claims.role = Some(role.to_owned());

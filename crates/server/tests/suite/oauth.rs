@@ -39,7 +39,7 @@ async fn client_credentials_with_basic_or_post_gives_an_at_jwt() {
     assert_eq!(post.status(), 200);
     let token = post.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
     let claims =
-        app.state.keys.ring().verify_access_token(&token, &app.state.issuer, "ponte-api", app.state.now()).unwrap();
+        app.state.keys.ring().verify_access_token(&token, app.state.issuer(), "ponte-api", app.state.now()).unwrap();
     assert_eq!(claims.sub, id);
     assert_eq!(claims.client_id, id);
     assert!(!claims.jti.is_empty() && claims.exp - claims.iat == 600);
@@ -146,12 +146,12 @@ async fn discovery_and_jwks_describe_the_signing_key() {
     let app = TestApp::spawn().await;
     let meta: Value =
         app.browser().get(app.url("/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(meta["issuer"], app.state.issuer);
-    assert_eq!(meta["jwks_uri"], format!("{}/oauth2/jwks", app.state.issuer));
-    assert_eq!(meta["token_endpoint"], format!("{}/oauth2/token", app.state.issuer));
+    assert_eq!(meta["issuer"], app.state.issuer());
+    assert_eq!(meta["jwks_uri"], format!("{}/oauth2/jwks", app.state.issuer()));
+    assert_eq!(meta["token_endpoint"], format!("{}/oauth2/token", app.state.issuer()));
     assert_eq!(meta["code_challenge_methods_supported"], serde_json::json!(["S256"]));
     assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
-    assert_eq!(meta["authorization_endpoint"], format!("{}/oauth2/authorize", app.state.issuer));
+    assert_eq!(meta["authorization_endpoint"], format!("{}/oauth2/authorize", app.state.issuer()));
     let jwks: Value = app.browser().get(app.url("/oauth2/jwks")).send().await.unwrap().json().await.unwrap();
     let keys = jwks["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2, "current and next");

@@ -107,7 +107,11 @@ impl Flow {
         let back = self.run(&self.authorize_url(challenge, &[])).await;
         let params = query_of(&location(&back));
         assert_eq!(params.get("state").map(String::as_str), Some("st-1"));
-        assert_eq!(params.get("iss"), Some(&self.app.state.issuer), "RFC 9207 iss in the response");
+        assert_eq!(
+            params.get("iss").map(String::as_str),
+            Some(self.app.state.issuer()),
+            "RFC 9207 iss in the response"
+        );
         params["code"].clone()
     }
 
@@ -170,7 +174,7 @@ async fn a_user_signs_in_through_ponte_and_the_client_gets_verified_tokens() {
     let access = ring
         .verify_access_token(
             tokens["access_token"].as_str().unwrap(),
-            &flow.app.state.issuer,
+            flow.app.state.issuer(),
             "ponte-api",
             flow.app.state.now(),
         )
@@ -182,7 +186,7 @@ async fn a_user_signs_in_through_ponte_and_the_client_gets_verified_tokens() {
     assert_eq!(access.client_id, flow.client_id);
 
     let id_token = claims(tokens["id_token"].as_str().unwrap());
-    assert!(ring.verify_id_token_hint(tokens["id_token"].as_str().unwrap(), &flow.app.state.issuer).is_ok());
+    assert!(ring.verify_id_token_hint(tokens["id_token"].as_str().unwrap(), flow.app.state.issuer()).is_ok());
     assert_eq!(id_token["aud"], flow.client_id.as_str());
     assert_eq!(id_token["azp"], flow.client_id.as_str());
     assert_eq!(id_token["nonce"], "no-1");
@@ -274,7 +278,7 @@ async fn pkce_is_required_and_checked() {
     let params = query_of(&location(&no_pkce));
     assert_eq!(params["error"], "invalid_request");
     assert_eq!(params["state"], "st-1");
-    assert_eq!(params["iss"], flow.app.state.issuer);
+    assert_eq!(params["iss"], flow.app.state.issuer());
 
     let plain = flow
         .browser
@@ -711,7 +715,7 @@ async fn a_member_s_tokens_carry_the_access_claim_and_a_refresh_picks_up_a_permi
     assert_eq!(status, 200, "{tokens}");
     let expected = json!({"role": "member", "permissions": {"invoices:read": "all", "invoices:send": [company]}});
     let ring = flow.app.state.keys.ring();
-    let issuer = &flow.app.state.issuer;
+    let issuer = flow.app.state.issuer();
     let now = flow.app.clock.now_for_test();
     let access = ring.verify_access_token(tokens["access_token"].as_str().unwrap(), issuer, "ponte-api", now).unwrap();
     assert_eq!(access.access, Some(expected.clone()));

@@ -8,5 +8,5 @@ pub(crate) const BINDING: &str = "ponte_fed";
 
 /// Where the provider sends the browser back.
 pub(crate) fn redirect_uri(state: &AppState, provider: &str) -> String {
-    format!("{}/federation/{provider}/callback", state.issuer)
+    format!("{}/federation/{provider}/callback", state.issuer())
 }
