@@ -599,7 +599,11 @@ test('the platform down during activation: activating with the error and the nex
   assert.ok(['activating', 'active'].includes(retried.state), retried.state);
   await reaches(w.ponte, owner.accountId, second.id, 'active');
   assert.equal(w.platform.activations().by_vat[second.vat].effective, 1);
-  const states = w.pos.changes(second.id).map((e) => e.data.state);
+  // The POS hears of it through a delivery job of its own: wait for it, as the tests above do.
+  const states = await until('the POS saw failed, then active', () => {
+    const seen = w.pos.changes(second.id).map((e) => e.data.state);
+    return seen.at(-1) === 'active' ? seen : null;
+  });
   assert.ok(states.includes('failed') && states.at(-1) === 'active', states.join(','));
 });
 
